@@ -1,0 +1,33 @@
+# lifelong set-up. Every pip call passes -c constraints.txt (torch stays on the 2.13.0 CPU build).
+PYTHON ?= python3
+VENV ?= .venv
+PIP = $(VENV)/bin/pip install --disable-pip-version-check -c constraints.txt
+PYTEST_ARGS ?=
+
+.PHONY: demo test install install-test clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(VENV)/bin/python pyproject.toml constraints.txt
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test
+
+## make demo: the main job on the embedded default (synthetic log -> sumpool vs din)
+demo: install
+	$(VENV)/bin/lifelong demo
+
+## make test: every test; real-data checks read ../shared/data (PYTEST_ARGS='-m "not slow"' to skip them)
+test: install-test
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

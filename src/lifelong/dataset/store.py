@@ -1,0 +1,144 @@
+"""Reading a prepared dataset folder.
+
+Layout (written by :func:`lifelong.dataset.prepare.prepare_dataset`)::
+
+    events.parquet    user_row, item_row, timestamp[, behavior][, label]  sorted by user then time
+    users.parquet     user_row -> user_id, user_idx (vocabulary index), offset, count   (CSR)
+    items.parquet     item_row -> item_id, item_idx, cate_idx[, attr_idx][, title][, embedding]
+    vocab.json        raw id lists per field, in index order starting at index 2
+    samples/{train,valid,test}.parquet   user, end, target, label[, timestamp]
+    manifest.json     counts, source checksums, recipe, protocol, seed, library version
+
+Rows and vocabulary indices are kept apart on purpose: a row addresses storage (every user and item
+of the log has one), a vocabulary index addresses an embedding (0 = padding, 1 = unknown, fitted on the
+training part only, so an item first seen after the training cut has a row but index 1).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+PAD = 0
+UNKNOWN = 1
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass
+class SampleTable:
+    """Integer sample rows ``(user, end, target, label[, timestamp])``; never a padded history.
+
+    The history of sample ``i`` is ``events[offset[user[i]] : offset[user[i]] + end[i]]``.
+    """
+
+    user: np.ndarray  # (N,) int32 user rows
+    end: np.ndarray  # (N,) int32 number of events before the target
+    target: np.ndarray  # (N,) int32 item rows
+    label: np.ndarray  # (N,) float32 in {0, 1}
+    timestamp: np.ndarray | None = None  # (N,) int64, P4 only
+
+    def __len__(self) -> int:
+        return int(self.user.shape[0])
+
+    def subset(self, index: np.ndarray) -> "SampleTable":
+        return SampleTable(
+            self.user[index], self.end[index], self.target[index], self.label[index],
+            None if self.timestamp is None else self.timestamp[index],
+        )
+
+    def to_frame(self) -> pl.DataFrame:
+        columns = {"user": self.user, "end": self.end, "target": self.target, "label": self.label.astype(np.int8)}
+        if self.timestamp is not None:
+            columns["timestamp"] = self.timestamp
+        return pl.DataFrame(columns)
+
+    @classmethod
+    def from_frame(cls, frame: pl.DataFrame) -> "SampleTable":
+        return cls(
+            user=frame["user"].to_numpy().astype(np.int32, copy=False),
+            end=frame["end"].to_numpy().astype(np.int32, copy=False),
+            target=frame["target"].to_numpy().astype(np.int32, copy=False),
+            label=frame["label"].to_numpy().astype(np.float32),
+            timestamp=frame["timestamp"].to_numpy() if "timestamp" in frame.columns else None,
+        )
+
+
+@dataclass
+class PreparedDataset:
+    """A prepared dataset in memory: flat event columns plus CSR offsets, and the item table."""
+
+    path: Path
+    manifest: dict
+    offsets: np.ndarray  # (n_users + 1,) int64
+    event_items: np.ndarray  # (n_events,) int32 item rows
+    event_timestamps: np.ndarray  # (n_events,) int64
+    event_behaviors: np.ndarray | None  # (n_events,) int16 vocabulary index, or None
+    item_idx: np.ndarray  # (n_item_rows,) int64 item vocabulary index per item row
+    item_cate: np.ndarray  # (n_item_rows,) int64 category vocabulary index per item row
+    user_idx: np.ndarray  # (n_users,) int64 user vocabulary index per user row
+    vocab_sizes: dict[str, int]
+    _samples: dict[str, SampleTable] = field(default_factory=dict, repr=False)
+
+    @property
+    def n_users(self) -> int:
+        return int(self.offsets.shape[0] - 1)
+
+    @property
+    def n_events(self) -> int:
+        return int(self.event_items.shape[0])
+
+    def samples(self, split: str) -> SampleTable:
+        """The sample table of a split (``train``, ``valid`` or ``test``), loaded once."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if split not in self._samples:
+            path = self.path / "samples" / f"{split}.parquet"
+            if not path.exists():
+                raise FileNotFoundError(f"{path} is missing: was the dataset prepared with a protocol?")
+            self._samples[split] = SampleTable.from_frame(pl.read_parquet(path))
+        return self._samples[split]
+
+    def history(self, user_row: int, end: int) -> np.ndarray:
+        """Item rows of one sample's full (untruncated) history, for inspection and tests."""
+        start = int(self.offsets[user_row])
+        return self.event_items[start : start + end]
+
+
+def load_dataset(path: str | Path) -> PreparedDataset:
+    """Load a prepared dataset folder (events as flat numpy columns, no per-sample copies)."""
+    path = Path(path)
+    manifest_path = path / "manifest.json"
+    if not manifest_path.exists():
+        raise FileNotFoundError(f"{path} is not a prepared dataset (no manifest.json); run `lifelong prepare` first")
+    manifest = json.loads(manifest_path.read_text())
+    events = pl.read_parquet(path / "events.parquet", columns=_event_columns(manifest))
+    users = pl.read_parquet(path / "users.parquet", columns=["user_idx", "offset", "count"])
+    items = pl.read_parquet(path / "items.parquet", columns=["item_idx", "cate_idx"])
+    offsets = np.zeros(users.height + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum(users["count"].to_numpy())
+    behaviors = events["behavior"].to_numpy().astype(np.int16) if "behavior" in events.columns else None
+    dataset = PreparedDataset(
+        path=path,
+        manifest=manifest,
+        offsets=offsets,
+        event_items=events["item_row"].to_numpy().astype(np.int32, copy=False),
+        event_timestamps=events["timestamp"].to_numpy().astype(np.int64, copy=False),
+        event_behaviors=behaviors,
+        item_idx=items["item_idx"].to_numpy().astype(np.int64),
+        item_cate=items["cate_idx"].to_numpy().astype(np.int64),
+        user_idx=users["user_idx"].to_numpy().astype(np.int64),
+        vocab_sizes=dict(manifest["vocab_sizes"]),
+    )
+    del events
+    return dataset
+
+
+def _event_columns(manifest: dict) -> list[str]:
+    columns = ["item_row", "timestamp"]
+    if manifest.get("has_behavior"):
+        columns.append("behavior")
+    return columns

@@ -1,0 +1,91 @@
+"""The model registry: ``model_type`` -> (config class, model class), with typed, validated configs."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclass
+class ModelOutput:
+    """What a ranking model returns.
+
+    Attributes:
+        logits: (B,) click logits.
+        aux_losses: named extra loss terms (already weighted) that the loop adds to the CTR loss.
+    """
+
+    logits: torch.Tensor
+    aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class ModelConfig:
+    """Base of every model config. Vocabulary sizes are filled from the dataset, so a checkpoint's
+    config alone rebuilds the model."""
+
+    model_type: ClassVar[str] = ""
+    n_items: int = 0
+    n_cates: int = 0
+    n_behaviors: int = 0
+    embedding_dim: int = 32
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the field when a value is out of range."""
+        for name in ("n_items", "n_cates"):
+            if getattr(self, name) < 2:
+                raise ValueError(f"{self.model_type}: {name} must be at least 2 (padding and unknown), got {getattr(self, name)}")
+        if self.embedding_dim < 1:
+            raise ValueError(f"{self.model_type}: embedding_dim must be positive, got {self.embedding_dim}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model_type": self.model_type, **dataclasses.asdict(self)}
+
+
+MODELS: dict[str, tuple[type[ModelConfig], type[nn.Module]]] = {}
+
+
+def register(config_class: type[ModelConfig]):
+    """Class decorator: ``@register(DINConfig) class DIN(nn.Module)``."""
+
+    def wrap(model_class: type[nn.Module]) -> type[nn.Module]:
+        name = config_class.model_type
+        if not name:
+            raise ValueError(f"{config_class.__name__} has no model_type")
+        if name in MODELS:
+            raise ValueError(f"model_type {name!r} is registered twice")
+        MODELS[name] = (config_class, model_class)
+        return model_class
+
+    return wrap
+
+
+def config_from_dict(values: dict[str, Any]) -> ModelConfig:
+    """Build and validate a config from a dict with a ``model_type`` key; unknown keys are errors."""
+    values = dict(values)
+    name = values.pop("model_type", None)
+    if name not in MODELS:
+        raise ValueError(f"unknown model_type {name!r}; registered: {sorted(MODELS)}")
+    config_class = MODELS[name][0]
+    known = {f.name: f for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"{name}: unknown config field(s) {unknown}; known: {sorted(known)}")
+    for key, value in list(values.items()):  # TOML/YAML give lists where a tuple field is declared
+        if isinstance(value, list):
+            values[key] = tuple(value) if isinstance(known[key].default, tuple) else value
+    config = config_class(**values)
+    config.validate()
+    return config
+
+
+def build_model(config: ModelConfig | dict[str, Any]) -> nn.Module:
+    """Instantiate the registered model for a config (or a config dict)."""
+    if isinstance(config, dict):
+        config = config_from_dict(config)
+    config.validate()
+    return MODELS[config.model_type][1](config)

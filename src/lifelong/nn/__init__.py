@@ -1,0 +1,5 @@
+"""Shared layers used by several models."""
+
+from lifelong.nn.layers import ACTIVATIONS, MLP, BehaviorEmbedding, Dice, TargetAttention, activation
+
+__all__ = ["ACTIVATIONS", "MLP", "BehaviorEmbedding", "Dice", "TargetAttention", "activation"]

@@ -1,0 +1,314 @@
+"""The training loop: Adam, early stopping on validation AUC, atomic checkpoints, exact resume,
+per-epoch metrics, one result line per run. Under ``torchrun`` it trains with DDP (gloo on CPU): each
+rank trains on its own shard, and metrics are computed on the gathered predictions of all ranks.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from lifelong.batch import Collator, iterate_batches
+from lifelong.dataset.store import PreparedDataset, SampleTable, load_dataset
+from lifelong.metrics import ctr_metrics
+from lifelong.models import build_model, config_from_dict
+from lifelong.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; saved resolved as ``config.json`` in the run folder."""
+
+    data: str = ""
+    model: str = "din"
+    out: str = ""
+    max_length: int = 50
+    batch_size: int = 1024
+    eval_batch_size: int = 8192
+    epochs: int = 10
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 2
+    seed: int = 2024
+    threads: int | None = None
+    progress: bool = True
+    results_csv: str | None = None
+    model_options: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if not self.data:
+            raise ValueError("train: --data (a prepared dataset folder) is required")
+        if not self.out:
+            raise ValueError("train: --out (the run folder) is required")
+        for name in ("max_length", "batch_size", "eval_batch_size", "epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train: {name} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.weight_decay < 0 or self.patience < 1:
+            raise ValueError("train: lr must be positive, weight_decay non-negative, patience at least 1")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"train: unknown option(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
+class Distributed:
+    """Rank and world size; initialises gloo (CPU) or NCCL (GPU) when run under torchrun."""
+
+    def __init__(self) -> None:
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        if self.world_size > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, order: np.ndarray, equal: bool) -> np.ndarray:
+        """This rank's part of ``order``; ``equal`` trims so every rank runs the same number of steps."""
+        if not self.enabled:
+            return order
+        if equal:
+            order = order[: (order.shape[0] // self.world_size) * self.world_size]
+        return order[self.rank :: self.world_size]
+
+    def gather(self, arrays: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+        if not self.enabled:
+            return arrays
+        parts: list = [None] * self.world_size
+        dist.all_gather_object(parts, arrays)
+        return tuple(np.concatenate([p[i] for p in parts]) for i in range(len(arrays)))
+
+
+def model_config_for(config: TrainConfig, dataset: PreparedDataset) -> dict[str, Any]:
+    sizes = dataset.vocab_sizes
+    values = {
+        "model_type": config.model,
+        "n_items": sizes["item"],
+        "n_cates": max(sizes.get("cate", 2), 2),
+        "n_behaviors": sizes.get("behavior", 0),
+        **config.model_options,
+    }
+    return config_from_dict(values).to_dict()
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, collator: Collator, samples: SampleTable, batch_size: int) -> np.ndarray:
+    """Logits for every sample, in table order."""
+    model.eval()
+    out = [model(batch).logits.float().numpy() for batch in iterate_batches(collator, samples, batch_size)]
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def evaluate(model, collator: Collator, samples: SampleTable, batch_size: int, dist_ctx: Distributed | None = None) -> dict:
+    """AUC, GAUC and logloss of ``samples``; under DDP each rank scores a shard and the metrics are
+    computed on the gathered predictions (never averaged across ranks)."""
+    dist_ctx = dist_ctx or Distributed()
+    index = dist_ctx.shard(np.arange(len(samples)), equal=False)
+    part = samples.subset(index)
+    logits = predict(model, collator, part, batch_size)
+    users, labels, logits = dist_ctx.gather((part.user, part.label, logits))
+    return ctr_metrics(users, labels, logits)
+
+
+def _set_counts(model: torch.nn.Module, dataset: PreparedDataset) -> None:
+    """Id frequencies for the mini-batch aware regulariser (events of the prepared log)."""
+    if not hasattr(model, "item_counts"):
+        return
+    item_ids = dataset.item_idx[dataset.event_items]
+    model.item_counts.copy_(torch.from_numpy(np.bincount(item_ids, minlength=model.item_counts.shape[0])[: model.item_counts.shape[0]]).float())
+    cate_ids = dataset.item_cate[dataset.event_items]
+    model.cate_counts.copy_(torch.from_numpy(np.bincount(cate_ids, minlength=model.cate_counts.shape[0])[: model.cate_counts.shape[0]]).float())
+
+
+def train(config: TrainConfig, *, resume: bool = False, command: str | None = None,
+          on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
+    """Train, select the epoch with the best validation AUC, evaluate it on test; return the results."""
+    config.validate()
+    ctx = Distributed()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    run = Path(config.out)
+    dataset = load_dataset(config.data)
+    collator = Collator(dataset, config.max_length)
+    train_samples, valid_samples = dataset.samples("train"), dataset.samples("valid")
+    model_config = model_config_for(config, dataset)
+    torch.manual_seed(config.seed)
+    model = build_model(model_config)
+    _set_counts(model, dataset)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    state = {"epoch": 0, "best_auc": -1.0, "best_epoch": 0, "bad_epochs": 0, "done": False}
+    if resume:
+        if not (run / "checkpoints" / "last").exists():
+            raise FileNotFoundError(f"--resume: {run}/checkpoints/last does not exist")
+        state = load_checkpoint(run / "checkpoints" / "last", model, optimizer)
+    elif ctx.main:
+        if run.exists() and any(run.iterdir()):
+            raise FileExistsError(f"{run} is not empty; use --resume to continue it or choose another --out")
+        run.mkdir(parents=True, exist_ok=True)
+        resolved = {"train": dataclasses.asdict(config), "model": model_config, "command": command,
+                    "dataset_manifest": dataset.manifest}
+        (run / "config.json").write_text(json.dumps(resolved, indent=2, default=str))
+        shutil.copyfile(Path(config.data) / "vocab.json", run / "vocab.json")
+    net = torch.nn.parallel.DistributedDataParallel(model) if ctx.enabled else model
+
+    while not state["done"] and state["epoch"] < config.epochs:
+        epoch = state["epoch"] + 1
+        torch.manual_seed(config.seed * 1000 + epoch)  # dropout etc. restart exactly on resume
+        order = np.random.default_rng([config.seed, epoch]).permutation(len(train_samples))
+        order = ctx.shard(order, equal=True)
+        net.train()
+        loss_sum, seen, started = 0.0, 0, time.perf_counter()
+        with _progress(config.progress and ctx.main, f"epoch {epoch}", order.shape[0]) as advance:
+            for batch in iterate_batches(collator, train_samples, config.batch_size, order):
+                if len(batch) < 2:  # batch statistics (Dice) need two samples
+                    continue
+                output = net(batch)
+                loss = F.binary_cross_entropy_with_logits(output.logits, batch.labels)
+                total = loss + sum(output.aux_losses.values()) if output.aux_losses else loss
+                optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                optimizer.step()
+                loss_sum += loss.item() * len(batch)
+                seen += len(batch)
+                advance(len(batch))
+        seconds = time.perf_counter() - started
+        valid = evaluate(model, collator, valid_samples, config.eval_batch_size, ctx)
+        improved = valid["auc"] > state["best_auc"]
+        state.update(epoch=epoch, bad_epochs=0 if improved else state["bad_epochs"] + 1)
+        if improved:
+            state.update(best_auc=valid["auc"], best_epoch=epoch)
+        state["done"] = state["bad_epochs"] >= config.patience
+        record = {"epoch": epoch, "train_logloss": loss_sum / max(seen, 1),
+                  "train_samples_per_s": seen * ctx.world_size / seconds, "train_seconds": seconds,
+                  **{f"valid_{k}": v for k, v in valid.items()}}
+        if ctx.main:
+            with open(run / "metrics.jsonl", "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            if improved:
+                save_checkpoint(run / "checkpoints" / "best", model, model_config, state)
+            save_checkpoint(run / "checkpoints" / "last", model, model_config, state, optimizer)
+            _log(config, f"epoch {epoch}: train logloss {record['train_logloss']:.4f}, "
+                         f"{record['train_samples_per_s']:,.0f} samples/s, valid AUC {valid['auc']:.4f} "
+                         f"GAUC {valid['gauc']:.4f} logloss {valid['logloss']:.4f}")
+        if ctx.enabled:
+            dist.barrier()
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, record)
+
+    load_weights(run / "checkpoints" / "best", model)
+    speeds = [json.loads(line)["train_samples_per_s"] for line in (run / "metrics.jsonl").read_text().splitlines()] if ctx.main else [0.0]
+    results = {
+        "best_epoch": state["best_epoch"],
+        "epochs_run": state["epoch"],
+        "train_samples_per_s": float(np.median(speeds[1:] or speeds)),  # after the warm-up epoch
+        "valid": evaluate(model, collator, valid_samples, config.eval_batch_size, ctx),
+        "test": evaluate(model, collator, dataset.samples("test"), config.eval_batch_size, ctx),
+    }
+    if ctx.main:
+        (run / "results.json").write_text(json.dumps(results, indent=2))
+        if config.results_csv:
+            append_result_line(Path(config.results_csv), config, dataset, results, run, command)
+    return results
+
+
+def append_result_line(path: Path, config: TrainConfig, dataset: PreparedDataset, results: dict,
+                       run: Path, command: str | None) -> None:
+    """One line per run: what, on which data and protocol, with which seed, the metrics, the command."""
+    row = {
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "run": str(run),
+        "data": str(config.data),
+        "protocol": dataset.manifest.get("protocol", {}).get("name"),
+        "model": config.model,
+        "seed": config.seed,
+        "max_length": config.max_length,
+        "embedding_dim": config.model_options.get("embedding_dim", 32),
+        "best_epoch": results["best_epoch"],
+        "valid_auc": round(results["valid"]["auc"], 5),
+        "test_auc": round(results["test"]["auc"], 5),
+        "test_gauc": round(results["test"]["gauc"], 5),
+        "test_logloss": round(results["test"]["logloss"], 5),
+        "train_samples_per_s": round(results["train_samples_per_s"], 1),
+        "command": command or " ".join(sys.argv),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    with open(path, "a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def _log(config: TrainConfig, message: str) -> None:
+    if config.progress:
+        from rich.console import Console
+
+        Console(stderr=True).print(message)
+    else:
+        print(message, file=sys.stderr)
+
+
+class _progress:
+    """A rich progress bar with samples/s, or nothing when disabled."""
+
+    def __init__(self, enabled: bool, label: str, total: int) -> None:
+        self.enabled, self.label, self.total = enabled, label, total
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda n: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[rate]} samples/s"), TimeElapsedColumn(), transient=True)
+        self.bar.__enter__()
+        task = self.bar.add_task(self.label, total=self.total, rate="-")
+        start = time.perf_counter()
+        done = [0]
+
+        def advance(n: int) -> None:
+            done[0] += n
+            rate = done[0] / max(time.perf_counter() - start, 1e-9)
+            self.bar.update(task, advance=n, rate=f"{rate:,.0f}")
+
+        return advance
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self.bar.__exit__(*exc)
+
+
+def evaluate_run(run: str | Path, split: str = "test", batch_size: int = 8192) -> dict:
+    """Evaluate a finished run's best checkpoint on a split of its dataset."""
+    run = Path(run)
+    resolved = json.loads((run / "config.json").read_text())
+    config = TrainConfig.from_dict(resolved["train"])
+    dataset = load_dataset(config.data)
+    model = build_model(json.loads((run / "checkpoints" / "best" / "config.json").read_text()))
+    load_weights(run / "checkpoints" / "best", model)
+    metrics = evaluate(model, Collator(dataset, config.max_length), dataset.samples(split), batch_size)
+    (run / f"eval_{split}.json").write_text(json.dumps(metrics, indent=2))
+    return metrics

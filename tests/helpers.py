@@ -1,0 +1,83 @@
+"""Shared test helpers: random batches and hand-built logs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+from lifelong.batch import Batch
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def random_batch(batch_size: int = 6, width: int = 7, n_items: int = 30, n_cates: int = 8,
+                 n_behaviors: int = 4, seed: int = 0) -> Batch:
+    """A valid batch with varied history lengths (at least one full, one of length 1)."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, width + 1, (batch_size,), generator=g)
+    lengths[0] = width
+    lengths[-1] = 1
+    mask = torch.arange(width)[None, :] < lengths[:, None]
+    items = torch.randint(2, n_items, (batch_size, width), generator=g) * mask
+    cates = torch.randint(2, n_cates, (batch_size, width), generator=g) * mask
+    behaviors = torch.randint(2, max(n_behaviors, 3), (batch_size, width), generator=g) * mask
+    timestamps = torch.cumsum(torch.randint(1, 1000, (batch_size, width), generator=g), dim=1) * mask
+    return Batch(
+        history_items=items, history_cates=cates, history_mask=mask,
+        target_items=torch.randint(2, n_items, (batch_size,), generator=g),
+        target_cates=torch.randint(2, n_cates, (batch_size,), generator=g),
+        labels=(torch.arange(batch_size) % 2).float(),
+        users=torch.arange(batch_size),
+        history_behaviors=behaviors, history_timestamps=timestamps,
+        timestamps=timestamps.max(dim=1).values + 10,
+    )
+
+
+def select(batch: Batch, index: torch.Tensor, width: int | None = None) -> Batch:
+    """Rows ``index`` of a batch, its history cut or zero-padded to ``width``."""
+    out = {}
+    for name, value in vars(batch).items():
+        if value is None:
+            out[name] = None
+            continue
+        value = value[index]
+        if value.dim() == 2 and width is not None:
+            if width <= value.shape[1]:
+                value = value[:, :width]
+            else:
+                pad = torch.zeros(value.shape[0], width - value.shape[1], dtype=value.dtype)
+                value = torch.cat([value, pad], dim=1)
+        out[name] = value
+    return Batch(**out)
+
+
+def event_frame(rows: list[tuple], with_behavior: bool = False) -> pl.DataFrame:
+    """Events from (user, item, timestamp[, behavior]) tuples, in the reader's schema."""
+    columns = {
+        "user_id": [r[0] for r in rows],
+        "item_id": [r[1] for r in rows],
+        "timestamp": [r[2] for r in rows],
+        "row": list(range(len(rows))),
+    }
+    if with_behavior:
+        columns["behavior"] = [r[3] for r in rows]
+    return pl.DataFrame(columns).cast({"user_id": pl.Int64, "item_id": pl.Int64, "timestamp": pl.Int64, "row": pl.Int64})
+
+
+def random_log(n_users: int = 40, n_items: int = 60, n_cates: int = 6, max_events: int = 15,
+               seed: int = 0, with_behavior: bool = False) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """A small random log (with repeated timestamps) and its item table."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for user in range(1, n_users + 1):
+        t = 1_600_000_000 + int(rng.integers(0, 10_000))
+        for _ in range(int(rng.integers(4, max_events + 1))):
+            t += int(rng.integers(0, 3)) * 3600  # gap 0 makes ties
+            rows.append((user, int(rng.integers(1, n_items + 1)), t, str(rng.choice(["pv", "cart", "buy"]))))
+    events = event_frame(rows, with_behavior)
+    items = pl.DataFrame({"item_id": list(range(1, n_items + 1)),
+                          "category": [f"c{i % n_cates}" for i in range(1, n_items + 1)]}).cast({"item_id": pl.Int64})
+    return events, items
