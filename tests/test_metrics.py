@@ -105,6 +105,14 @@ def test_gauc_string_users_and_unsorted_input() -> None:
     assert gauc(users[perm], labels[perm], scores[perm]) == pytest.approx(expected, abs=1e-12)
 
 
+@pytest.mark.parametrize("scale", [1, -70_001, 10**11])
+def test_gauc_user_key_ranges(scale: int) -> None:
+    # Compact, 32-bit and 64-bit user-key spans take different sort paths; results must agree.
+    users, labels, scores = _random_case(11, n=600, n_users=9)
+    expected, _ = _gauc_brute_force(users, labels, scores)
+    assert gauc(users * scale + 3, labels, scores) == pytest.approx(expected, abs=1e-12)
+
+
 def test_gauc_skips_single_class_users() -> None:
     users = [1, 1, 2, 2, 2]
     labels = [0, 1, 1, 1, 1]

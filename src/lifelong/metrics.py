@@ -102,7 +102,8 @@ def _twice_avg_ranks(new_group: NDArray[np.bool_]) -> NDArray[np.int64]:
         new_group: ``new_group[i]`` is True where a tie group starts (always True at 0).
 
     Returns:
-        int64 array; position ``i`` in tie group ``[a, b)`` gets ``a + b + 1`` (= 2 * mean of a+1..b).
+        int64 array; position ``i`` in tie group ``[a, b)`` gets ``a + b + 1``
+        (twice the mean of the 1-based ranks a+1..b).
     """
     n = len(new_group)
     starts = np.flatnonzero(new_group)
@@ -147,14 +148,23 @@ def auc(labels: ArrayLike, scores: ArrayLike) -> float:
     n_neg = n - n_pos
     if n_pos == 0 or n_neg == 0:
         raise ValueError(
-            f"AUC is undefined when only one class is present (positives={n_pos}, negatives={n_neg})"
+            f"AUC is undefined when only one class is present (positives={n_pos}, "
+            f"negatives={n_neg})"
         )
-    order = np.argsort(s, kind="stable")
+    return _auc_checked(y, s, np.argsort(s), n_pos)
+
+
+def _auc_checked(
+    y: NDArray[np.int64], s: NDArray[np.float64], order: NDArray[np.intp], n_pos: int
+) -> float:
+    """AUC of validated inputs given an ascending score order (ties in any order)."""
+    n = len(y)
     s_sorted = s[order]
     new_group = np.empty(n, dtype=np.bool_)
     new_group[0] = True
     np.not_equal(s_sorted[1:], s_sorted[:-1], out=new_group[1:])
     twice_rank_sum = np.dot(_twice_avg_ranks(new_group), y[order])
+    n_neg = n - n_pos
     return float(_auc_from_rank_sum(np.int64(twice_rank_sum), np.int64(n_pos), np.int64(n_neg)))
 
 
@@ -177,9 +187,32 @@ def gauc_detail(users: ArrayLike, labels: ArrayLike, scores: ArrayLike) -> tuple
     u = _check_users(users)
     y = _check_labels(labels)
     s = _check_scores("scores", scores)
-    n = _check_lengths(users=u, labels=y, scores=s)
+    _check_lengths(users=u, labels=y, scores=s)
+    return _gauc_checked(u, y, s, np.argsort(s))
 
-    order = np.lexsort((s, u))  # primary key: user, secondary: score
+
+def _user_then_score_order(u: NDArray[Any], score_order: NDArray[np.intp]) -> NDArray[np.intp]:
+    """Order by user, then score: a stable sort by user of the ascending score order.
+
+    User keys are shifted to a compact unsigned type when their range allows, so that numpy's
+    stable sort can use radix sort.
+    """
+    keys = u[score_order]
+    low, high = int(keys.min()), int(keys.max())
+    span = high - low
+    if span < 2**16:
+        keys = (keys - low).astype(np.uint16)
+    elif span < 2**32:
+        keys = (keys - low).astype(np.uint32)
+    return score_order[np.argsort(keys, kind="stable")]
+
+
+def _gauc_checked(
+    u: NDArray[Any], y: NDArray[np.int64], s: NDArray[np.float64], score_order: NDArray[np.intp]
+) -> tuple[float, int]:
+    """GAUC of validated inputs given an ascending score order (ties in any order)."""
+    n = len(y)
+    order = _user_then_score_order(u, score_order)
     u_sorted = u[order]
     s_sorted = s[order]
     y_sorted = y[order]
@@ -293,10 +326,21 @@ def ctr_metrics(users: ArrayLike, labels: ArrayLike, logits: ArrayLike) -> dict[
     Raises:
         ValueError: on invalid inputs, or when only one class is present overall (AUC undefined).
     """
-    value, _ = gauc_detail(users, labels, logits)
+    u = _check_users(users)
+    y = _check_labels(labels)
+    z = _check_scores("logits", logits)
+    n = _check_lengths(users=u, labels=y, logits=z)
+    n_pos = int(y.sum())
+    if n_pos == 0 or n_pos == n:
+        raise ValueError(
+            f"AUC is undefined when only one class is present (positives={n_pos}, "
+            f"negatives={n - n_pos})"
+        )
+    order = np.argsort(z)  # shared by AUC and GAUC
+    value, _ = _gauc_checked(u, y, z, order)
     return {
-        "auc": auc(labels, logits),
+        "auc": _auc_checked(y, z, order, n_pos),
         "gauc": value,
-        "logloss": logloss_from_logits(labels, logits),
-        "n": int(len(np.asarray(labels).reshape(-1))),
+        "logloss": float(np.mean(np.logaddexp(0.0, z) - y * z)),
+        "n": n,
     }

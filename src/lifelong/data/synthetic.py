@@ -171,7 +171,8 @@ def synthetic_log(
         n_users: number of users (ids 1..n_users).
         n_items: number of items (ids 1..n_items); at least ``n_categories``.
         n_categories: number of item categories (clusters), named 'c1'..'cN'.
-        events_per_user: events per user, an int or an inclusive ``(low, high)`` range drawn uniformly.
+        events_per_user: events per user: an int, or an inclusive ``(low, high)`` range drawn
+            uniformly per user.
         n_interests: latent interests (categories) per user, at most ``n_categories``.
         drift: probability of replacing one interest per 20 events, in [0, 20].
         seed: random seed; equal arguments give identical output.
@@ -188,7 +189,9 @@ def synthetic_log(
         ValueError: on inconsistent sizes or probabilities outside their ranges.
     """
     if n_users < 1 or n_categories < 1:
-        raise ValueError(f"n_users and n_categories must be positive, got {n_users}, {n_categories}")
+        raise ValueError(
+            f"n_users and n_categories must be positive, got {n_users}, {n_categories}"
+        )
     if n_items < n_categories:
         raise ValueError(f"n_items ({n_items}) must be at least n_categories ({n_categories})")
     if not 1 <= n_interests <= n_categories:

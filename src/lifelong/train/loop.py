@@ -113,10 +113,14 @@ def model_config_for(config: TrainConfig, dataset: PreparedDataset) -> dict[str,
     return config_from_dict(values).to_dict()
 
 
+EVAL_HISTORY_CELLS = 1 << 20  # at most ~1 M history positions per evaluation batch, whatever L is
+
+
 @torch.no_grad()
 def predict(model: torch.nn.Module, collator: Collator, samples: SampleTable, batch_size: int) -> np.ndarray:
-    """Logits for every sample, in table order."""
+    """Logits for every sample, in table order (batches shrink with L so memory stays bounded)."""
     model.eval()
+    batch_size = max(1, min(batch_size, EVAL_HISTORY_CELLS // collator.max_length))
     out = [model(batch).logits.float().numpy() for batch in iterate_batches(collator, samples, batch_size)]
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 

@@ -1,0 +1,98 @@
+"""The training loop: early stopping, atomic checkpoints without pickle, exact resume, result lines, DDP."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lifelong.data.schema import EventLog
+from lifelong.pipeline import ProtocolOptions, prepare
+from lifelong.train import TrainConfig, evaluate_run, train
+
+from helpers import random_log
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    events, items = random_log(n_users=60, n_items=40, max_events=20, seed=5)
+    return prepare(EventLog(events=events, items=items, recipe="test"), tmp_path_factory.mktemp("t") / "d", ProtocolOptions())
+
+
+def config(data, out, **kw):
+    values = dict(data=str(data), model="din", out=str(out), epochs=3, batch_size=64, patience=5, progress=False,
+                  model_options={"embedding_dim": 4, "attention_hidden": (8,), "dnn_hidden": (8,)})
+    values.update(kw)
+    return TrainConfig(**values)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_reaches_the_same_final_metrics_as_an_uninterrupted_run(data, tmp_path):
+    straight = train(config(data, tmp_path / "straight"))
+
+    def stop_after_first(epoch, record):
+        if epoch == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(config(data, tmp_path / "resumed"), on_epoch_end=stop_after_first)
+    resumed = train(config(data, tmp_path / "resumed"), resume=True)
+    assert resumed["test"] == straight["test"]
+    assert resumed["best_epoch"] == straight["best_epoch"]
+    lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+
+
+def test_run_folder_has_safetensors_json_metrics_and_a_result_line(data, tmp_path):
+    results_csv = tmp_path / "results.csv"
+    train(config(data, tmp_path / "run", results_csv=str(results_csv)), command="lifelong train --test")
+    run = tmp_path / "run"
+    for name in ("config.json", "vocab.json", "metrics.jsonl", "results.json"):
+        assert (run / name).exists(), name
+    for checkpoint in ("best", "last"):
+        files = sorted(p.name for p in (run / "checkpoints" / checkpoint).iterdir())
+        assert all(f.endswith((".safetensors", ".json")) for f in files), files
+    assert not list(run.rglob("*.tmp")) and not list(run.rglob("*.pt"))
+    rows = list(csv.DictReader(results_csv.open()))
+    assert len(rows) == 1 and rows[0]["command"] == "lifelong train --test" and rows[0]["model"] == "din"
+    assert evaluate_run(run, "test") == json.loads((run / "results.json").read_text())["test"]
+
+
+def test_early_stopping_stops_after_patience_epochs_without_improvement(data, tmp_path):
+    # a learning rate this large makes validation AUC stop improving quickly
+    results = train(config(data, tmp_path / "run", epochs=30, patience=1, lr=0.5))
+    assert results["epochs_run"] == results["best_epoch"] + 1 < 30
+
+
+def test_a_non_empty_run_folder_is_not_overwritten(data, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "keep.txt").write_text("x")
+    with pytest.raises(FileExistsError):
+        train(config(data, tmp_path / "run"))
+
+
+@pytest.mark.slow
+def test_two_process_ddp_metrics_equal_a_single_process_evaluation(data, tmp_path):
+    run = tmp_path / "ddp"
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "lifelong", "train", "--data", str(data),
+               "--model", "din", "--out", str(run), "--epochs", "2", "--batch-size", "64", "--no-progress",
+               "--set", "embedding_dim=4", "--set", "attention_hidden=[8]", "--set", "dnn_hidden=[8]"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    reported = json.loads((run / "results.json").read_text())
+    for split in ("valid", "test"):
+        single = evaluate_run(run, split)
+        assert single["n"] == reported[split]["n"]
+        for metric in ("auc", "gauc", "logloss"):
+            assert abs(single[metric] - reported[split][metric]) < 1e-6, (split, metric)
