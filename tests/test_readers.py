@@ -122,7 +122,7 @@ def test_quoted_fields_and_multiline_records(tmp_path: Path) -> None:
     bad = write(tmp_path, "bad.csv", text + "6,7\n")
     with pytest.raises(BadRowError) as info:
         read_events(bad)
-    assert info.value.line == 7
+    assert info.value.line == 6
 
 
 def test_blank_lines_and_crlf(tmp_path: Path) -> None:

@@ -147,10 +147,14 @@ def _scan_records(buf: np.ndarray, sep: int | None, quote: int | None, *, comple
             spos = np.flatnonzero(block == sep)
             if quote is not None and len(spos):
                 spos = spos[((parity + np.searchsorted(qpos, spos)) & 1) == 0]
-            counts = np.bincount(np.searchsorted(ends_local, spos), minlength=len(ends_local) + 1).astype(np.int64)
-            counts[0] += pending
-            nsep_parts.append(counts[:-1])
-            pending = int(counts[-1])
+            before = np.searchsorted(spos, ends_local)  # separators before each record end
+            counts = np.diff(before, prepend=0).astype(np.int64)
+            if len(counts):
+                counts[0] += pending
+                pending = len(spos) - int(before[-1])
+            else:
+                pending += len(spos)
+            nsep_parts.append(counts)
         ends_parts.append(ends_local.astype(np.int64) + a)
         endline_parts.append(end_lines.astype(np.int64))
         parity = (parity + len(qpos)) & 1
