@@ -103,7 +103,7 @@ def train(
     data: Optional[str] = typer.Option(None, help="prepared dataset folder"),
     model: Optional[str] = typer.Option(None, help="model_type (see `lifelong models`)"),
     out: Optional[str] = typer.Option(None, help="run folder to create"),
-    config: Optional[Path] = typer.Option(None, help="TOML or YAML file of options; a [model] table holds model options"),
+    config: Optional[Path] = typer.Option(None, help="TOML or YAML file of train options; model options go in a [model] table (with model_type) or [model_options]"),
     epochs: Optional[int] = typer.Option(None),
     batch_size: Optional[int] = typer.Option(None),
     lr: Optional[float] = typer.Option(None),
@@ -128,7 +128,9 @@ def train(
             values = json.loads((Path(out) / "config.json").read_text())["train"]
         else:
             values = read_config_file(config)
-            values["model_options"] = {**values.pop("model", {}), **parse_assignments(set, "--set")}
+            # `model` is the model name, or a table of model options (with an optional model_type)
+            table = values.pop("model") if isinstance(values.get("model"), dict) else {}
+            values["model_options"] = {**values.get("model_options", {}), **table, **parse_assignments(set, "--set")}
             if "model_type" in values["model_options"]:
                 values.setdefault("model", values["model_options"].pop("model_type"))
         given = {"data": data, "model": model, "out": out, "epochs": epochs, "batch_size": batch_size, "lr": lr,

@@ -1,0 +1,148 @@
+"""The command line: prepare (bad rows, atomic output), train from a config file, evaluate, models, help."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from lifelong.cli import app
+
+from helpers import SHARED_DATA, random_log
+
+runner = CliRunner()
+
+
+def write_csv(path, n_users=30, bad_line=None):
+    events, _ = random_log(n_users=n_users, seed=1)
+    lines = ["uid,iid,ts"] + [f"{u},{i},{t}" for u, i, t in events.select("user_id", "item_id", "timestamp").iter_rows()]
+    if bad_line is not None:
+        lines[bad_line - 1] = lines[bad_line - 1].rsplit(",", 1)[0] + ",12x3"
+    path.write_text("\n".join(lines) + "\n")
+    return len(lines)
+
+
+CSV_COLUMNS = ["--column", "user_id=uid", "--column", "item_id=iid", "--column", "timestamp=ts"]
+
+
+def test_a_malformed_row_stops_prepare_naming_line_and_column_and_leaves_no_output(tmp_path):
+    n = write_csv(tmp_path / "log.csv", bad_line=200)
+    assert n > 250
+    result = runner.invoke(app, ["prepare", "--recipe", "csv", "--input", str(tmp_path / "log.csv"),
+                                 "--out", str(tmp_path / "out"), *CSV_COLUMNS])
+    assert result.exit_code == 2
+    message = " ".join(result.output.split())
+    assert "line 200" in message and "timestamp" in message and "12x3" in message
+    assert "--on-bad-rows skip" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.csv"]  # no output, no temporary folder
+
+
+def test_skip_bad_rows_writes_them_to_rejected_csv(tmp_path):
+    write_csv(tmp_path / "log.csv", bad_line=200)
+    result = runner.invoke(app, ["prepare", "--recipe", "csv", "--input", str(tmp_path / "log.csv"),
+                                 "--out", str(tmp_path / "out"), "--on-bad-rows", "skip", *CSV_COLUMNS])
+    assert result.exit_code == 0, result.output
+    rejected = (tmp_path / "out" / "rejected.csv").read_text().splitlines()
+    assert len(rejected) == 2 and "200" in rejected[1] and "12x3" in rejected[1]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["rejected_rows"] == 1
+    assert manifest["protocol"]["name"] == "ctr-din" and manifest["seed"] == 2024
+    assert manifest["sources"][0]["md5"] and manifest["library_version"]
+
+
+def test_prepare_refuses_to_overwrite_without_the_flag(tmp_path):
+    write_csv(tmp_path / "log.csv")
+    args = ["prepare", "--recipe", "csv", "--input", str(tmp_path / "log.csv"), "--out", str(tmp_path / "out"), *CSV_COLUMNS]
+    assert runner.invoke(app, args).exit_code == 0
+    assert runner.invoke(app, args).exit_code == 2
+    assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
+
+
+@pytest.mark.parametrize("suffix", ["toml", "yaml"])
+def test_train_from_a_config_file_then_evaluate(tmp_path, suffix):
+    write_csv(tmp_path / "log.csv")
+    runner.invoke(app, ["prepare", "--recipe", "csv", "--input", str(tmp_path / "log.csv"), "--out",
+                        str(tmp_path / "data"), *CSV_COLUMNS])
+    if suffix == "toml":
+        text = 'epochs = 2\nbatch_size = 32\n\n[model]\nmodel_type = "din"\nembedding_dim = 4\nattention_hidden = [8]\n'
+    else:
+        text = "model: din\nepochs: 2\nbatch_size: 32\nmodel_options:\n  embedding_dim: 4\n  attention_hidden: [8]\n"
+    (tmp_path / f"c.{suffix}").write_text(text)
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--data", str(tmp_path / "data"), "--out", str(run), "--config",
+                                 str(tmp_path / f"c.{suffix}"), "--no-progress", "--set", "dnn_hidden=[16]"])
+    assert result.exit_code == 0, result.output
+    resolved = json.loads((run / "config.json").read_text())
+    assert resolved["train"]["epochs"] == 2 and resolved["train"]["batch_size"] == 32
+    assert resolved["model"]["model_type"] == "din" and resolved["model"]["dnn_hidden"] == [16]
+    assert resolved["model"]["embedding_dim"] == 4 and resolved["model"]["attention_hidden"] == [8]
+    result = runner.invoke(app, ["evaluate", str(run), "--split", "test"])
+    assert result.exit_code == 0 and "AUC" in result.output
+    assert json.loads((run / "eval_test.json").read_text())["n"] > 0
+
+
+def test_unknown_model_option_is_an_error_naming_it(tmp_path):
+    write_csv(tmp_path / "log.csv")
+    runner.invoke(app, ["prepare", "--recipe", "csv", "--input", str(tmp_path / "log.csv"), "--out",
+                        str(tmp_path / "data"), *CSV_COLUMNS])
+    result = runner.invoke(app, ["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"),
+                                 "--model", "din", "--set", "attention_hiden=[8]"])
+    assert result.exit_code == 2 and "attention_hiden" in result.output
+
+
+@pytest.mark.parametrize("command", ["prepare", "train", "evaluate", "demo", "models"])
+def test_every_command_has_help(command):
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_models_lists_the_registry():
+    result = runner.invoke(app, ["models"])
+    assert result.exit_code == 0 and "sumpool" in result.output and "din" in result.output
+
+
+needs_shared = pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data is not beside the checkout")
+
+
+@pytest.mark.slow
+@needs_shared
+@pytest.mark.parametrize("folder, expected", [
+    ("amazon-beauty", {"train": 262_826, "valid": 44_726, "test": 44_726, "categories": 629, "mean_history": 8.37}),
+    ("amazon-sports", {"train": 379_086, "valid": 71_196, "test": 71_196, "categories": 2_159, "mean_history": None}),
+])
+def test_p1_check_values_on_amazon(tmp_path, folder, expected):
+    import numpy as np
+
+    from lifelong.dataset import load_dataset
+
+    result = runner.invoke(app, ["prepare", "--recipe", "amazon-s3rec", "--input", str(SHARED_DATA / folder),
+                                 "--out", str(tmp_path / "d")])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "d" / "manifest.json").read_text())
+    assert manifest["samples"] == {k: expected[k] for k in ("train", "valid", "test")}
+    assert manifest["n_categories"] == expected["categories"]
+    train = load_dataset(tmp_path / "d").samples("train")
+    assert train.label.mean() == 0.5
+    if expected["mean_history"]:
+        assert round(float(np.minimum(train.end, 50).mean()), 2) == expected["mean_history"]
+
+
+@pytest.mark.slow
+@needs_shared
+def test_movielens_and_taobao_prepare(tmp_path):
+    result = runner.invoke(app, ["prepare", "--recipe", "movielens", "--input", str(SHARED_DATA / "movielens-100k"),
+                                 "--out", str(tmp_path / "ml")])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "ml" / "manifest.json").read_text())
+    assert manifest["n_events"] == 100_000 and manifest["n_users"] == 943
+    assert manifest["samples"]["test"] == 2 * 943 and manifest["samples"]["train"] == 2 * (100_000 - 3 * 943)
+    result = runner.invoke(app, ["prepare", "--recipe", "taobao-userbehavior", "--protocol", "ctr-time", "--input",
+                                 str(SHARED_DATA / "taobao-userbehavior" / "UserBehavior_head.csv"),
+                                 "--out", str(tmp_path / "tb")])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "tb" / "manifest.json").read_text())
+    assert manifest["n_events"] == 84_475
+    t_valid, t_test = manifest["protocol"]["t_valid"], manifest["protocol"]["t_test"]
+    assert t_valid < t_test
+    assert all(manifest["samples"][s] > 0 and manifest["samples"][s] % 2 == 0 for s in ("train", "valid", "test"))
