@@ -4,7 +4,7 @@ VENV ?= .venv
 PIP = $(VENV)/bin/pip install --disable-pip-version-check -c constraints.txt
 PYTEST_ARGS ?=
 
-.PHONY: demo test install install-test clean
+.PHONY: demo test install install-test bench-setup clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ demo: install
 ## make test: every test; real-data checks read ../shared/data (PYTEST_ARGS='-m "not slow"' to skip them)
 test: install-test
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+## make bench-setup: a separate venv with the peers (FuxiCTR 2.3.10, DeepCTR-Torch 0.3.0) for benchmarks/throughput.py
+bench-setup:
+	test -d .venv-bench || $(PYTHON) -m venv .venv-bench
+	.venv-bench/bin/pip install --disable-pip-version-check -c constraints.txt torch==2.13.0 fuxictr==2.3.10 deepctr-torch==0.3.0
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

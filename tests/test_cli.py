@@ -38,6 +38,7 @@ def test_a_malformed_row_stops_prepare_naming_line_and_column_and_leaves_no_outp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["log.csv"]  # no output, no temporary folder
 
 
+@pytest.mark.filterwarnings("ignore::lifelong.data.BadRowsSkippedWarning")
 def test_skip_bad_rows_writes_them_to_rejected_csv(tmp_path):
     write_csv(tmp_path / "log.csv", bad_line=200)
     result = runner.invoke(app, ["prepare", "--recipe", "csv", "--input", str(tmp_path / "log.csv"),
@@ -146,3 +147,11 @@ def test_movielens_and_taobao_prepare(tmp_path):
     t_valid, t_test = manifest["protocol"]["t_valid"], manifest["protocol"]["t_test"]
     assert t_valid < t_test
     assert all(manifest["samples"][s] > 0 and manifest["samples"][s] % 2 == 0 for s in ("train", "valid", "test"))
+
+
+def test_demo_runs_end_to_end_on_a_small_synthetic_log(tmp_path):
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--users", "150", "--epochs", "1"])
+    assert result.exit_code == 0, result.output
+    assert "sumpool" in result.output and "din" in result.output
+    lines = (tmp_path / "demo" / "results.csv").read_text().splitlines()
+    assert len(lines) == 3  # header + one line per model
