@@ -202,7 +202,7 @@ def train(config: TrainConfig, *, resume: bool = False, command: str | None = No
         improved = valid["auc"] > state["best_auc"]
         state.update(epoch=epoch, bad_epochs=0 if improved else state["bad_epochs"] + 1)
         if improved:
-            state.update(best_auc=valid["auc"], best_epoch=epoch)
+            state.update(best_auc=valid["auc"], best_epoch=epoch, best_valid=valid)
         state["done"] = state["bad_epochs"] >= config.patience
         record = {"epoch": epoch, "train_logloss": loss_sum / max(seen, 1),
                   "train_samples_per_s": seen * ctx.world_size / seconds, "train_seconds": seconds,
@@ -227,7 +227,7 @@ def train(config: TrainConfig, *, resume: bool = False, command: str | None = No
         "best_epoch": state["best_epoch"],
         "epochs_run": state["epoch"],
         "train_samples_per_s": float(np.median(speeds[1:] or speeds)),  # after the warm-up epoch
-        "valid": evaluate(model, collator, valid_samples, config.eval_batch_size, ctx),
+        "valid": state["best_valid"],  # the best epoch's weights are the ones loaded: no second pass
         "test": evaluate(model, collator, dataset.samples("test"), config.eval_batch_size, ctx),
     }
     if ctx.main:
