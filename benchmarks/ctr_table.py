@@ -84,7 +84,7 @@ def main() -> None:
             for seed in args.seeds.split(","):
                 results = []
                 for attempt in range(2 if args.repeat else 1):
-                    out = work / "runs" / f"{dataset}-{label.replace(' ', '')}-{seed}-{attempt}"
+                    out = work / "runs" / f"{dataset}-{spec.replace(':', '-').replace('=', '')}-{seed}-{attempt}"
                     subprocess.run(["rm", "-rf", str(out)], check=True)
                     train = lifelong("train", "--data", str(data), "--model", model, "--out", str(out),
                                      "--seed", seed, *TRAIN, *model_args, "--threads", args.threads, "--no-progress",

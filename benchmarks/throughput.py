@@ -68,18 +68,21 @@ def run(command: list, label: str) -> float:
 
 def lifelong_rows(args, models: list[str]) -> list[dict]:
     rows = []
-    for model in models:
-        result = args.work / f"lifelong-{model}.json"
+    for spec in models:  # NAME or NAME:key=value:key=value (model options)
+        model, *options = spec.split(":")
+        tag = spec.replace(":", "-").replace("=", "")
+        result = args.work / f"lifelong-{tag}.json"
         result.unlink(missing_ok=True)
         try:
             run([MAIN_PYTHON, PEERS / "lifelong_worker.py", "train", "--data", args.data, "--model", model,
-                 "--epochs", args.epochs, "--run", args.work / f"run-lifelong-{model}", "--result", result],
-                f"lifelong {model}")
+                 "--epochs", args.epochs, "--run", args.work / f"run-lifelong-{tag}", "--result", result,
+                 *[a for o in options for a in ("--set", o)]], f"lifelong {spec}")
         except RuntimeError as exc:
-            rows.append({"library": "lifelong", "model": model, "error": str(exc)})
+            rows.append({"library": "lifelong", "model": spec, "error": str(exc)})
             continue
         r = json.loads(result.read_text())
-        rows.append({"library": "lifelong", "model": model, "threads": 2, "batch": 1024,
+        label = model + (f" ({', '.join(options)})" if options else "")
+        rows.append({"library": "lifelong", "model": label, "threads": 2, "batch": 1024,
                      "samples_per_s": r["samples_per_s"], "epoch_samples_per_s": r["epoch_samples_per_s"],
                      "test_auc": r["test"]["auc"], "test_gauc": r["test"]["gauc"],
                      "test_logloss": r["test"]["logloss"], "best_epoch": r["best_epoch"],
@@ -153,7 +156,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=3, help="epochs per library (the first is warm-up)")
     parser.add_argument("--skip-peers", action="store_true", help="lifelong rows only (and the reference line)")
-    parser.add_argument("--models", default="din", help="lifelong models, comma separated (peers always run DIN)")
+    parser.add_argument("--models", default="din,din:attention_normalization=softmax:l2_mba=0.1",
+                        help="lifelong models, comma separated, each NAME[:key=value...] (peers always run DIN)")
     parser.add_argument("--data", type=Path, default=Path("/tmp/bench-beauty"), help="prepared P1 dataset folder")
     parser.add_argument("--source", type=Path, default=ROOT.parent / "shared" / "data" / "amazon-beauty")
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench-throughput"), help="runs and peer inputs")

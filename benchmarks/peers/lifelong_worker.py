@@ -138,7 +138,7 @@ def model_options(model: str) -> dict:
     return {k: v for k, v in wanted.items() if k in known}
 
 
-def train(data: Path, model: str, epochs: int, run: Path, result: Path) -> None:
+def train(data: Path, model: str, epochs: int, run: Path, result: Path, extra: list[str]) -> None:
     import torch
 
     from lifelong.train import TrainConfig, train as run_training
@@ -146,6 +146,9 @@ def train(data: Path, model: str, epochs: int, run: Path, result: Path) -> None:
     common.set_threads(torch)
     shutil.rmtree(run, ignore_errors=True)
     options = model_options(model)
+    for pair in extra:  # model options beyond the shared settings, e.g. attention_normalization=softmax
+        key, value = pair.split("=", 1)
+        options[key] = json.loads(value) if value[:1].isdigit() or value[:1] in "[-" else value
     config = TrainConfig(data=str(data), model=model, out=str(run), epochs=epochs, batch_size=common.BATCH_SIZE,
                          lr=common.LR, threads=common.THREADS, progress=False, patience=10,
                          max_length=common.MAX_LEN, seed=common.SEED, model_options=options)
@@ -180,6 +183,7 @@ def main() -> None:
     parser.add_argument("--source", type=Path)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--model", default="din")
+    parser.add_argument("--set", action="append", default=[], help="model option key=value (repeatable)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--run", type=Path)
     parser.add_argument("--result", type=Path)
@@ -190,7 +194,7 @@ def main() -> None:
     elif args.command == "export":
         export(args.data, args.out)
     elif args.command == "train":
-        train(args.data, args.model, args.epochs, args.run, args.result)
+        train(args.data, args.model, args.epochs, args.run, args.result, args.set)
     else:
         score(args.data, args.predictions, args.result)
 
