@@ -72,17 +72,20 @@ def main() -> None:
     rows = []
 
     if not log.exists():
+        # the log carries each event's category, as a Taobao-style log does
         rss, seconds, _ = run_measured([PYTHON, "-c", (
-            "from pathlib import Path; from lifelong.data.synthetic import write_synthetic_log; "
-            f"write_synthetic_log(Path({str(log)!r}), n_users={args.users}, n_items={args.items}, "
-            f"n_categories={args.categories}, events_per_user={args.events}, seed=0)")])
+            "from lifelong.data.synthetic import synthetic_log; "
+            f"events, items = synthetic_log(n_users={args.users}, n_items={args.items}, "
+            f"n_categories={args.categories}, events_per_user={args.events}, seed=0); "
+            "events.join(items.select('item_id', 'category'), on='item_id', how='left')"
+            f".write_parquet({str(log)!r})")])
         rows.append(("generate synthetic log (not lifelong's footprint)", rss, seconds))
     subprocess.run(["rm", "-rf", str(data), str(run)], check=True)
 
     rss, seconds, output = run_measured([
         PYTHON, "-m", "lifelong", "prepare", "--recipe", "csv", "--input", str(log), "--out", str(data),
         "--column", "user_id=user_id", "--column", "item_id=item_id", "--column", "timestamp=timestamp",
-        "--column", "behavior=behavior", "--max-train-per-user", str(args.samples_per_user)])
+        "--column", "behavior=behavior", "--column", "category=category", "--max-train-per-user", str(args.samples_per_user)])
     rows.append(("lifelong prepare", rss, seconds))
     manifest = json.loads((data / "manifest.json").read_text())
 

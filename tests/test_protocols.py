@@ -121,6 +121,7 @@ def logs(draw):
         order = draw(st.permutations(list(range(n))))  # rows arrive out of time order
         for j in order:
             rows.append((user, draw(st.integers(1, 15)), times[j]))
+    rows += [(99, 100 + j, 0) for j in range(20)]  # other items in the catalogue, so negatives exist
     return rows
 
 
@@ -156,3 +157,17 @@ def test_no_history_contains_an_event_at_or_after_its_sample_time(rows):
                 # P1 orders by (time, row): the history precedes the target and is never later in time
                 target_time = ts[offsets[user] + end]
                 assert (ts[offsets[user] : offsets[user] + end] <= target_time).all()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_p4_negatives_come_from_the_catalogue_as_it_was_at_the_sample_time(tmp_path, seed):
+    events, items = random_log(n_users=30, n_items=40, seed=seed)
+    ds = load_dataset(prepare(EventLog(events=events, items=items), tmp_path / "d", ProtocolOptions(name="ctr-time")))
+    first_seen = {}
+    for item, stamp in zip(ds.event_items.tolist(), ds.event_timestamps.tolist()):
+        first_seen[item] = min(stamp, first_seen.get(item, stamp))
+    for split in ("train", "valid", "test"):
+        table = ds.samples(split)
+        negatives = table.label == 0
+        for item, stamp in zip(table.target[negatives], table.timestamp[negatives]):
+            assert first_seen[int(item)] <= stamp
