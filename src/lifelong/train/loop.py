@@ -113,7 +113,7 @@ def model_config_for(config: TrainConfig, dataset: PreparedDataset) -> dict[str,
     return config_from_dict(values).to_dict()
 
 
-EVAL_HISTORY_CELLS = 1 << 20  # at most ~1 M history positions per evaluation batch, whatever L is
+EVAL_HISTORY_CELLS = 1 << 18  # at most 262,144 history positions per evaluation batch, whatever L is
 
 
 @torch.no_grad()
