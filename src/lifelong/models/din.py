@@ -9,7 +9,9 @@ the interest and the candidate go through an MLP with Dice activations. Training
 mini-batch aware L2 regulariser on the embeddings (section 4.3.1).
 
 Deviations:
-  - Softmax-normalised weights are available as an option (``attention_normalization="softmax"``).
+  - Softmax-normalised weights are available as an option (``attention_normalization="softmax"``),
+    over the real behaviors only. The authors' released code also normalises with a softmax (after
+    scaling the scores by 1/sqrt(d)); here there is no fixed scale, the activation unit learns it.
   - No user-profile or context features (the shared datasets have none); a behavior is its item-id
     and category embeddings concatenated (no shop id).
   - The MBA regulariser's ``n_j`` is the id's number of events in the prepared log (the loop passes
