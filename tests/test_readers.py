@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lifelong.data import BadRowError, BadRowsSkippedWarning, EventLog, read_events
-from lifelong.data.readers import _scan_records
+from lifelong.data.readers import _first_values, _range_like, _scan_records
 
 HEADER = "user_id,item_id,timestamp\n"
 
@@ -377,3 +377,28 @@ def test_scan_matches_csv_module(rows: list[list[str]]) -> None:
     assert recs.fields is not None
     assert recs.fields.tolist() == expected_fields
     assert recs.lines.tolist() == expected_lines
+
+
+def test_item_features_by_slices_equal_one_group_by() -> None:
+    """The first non-missing feature value per item, computed a slice at a time, equals one group-by."""
+    rng = np.random.default_rng(0)
+    n = 500
+    cates = [None if v < 3 else f"c{v}" for v in rng.integers(0, 12, n)]
+    frame = pl.DataFrame({"item_id": rng.integers(0, 40, n), "category": cates,
+                          "title": [f"t{v}" for v in rng.integers(0, 5, n)]})
+    whole = frame.group_by("item_id", maintain_order=True).agg(pl.col("category").drop_nulls().first(),
+                                                              pl.col("title").drop_nulls().first())
+    for chunk in (1, 7, 64, 10_000):
+        assert _first_values(frame, chunk=chunk).equals(whole)
+
+
+def test_parquet_row_numbers_follow_the_source_chunks(tmp_path: Path) -> None:
+    """A multi-chunk Parquet source gets row numbers in the same chunks (no rechunk of the log) and in order."""
+    parts = [pl.DataFrame({"user_id": [u] * 3, "item_id": [1, 2, 3], "timestamp": [10, 11, 12]}) for u in range(4)]
+    frame = pl.concat(parts, rechunk=False)
+    assert _range_like(frame).chunk_lengths() == frame.to_series(0).chunk_lengths()
+    assert _range_like(frame).to_list() == list(range(12))
+    path = tmp_path / "log.parquet"
+    pl.concat(parts).write_parquet(path, row_group_size=3)
+    log = read_events(path)
+    assert log.events["row"].to_list() == list(range(12))

@@ -550,6 +550,8 @@ def _check_behavior(raw: pl.Series, behaviors: Collection[str] | None) -> tuple[
     allowed = sorted(behaviors) if behaviors is not None else None
     if allowed is not None and raw.null_count() == 0 and raw.is_in(allowed).all():  # fast path
         return raw, None
+    if allowed is None and raw.null_count() == 0 and not _padded_or_empty(raw).any():  # fast path, no copy
+        return raw, None
     s = raw.str.strip_chars()
     rules = [("missing value", pl.col("c").is_null() | (pl.col("s") == ""))]
     if allowed is not None:
@@ -565,8 +567,16 @@ def _feature_value(role: str, raw: pl.Series) -> pl.Series:
         return parts.list.eval(pl.element().filter(pl.element() != ""))
     if role in ("category", "title"):
         s = raw.cast(pl.Utf8)
-        return pl.select(pl.when(s.str.strip_chars() == "").then(None).otherwise(s)).to_series()
+        blank = s.str.contains(r"^\s*$")
+        if not blank.any():  # the usual case: keep the column as it is (no copy of every string)
+            return s
+        return pl.select(pl.when(blank).then(None).otherwise(s)).to_series()
     return _narrow_strings(raw)  # user features: keep the source dtype; numeric strings become numbers
+
+
+def _padded_or_empty(s: pl.Series) -> pl.Series:
+    """True where a string is empty or has leading or trailing white space."""
+    return s.str.contains(r"^\s|\s$") | (s.str.len_bytes() == 0)
 
 
 def _narrow_strings(s: pl.Series) -> pl.Series:
@@ -606,7 +616,7 @@ def _validate(src: _Source, roles: Mapping[str, str], *, unit: str, behaviors: C
     """Check every row of ``src`` against the roles, then build events and item features."""
     df = src.df
     n_rows = df.height
-    idx = pl.int_range(0, n_rows, dtype=pl.Int64, eager=True).alias("_idx")
+    idx = _range_like(df).alias("_idx")
     if "_blank" in df.columns and df["_blank"].any():
         keep = ~df["_blank"]
         df, idx = df.filter(keep), idx.filter(keep)
@@ -666,13 +676,34 @@ def _validate(src: _Source, roles: Mapping[str, str], *, unit: str, behaviors: C
     out = out.with_columns(_integral_ids(out["user_id"]), _integral_ids(out["item_id"]))
     item_features = None
     if feats:
-        item_features = (
-            out.select("item_id", *[pl.col(f"__item_{r}").alias(r) for r in feats])
-            .group_by("item_id", maintain_order=True)
-            .agg(pl.col(r).drop_nulls().first() for r in feats)
-        )
+        item_features = _first_values(out.select("item_id", *[pl.col(f"__item_{r}").alias(r) for r in feats]))
         out = out.drop([f"__item_{r}" for r in feats])
     return _Validated(out, item_features, rejected, n_rows)
+
+
+def _range_like(df: pl.DataFrame) -> pl.Series:
+    """0, 1, ..., height - 1 in the chunks of ``df``'s first column: a frame of both then needs no
+    rechunk (which would copy every column of the log at once)."""
+    lengths = df.to_series(0).chunk_lengths() if df.width else [df.height]
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    parts = [pl.int_range(int(a), int(a) + int(n), dtype=pl.Int64, eager=True) for a, n in zip(starts, lengths)]
+    return pl.concat(parts, rechunk=False) if len(parts) > 1 else parts[0] if parts else pl.Series([], dtype=pl.Int64)
+
+
+def _first_values(per_event: pl.DataFrame, chunk: int = 1 << 21) -> pl.DataFrame:
+    """Per item_id (in order of first appearance), the first non-missing value of every other column.
+
+    Done a slice of rows at a time, then once more over the slices' results: a group-by over all of a
+    20 M-event log at once costs about 1 GiB; this is exact because the first value over the whole
+    log is the first among the slices' first values, taken in order.
+    """
+    def first(frame: pl.DataFrame) -> pl.DataFrame:
+        return frame.group_by("item_id", maintain_order=True).agg(
+            pl.col(c).drop_nulls().first() for c in frame.columns if c != "item_id")
+
+    if per_event.height <= chunk:
+        return first(per_event)
+    return first(pl.concat([first(per_event.slice(start, chunk)) for start in range(0, per_event.height, chunk)]))
 
 
 def _timestamp_fix(value: str, unit: str) -> str:
