@@ -2,8 +2,8 @@
 
 Memory: the log's columns plus one sorted copy, and at most one event-sized temporary at a time (an
 argsort, a rank, an encoded column); no group-by or join runs over every event. On a 20 M-event log
-`prepare` peaks at ~2.3 GiB (benchmarks/memory.py). Vocabularies are fitted on the events before ``vocab_cutoff`` when it is given (the
-training part of a time-split protocol), on all events otherwise.
+`prepare` peaks at ~2.3 GiB (benchmarks/memory.py). Vocabularies are fitted on the events before
+``vocab_cutoff`` when it is given (the training part of a time-split protocol), on all events otherwise.
 """
 
 from __future__ import annotations
