@@ -9,6 +9,7 @@ import json
 import shlex
 import sys
 import tomllib
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -71,7 +72,7 @@ def prepare(
     overwrite: bool = typer.Option(False, help="replace an existing output folder"),
 ) -> None:
     """Validate a raw log and prepare it: one sequence per user, item table, vocabularies, samples."""
-    from lifelong.data import BadRowError, load_recipe
+    from lifelong.data import BadRowError, BadRowsSkippedWarning, load_recipe
     from lifelong.pipeline import ProtocolOptions, prepare as run_prepare
 
     if on_bad_rows not in ("error", "skip"):
@@ -86,10 +87,14 @@ def prepare(
             name=protocol, seed=seed, max_train_per_user=max_train_per_user, t_valid=t_valid, t_test=t_test,
             positive_behaviors=tuple(positive_behaviors.split(",")) if positive_behaviors else None,
         )
-        log = load_recipe(recipe, input, on_bad_rows=on_bad_rows, **options)
+        with warnings.catch_warnings(record=True) as skipped:  # shown below as one line per file
+            warnings.simplefilter("always", BadRowsSkippedWarning)
+            log = load_recipe(recipe, input, on_bad_rows=on_bad_rows, **options)
         path = run_prepare(log, out, protocol_options, overwrite=overwrite)
     except (BadRowError, ValueError, FileNotFoundError, FileExistsError) as error:
         _fail(error)
+    for warning in skipped:
+        errors.print(str(warning.message))
     manifest = json.loads((path / "manifest.json").read_text())
     if manifest["rejected_rows"]:
         errors.print(f"skipped {manifest['rejected_rows']} bad rows; they are in {path / 'rejected.csv'}")
