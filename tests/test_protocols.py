@@ -171,3 +171,21 @@ def test_p4_negatives_come_from_the_catalogue_as_it_was_at_the_sample_time(tmp_p
         negatives = table.label == 0
         for item, stamp in zip(table.target[negatives], table.timestamp[negatives]):
             assert first_seen[int(item)] <= stamp
+
+
+def test_p1_drops_users_with_fewer_than_four_events_and_renumbers_the_rest(tmp_path):
+    """User 20 (3 events) is dropped; users 10 and 30 keep their events in time order, as rows 0 and 1."""
+    import polars as pl
+
+    rows = [(30, 7, 5), (10, 1, 1), (20, 9, 1), (10, 2, 2), (30, 8, 6), (20, 9, 2), (10, 3, 3), (30, 5, 7),
+            (20, 9, 3), (10, 4, 4), (30, 6, 8), (10, 5, 5)]
+    ds = prepared(tmp_path, rows)
+    users = pl.read_parquet(ds.path / "users.parquet")
+    assert users["user_id"].to_list() == ["10", "30"]
+    assert users["user_row"].to_list() == [0, 1]
+    assert users["offset"].to_list() == [0, 5] and users["count"].to_list() == [5, 4]
+    assert ds.offsets.tolist() == [0, 5, 9]
+    assert raw_item(ds, ds.event_items) == [1, 2, 3, 4, 5, 7, 8, 5, 6]
+    events = pl.read_parquet(ds.path / "events.parquet")
+    assert events["user_row"].to_list() == [0] * 5 + [1] * 4
+    assert 9 not in raw_item(ds, range(1, len(pl.read_parquet(ds.path / "items.parquet"))))

@@ -684,10 +684,9 @@ def _validate(src: _Source, roles: Mapping[str, str], *, unit: str, behaviors: C
 def _range_like(df: pl.DataFrame) -> pl.Series:
     """0, 1, ..., height - 1 in the chunks of ``df``'s first column: a frame of both then needs no
     rechunk (which would copy every column of the log at once)."""
-    lengths = df.to_series(0).chunk_lengths() if df.width else [df.height]
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    parts = [pl.int_range(int(a), int(a) + int(n), dtype=pl.Int64, eager=True) for a, n in zip(starts, lengths)]
-    return pl.concat(parts, rechunk=False) if len(parts) > 1 else parts[0] if parts else pl.Series([], dtype=pl.Int64)
+    bounds = np.cumsum([0, *(df.to_series(0).chunk_lengths() if df.width else [df.height])]).tolist()
+    parts = [pl.int_range(a, b, dtype=pl.Int64, eager=True) for a, b in zip(bounds[:-1], bounds[1:])]
+    return pl.concat(parts, rechunk=False) if parts else pl.Series([], dtype=pl.Int64)
 
 
 def _first_values(per_event: pl.DataFrame, chunk: int = 1 << 21) -> pl.DataFrame:

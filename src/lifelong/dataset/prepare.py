@@ -59,20 +59,25 @@ def prepare_dataset(
     # Sort by user, then time, ties in file order: one argsort, then each column gathered once. This
     # holds the log plus one sorted copy; a lazy sort-and-rank of the whole frame needed ~2x more.
     order = events.select(pl.arg_sort_by(["user_id", "timestamp", "row"])).to_series()
+    user_row = _runs(events["user_id"].gather(order))  # dense rank of user_id, from the sorted column
+    counts = np.bincount(user_row)  # events per user
     if min_events > 1:
-        run = _runs(events["user_id"].gather(order))
-        order = order.filter(pl.Series(np.bincount(run)[run] >= min_events))
-        del run
+        kept = counts >= min_events
+        keep = kept[user_row]
+        order = order.filter(pl.Series(keep))
+        user_row, counts = (np.cumsum(kept) - 1)[user_row[keep]], counts[kept]  # renumber the kept users
+        del keep
     table = pl.DataFrame([events[c].gather(order) for c in events.columns if c != "row"])  # `row` only breaks ties
     del order
     if table.height == 0:
         raise ValueError("no events left to prepare (every user has fewer than the minimum number of events?)")
-    # user_row and item_row are the dense ranks of user_id and item_id (item rows from 1: row 0 is padding)
+    # item_row: the dense rank of item_id, from 1 (row 0 is padding)
     item_ids = table["item_id"].unique().sort()
     table = table.with_columns(
-        user_row=pl.Series(_runs(table["user_id"]), dtype=pl.Int32),
+        user_row=pl.Series(user_row, dtype=pl.Int32),
         item_row=(item_ids.search_sorted(table["item_id"]) + 1).cast(pl.Int32),
     )
+    del user_row
     before = None if vocab_cutoff is None else table["timestamp"] < vocab_cutoff
 
     def fit(column: str) -> pl.Series:
@@ -123,9 +128,7 @@ def prepare_dataset(
     item_table.write_parquet(folder / "items.parquet")
 
     # Users: CSR offsets, vocabulary index.
-    # Events are sorted by user, and user_row is the dense rank of user_id: counts and first rows come
-    # from the sorted column with numpy (a group-by over every event needs several times more memory).
-    counts = np.bincount(table["user_row"].to_numpy())
+    # Events are sorted by user: each user's first row comes from the counts (no group-by over every event).
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
     users = pl.DataFrame({
         "user_row": pl.Series(np.arange(counts.shape[0]), dtype=pl.Int32),
@@ -145,8 +148,9 @@ def prepare_dataset(
         behavior_vocab = _vocabulary(fit("behavior"))
         # vocabulary index through an Enum cast (a replace() with a dict costs ~40 bytes per event)
         codes = table["behavior"].cast(pl.Enum(behavior_vocab["value"].to_list()), strict=False).to_physical()
-        event_columns.append(pl.lit((codes.cast(pl.Int64) + FIRST_INDEX).fill_null(UNKNOWN).cast(pl.Int16)).alias("behavior"))
+        table = table.with_columns(behavior=(codes.cast(pl.Int64) + FIRST_INDEX).fill_null(UNKNOWN).cast(pl.Int16))
         del codes
+        event_columns.append(pl.col("behavior"))
         vocab["behavior"] = _as_list(behavior_vocab["value"])
     if has_label:
         event_columns.append(pl.col("label").cast(pl.Float32))
