@@ -25,6 +25,8 @@ def random_batch(batch_size: int = 6, width: int = 7, n_items: int = 30, n_cates
     cates = torch.randint(2, n_cates, (batch_size, width), generator=g) * mask
     behaviors = torch.randint(2, max(n_behaviors, 3), (batch_size, width), generator=g) * mask
     timestamps = torch.cumsum(torch.randint(1, 1000, (batch_size, width), generator=g), dim=1) * mask
+    negative_items = torch.randint(2, n_items, (batch_size, width), generator=g) * mask
+    negative_cates = torch.randint(2, n_cates, (batch_size, width), generator=g) * mask
     return Batch(
         history_items=items, history_cates=cates, history_mask=mask,
         target_items=torch.randint(2, n_items, (batch_size,), generator=g),
@@ -33,6 +35,7 @@ def random_batch(batch_size: int = 6, width: int = 7, n_items: int = 30, n_cates
         users=torch.arange(batch_size),
         history_behaviors=behaviors, history_timestamps=timestamps,
         timestamps=timestamps.max(dim=1).values + 10,
+        history_negative_items=negative_items, history_negative_cates=negative_cates,
     )
 
 

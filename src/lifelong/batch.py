@@ -30,6 +30,9 @@ class Batch:
         history_behaviors: (B, T) int64 behavior indices, or None.
         history_timestamps: (B, T) int64 unix seconds (0 at padding), or None.
         timestamps: (B,) int64 sample (target) time, or None.
+        history_negative_items: (B, T) int64 one sampled item per history event that the user never
+            interacted with (0 at padding), or None; the data pipeline draws them with the seed.
+        history_negative_cates: (B, T) int64 their categories, or None.
     """
 
     history_items: torch.Tensor
@@ -42,6 +45,8 @@ class Batch:
     history_behaviors: torch.Tensor | None = None
     history_timestamps: torch.Tensor | None = None
     timestamps: torch.Tensor | None = None
+    history_negative_items: torch.Tensor | None = None
+    history_negative_cates: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.target_items.shape[0])
@@ -59,7 +64,8 @@ class Batch:
         if self.history_items.dim() != 2:
             raise ValueError(f"history_items must be (B, T), got shape {tuple(self.history_items.shape)}")
         b, t = self.history_items.shape
-        for name in ("history_cates", "history_mask", "history_behaviors", "history_timestamps"):
+        for name in ("history_cates", "history_mask", "history_behaviors", "history_timestamps",
+                     "history_negative_items", "history_negative_cates"):
             value = getattr(self, name)
             if value is not None and tuple(value.shape) != (b, t):
                 raise ValueError(f"{name} must have shape {(b, t)} like history_items, got {tuple(value.shape)}")
@@ -90,14 +96,19 @@ class Collator:
         dataset: the prepared dataset (CSR event columns and item table).
         max_length: ``L``, the number of most recent history events kept.
         with_timestamps: also gather history and sample timestamps (time-aware models).
+        with_negatives: also gather one sampled negative item per history event (see
+            :func:`event_negatives`), e.g. for DIEN's auxiliary loss.
+        seed: the seed of those negatives.
     """
 
-    def __init__(self, dataset: PreparedDataset, max_length: int = 50, with_timestamps: bool = False) -> None:
+    def __init__(self, dataset: PreparedDataset, max_length: int = 50, with_timestamps: bool = False,
+                 with_negatives: bool = False, seed: int = 2024) -> None:
         if max_length < 1:
             raise ValueError(f"max_length must be at least 1, got {max_length}")
         self.dataset = dataset
         self.max_length = max_length
         self.with_timestamps = with_timestamps
+        self.negatives = event_negatives(dataset, seed) if with_negatives else None
 
     def __call__(self, samples: SampleTable) -> Batch:
         ds = self.dataset
@@ -132,7 +143,45 @@ class Collator:
             else:  # P1: the target event is the user's event right after the history
                 sample_ts = ds.event_timestamps[ds.offsets[user] + end]
             batch.timestamps = torch.from_numpy(sample_ts)
+        if self.negatives is not None:
+            negative_rows = np.where(mask, self.negatives[event], 0)
+            batch.history_negative_items = torch.from_numpy(ds.item_idx[negative_rows])
+            batch.history_negative_cates = torch.from_numpy(ds.item_cate[negative_rows])
         return batch
+
+
+def event_negatives(dataset: PreparedDataset, seed: int = 2024) -> np.ndarray:
+    """One negative item row per event of the store: drawn uniformly, with ``seed``, from the items
+    with a known vocabulary index that the event's user never interacted with.
+
+    Fixed per event (like the negatives the DIEN authors write into their data files), so an epoch,
+    a resumed run and a rerun see the same ones. Vectorised rejection sampling: draws that hit one of
+    the user's items are redrawn until none is left.
+    """
+    ds = dataset
+    n_events = ds.event_items.shape[0]
+    candidates = np.flatnonzero(ds.item_idx >= 2)  # item rows with a known index (not pad/unknown)
+    if candidates.shape[0] == 0:
+        raise ValueError("negative sampling needs at least one item with a known vocabulary index")
+    users = np.repeat(np.arange(ds.offsets.shape[0] - 1, dtype=np.int64), np.diff(ds.offsets))  # (N,)
+    n_rows = np.int64(ds.item_idx.shape[0])
+    seen = np.unique(users * n_rows + ds.event_items)  # sorted (user, item row) keys
+    rng = np.random.default_rng([seed, 7919])
+    negatives = np.zeros(n_events, dtype=np.int64)
+    todo = np.arange(n_events)
+    for _ in range(1000):
+        if todo.shape[0] == 0:
+            break
+        draw = candidates[rng.integers(0, candidates.shape[0], todo.shape[0])]
+        keys = users[todo] * n_rows + draw
+        pos = np.minimum(np.searchsorted(seen, keys), seen.shape[0] - 1)
+        ok = seen[pos] != keys
+        negatives[todo[ok]] = draw[ok]
+        todo = todo[~ok]
+    if todo.shape[0]:
+        raise ValueError(f"{todo.shape[0]} events belong to users who interacted with (almost) every item; "
+                         "no negative item can be drawn for them")
+    return negatives
 
 
 def iterate_batches(

@@ -121,6 +121,7 @@ def train(
     set: list[str] = typer.Option([], "--set", help="model option key=value, e.g. --set embedding_dim=32"),
     resume: bool = typer.Option(False, help="continue the interrupted run in --out with its saved options"),
     progress: bool = typer.Option(True, help="show a progress bar"),
+    save_predictions: bool = typer.Option(False, help="also write test_predictions.npz (per-sample test logits)"),
 ) -> None:
     """Train a ranking model; the best validation epoch is evaluated on test."""
     from lifelong.train import TrainConfig, train as run_train
@@ -143,6 +144,8 @@ def train(
                  "threads": threads, "results_csv": results_csv}
         values.update({k: v for k, v in given.items() if v is not None})
         values["progress"] = progress
+        if save_predictions:
+            values["save_predictions"] = True
         train_config = TrainConfig.from_dict(values)
         results = run_train(train_config, resume=resume, command=command)
     except (ValueError, FileNotFoundError, FileExistsError) as error:

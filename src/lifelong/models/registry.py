@@ -45,6 +45,12 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         return {"model_type": self.model_type, **dataclasses.asdict(self)}
 
+    def batch_needs(self) -> dict[str, bool]:
+        """Optional batch fields this model reads, as :class:`lifelong.batch.Collator` options:
+        ``with_timestamps`` (history and sample times) and ``with_negatives`` (one sampled non-clicked
+        item per history event, for auxiliary losses). The loop builds its collators from this."""
+        return {}
+
 
 MODELS: dict[str, tuple[type[ModelConfig], type[nn.Module]]] = {}
 

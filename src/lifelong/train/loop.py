@@ -46,6 +46,7 @@ class TrainConfig:
     threads: int | None = None
     progress: bool = True
     results_csv: str | None = None
+    save_predictions: bool = False
     model_options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -136,6 +137,17 @@ def evaluate(model, collator: Collator, samples: SampleTable, batch_size: int, d
     return ctr_metrics(users, labels, logits)
 
 
+def collators_for(model_config: dict[str, Any], dataset: PreparedDataset, max_length: int,
+                  seed: int) -> tuple[Collator, Collator]:
+    """(evaluation collator, training collator) with the batch fields the model reads; sampled
+    negatives only feed training losses, so evaluation batches never carry them."""
+    needs = config_from_dict(model_config).batch_needs()
+    evaluation = Collator(dataset, max_length, with_timestamps=needs.get("with_timestamps", False))
+    if not needs.get("with_negatives", False):
+        return evaluation, evaluation
+    return evaluation, Collator(dataset, max_length, seed=seed, **needs)
+
+
 def _set_counts(model: torch.nn.Module, dataset: PreparedDataset) -> None:
     """Id frequencies for the mini-batch aware regulariser (events of the prepared log)."""
     if not hasattr(model, "item_counts"):
@@ -155,9 +167,9 @@ def train(config: TrainConfig, *, resume: bool = False, command: str | None = No
         torch.set_num_threads(config.threads)
     run = Path(config.out)
     dataset = load_dataset(config.data)
-    collator = Collator(dataset, config.max_length)
-    train_samples, valid_samples = dataset.samples("train"), dataset.samples("valid")
     model_config = model_config_for(config, dataset)
+    collator, train_collator = collators_for(model_config, dataset, config.max_length, config.seed)
+    train_samples, valid_samples = dataset.samples("train"), dataset.samples("valid")
     torch.manual_seed(config.seed)
     model = build_model(model_config)
     _set_counts(model, dataset)
@@ -185,7 +197,7 @@ def train(config: TrainConfig, *, resume: bool = False, command: str | None = No
         net.train()
         loss_sum, seen, started = 0.0, 0, time.perf_counter()
         with _progress(config.progress and ctx.main, f"epoch {epoch}", order.shape[0]) as advance:
-            for batch in iterate_batches(collator, train_samples, config.batch_size, order):
+            for batch in iterate_batches(train_collator, train_samples, config.batch_size, order):
                 if len(batch) < 2:  # batch statistics (Dice) need two samples
                     continue
                 output = net(batch)
@@ -230,6 +242,11 @@ def train(config: TrainConfig, *, resume: bool = False, command: str | None = No
         "valid": state["best_valid"],  # the best epoch's weights are the ones loaded: no second pass
         "test": evaluate(model, collator, dataset.samples("test"), config.eval_batch_size, ctx),
     }
+    if config.save_predictions and not ctx.enabled:
+        test = dataset.samples("test")
+        logits = predict(model, collator, test, config.eval_batch_size)
+        np.savez_compressed(run / "test_predictions.npz", user=test.user, end=test.end, label=test.label,
+                            logit=logits, history_length=np.minimum(test.end, config.max_length))
     if ctx.main:
         (run / "results.json").write_text(json.dumps(results, indent=2))
         if config.results_csv:
@@ -313,6 +330,8 @@ def evaluate_run(run: str | Path, split: str = "test", batch_size: int = 8192) -
     dataset = load_dataset(config.data)
     model = build_model(json.loads((run / "checkpoints" / "best" / "config.json").read_text()))
     load_weights(run / "checkpoints" / "best", model)
-    metrics = evaluate(model, Collator(dataset, config.max_length), dataset.samples(split), batch_size)
+    collator, _ = collators_for(json.loads((run / "checkpoints" / "best" / "config.json").read_text()),
+                                dataset, config.max_length, config.seed)
+    metrics = evaluate(model, collator, dataset.samples(split), batch_size)
     (run / f"eval_{split}.json").write_text(json.dumps(metrics, indent=2))
     return metrics
