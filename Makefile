@@ -4,7 +4,7 @@ VENV ?= .venv
 PIP = $(VENV)/bin/pip install --disable-pip-version-check -c constraints.txt
 PYTEST_ARGS ?=
 
-.PHONY: demo test install install-test bench-setup clean
+.PHONY: demo test install install-test install-report bench-setup clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ $(VENV)/.installed-test: $(VENV)/.installed
 install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
+
+## make install-report: matplotlib, for the plots of benchmarks/ctr_table.py
+install-report: $(VENV)/.installed
+	$(PIP) -e '.[report]'
 
 ## make demo: the main job on the embedded default (synthetic log -> sumpool vs din)
 demo: install

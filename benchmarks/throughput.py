@@ -1,6 +1,7 @@
-"""DIN training throughput: lifelong vs FuxiCTR 2.3.10 vs DeepCTR-Torch 0.3.0, same samples, same settings.
+"""CTR training throughput: lifelong (DIN, DIEN, TIN, BST, DiffuMIN) vs FuxiCTR 2.3.10 and DeepCTR-Torch 0.3.0's
+DIN, same samples, same settings.
 
-    python benchmarks/throughput.py [--epochs 3] [--skip-peers] [--models din,sumpool]
+    python benchmarks/throughput.py [--epochs 3] [--skip-peers] [--models din,dien,tin,bst,diffumin]
 
 Data: P1 (ctr-din protocol) Amazon Beauty prepared by lifelong into /tmp/bench-beauty (prepared on first
 use from ../shared/data/amazon-beauty with the ``amazon-s3rec`` recipe). Settings for every library: DIN,
@@ -156,7 +157,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=3, help="epochs per library (the first is warm-up)")
     parser.add_argument("--skip-peers", action="store_true", help="lifelong rows only (and the reference line)")
-    parser.add_argument("--models", default="din,din:attention_normalization=softmax:l2_mba=0.1",
+    parser.add_argument("--models", default="din,din:attention_normalization=softmax:l2_mba=0.1,dien,tin,bst,diffumin",
                         help="lifelong models, comma separated, each NAME[:key=value...] (peers always run DIN)")
     parser.add_argument("--data", type=Path, default=Path("/tmp/bench-beauty"), help="prepared P1 dataset folder")
     parser.add_argument("--source", type=Path, default=ROOT.parent / "shared" / "data" / "amazon-beauty")

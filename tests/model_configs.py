@@ -5,4 +5,9 @@ TINY_VOCAB = {"n_items": 30, "n_cates": 8, "n_behaviors": 4}
 TINY_CONFIGS: dict[str, dict] = {
     "sumpool": {"embedding_dim": 4, "dnn_hidden": (16, 8)},
     "din": {"embedding_dim": 4, "attention_hidden": (8, 4), "dnn_hidden": (16, 8)},
+    "dien": {"embedding_dim": 4, "aux_hidden": (8,), "dnn_hidden": (16, 8)},
+    "tin": {"embedding_dim": 4, "temporal_encoding": "both", "max_positions": 6, "n_buckets": 8, "dnn_hidden": (16, 8)},
+    "bst": {"embedding_dim": 4, "num_heads": 2, "max_positions": 6, "dnn_hidden": (16, 8)},
+    "diffumin": {"embedding_dim": 4, "channels": 3, "top_per_channel": 2, "short_length": 3, "denoiser_layers": 1,
+                 "short_layers": 1, "infer_steps": 3, "dnn_hidden": (16, 8)},
 }

@@ -188,3 +188,21 @@ class TargetAttention(nn.Module):
             weights = scores.new_zeros((b, t)).index_put((batch_index, step_index), scores)
         interest = torch.einsum("bt,btd->bd", weights, keys)  # (B, D)
         return interest, weights
+
+
+def relative_positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position of each behavior relative to the target for left-aligned histories (TIN, BST).
+
+    Args:
+        mask: (B, T) bool, True at real events (left-aligned).
+
+    Returns:
+        (B, T) int64: ``l - t`` at real events (most recent = 1), 0 at padding.
+
+    Example:
+        >>> relative_positions(torch.tensor([[True, True, False]]))
+        tensor([[2, 1, 0]])
+    """
+    lengths = mask.sum(dim=1, keepdim=True)  # (B, 1)
+    steps = torch.arange(mask.shape[1], device=mask.device)[None, :]  # (1, T)
+    return torch.where(mask, lengths - steps, torch.zeros_like(steps))

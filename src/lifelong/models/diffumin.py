@@ -1,0 +1,393 @@
+"""DiffuMIN: diffusion-driven multi-interest network.
+
+Paper: Lai et al., DiffuMIN, a diffusion-driven multi-interest network for CTR prediction,
+arXiv 2508.15311, RecSys 2025 (pp. 289-298); the reference for the tensor ops is the authors' TF1 code
+(``handle_layer/handle_lib/handle_rec_unit.py``).
+
+Mechanism:
+  - OMIE (orthogonal multi-interest extractor): the target is projected, ``e_s W`` with
+    ``W in R^{D x cD}``, reshaped to ``D x c`` and QR-decomposed into ``c`` orthonormal channels ``O``;
+    the relevance ``A = E O`` routes each behavior to its top-1 channel; per channel the
+    ``top_per_channel`` most relevant routed behaviors are mean-pooled into an interest ``r_i``
+    (an empty channel gives a zero vector).
+  - DMIG (diffusion multi-interest generator): a DDPM (``diffusion_steps`` = 1000, linear beta
+    1e-4 .. 0.02) whose denoiser, a small Transformer over the ``c`` channel tokens (each token = noisy
+    interest + step embedding + projected channel vector ``o_i``; the other channels are the context
+    through self-attention), predicts ``x_0`` and is trained with an L2 loss. Generation starts from
+    the noised aggregated interest and runs ``infer_steps`` reverse steps, giving ``r*``.
+  - CMIC (contrastive multi-interest calibrator): InfoNCE per channel, positive ``(r_i, r*_i)`` of
+    the same sample, negatives ``r*_i`` of the other in-batch samples, cosine / temperature 0.05.
+  - Short-term interest: the most recent ``short_length`` behaviors and the target through a
+    Transformer encoder (dff factor 3); its output at the target token.
+  - Prediction: MLP (Dice) on ``[r, r*, short-term, e_s]``; loss
+    ``L_CTR + 0.01 L_diff + 0.001 L_cl`` (the latter two returned as ``aux_losses`` in training).
+
+Deviations:
+  - OMIE pooling: the forward value is the paper's mean pool, but each kept behavior is multiplied
+    by the straight-through factor ``1 + a - stop_grad(a)`` (``a`` its relevance to its channel),
+    so ``W`` receives a gradient through the relevance (the hard routing and top-k have none).
+  - QR's sign ambiguity is fixed by making ``diag(R)`` positive (deterministic, continuous channels).
+  - ``top_per_channel`` is a count (default 20 for histories of 50; the code keeps 100 of 5000).
+  - Step indexing: step 0 is the clean interest (``alpha_bar_0 = 1``), steps 1..T follow the DDPM
+    schedule; training draws ``t`` uniformly in 1..T per sample.
+  - The diffusion target ``r`` is detached (``L_diff`` trains the denoiser only, it cannot shrink
+    the interests to make them easy to predict); the noised input keeps its gradient.
+  - In training ``r*`` is the denoiser's ``x_0`` prediction at the sampled training step (with
+    gradient). At inference the start is ``sqrt(alpha_bar_t') r`` (the noise set to its mean, zero)
+    at ``t' = infer_start_step``, followed by deterministic DDIM (eta = 0) steps to 0 over
+    ``infer_steps`` evenly spaced steps; ``r*`` is the last ``x_0`` prediction (with
+    ``infer_start_step = 0``, one prediction at step 0). The paper samples noise at inference; this
+    keeps evaluation deterministic and a sample's score independent of its batch.
+  - The step embedding is sinusoidal followed by a two-layer MLP (as in DDPM); the channel vector is
+    projected to ``D`` by a linear layer. Both Transformers are post-norm with ReLU feed-forward,
+    written out so that padded keys contribute exact zeros (no ``nn.TransformerEncoderLayer`` fast path).
+  - The short-term branch adds learned recency-position embeddings (not specified in the paper).
+  - MLP (200, 80) instead of 1024-512-256 (the Transformers keep the code's 2 layers, 2 heads).
+  - No other features (the shared datasets have none): a behavior is its item-id and category
+    embeddings concatenated; the contrastive loss is averaged over the ``c`` channels.
+  - ``use_diffusion = False`` (ablation) drops DMIG, ``r*`` and therefore CMIC as well
+    (``use_contrastive`` is then ignored, since the calibrator needs ``r*``).
+  - Optional DIN mini-batch-aware L2 regulariser (``l2_mba``) on the embedding tables.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lifelong.batch import Batch
+from lifelong.models.registry import ModelConfig, ModelOutput, register
+from lifelong.nn import ACTIVATIONS, MLP, BehaviorEmbedding
+
+
+@dataclass
+class DiffuMINConfig(ModelConfig):
+    """Args:
+        embedding_dim: size of each id embedding (a behavior is ``D = 2 * embedding_dim`` wide).
+        channels: number of interest channels ``c`` (paper ``channel_num`` 4); at most ``D``.
+        top_per_channel: behaviors kept per channel before mean pooling.
+        diffusion_steps: DDPM steps ``T`` (1000).
+        beta_start, beta_end: linear beta schedule (1e-4, 0.02).
+        infer_start_step: step ``t'`` at which inference starts from the (noise-free) noised interest.
+        infer_steps: DDIM reverse steps at inference (paper ``infer_timesteps`` 10).
+        denoiser_layers: Transformer layers of the denoiser (2 in the code).
+        short_length: number of most recent behaviors in the short-term branch.
+        short_layers: Transformer layers of the short-term branch.
+        heads: attention heads of both Transformers (must divide ``D``).
+        ffn_factor: feed-forward width factor of both Transformers (paper dff factor 3).
+        temperature: InfoNCE temperature (0.05).
+        diffusion_weight: ``lambda_1`` of ``L_diff`` (0.01).
+        contrastive_weight: ``lambda_2`` of ``L_cl`` (0.001).
+        use_diffusion: keep DMIG (and ``r*``); False is the "without diffusion" ablation.
+        use_contrastive: keep CMIC (only with ``use_diffusion``).
+        dnn_hidden: MLP sizes of the prediction layer.
+        dnn_activation: ``dice`` in the paper.
+        dropout: dropout after each MLP layer.
+        l2_mba: weight of the mini-batch aware L2 regulariser (0 = off).
+    """
+
+    model_type = "diffumin"
+    channels: int = 4
+    top_per_channel: int = 20
+    diffusion_steps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    infer_start_step: int = 100
+    infer_steps: int = 10
+    denoiser_layers: int = 2
+    short_length: int = 10
+    short_layers: int = 2
+    heads: int = 2
+    ffn_factor: int = 3
+    temperature: float = 0.05
+    diffusion_weight: float = 0.01
+    contrastive_weight: float = 0.001
+    use_diffusion: bool = True
+    use_contrastive: bool = True
+    dnn_hidden: tuple[int, ...] = (200, 80)
+    dnn_activation: str = "dice"
+    dropout: float = 0.0
+    l2_mba: float = 0.0
+
+    def validate(self) -> None:
+        super().validate()
+        width = 2 * self.embedding_dim
+        if not 1 <= self.channels <= width:
+            raise ValueError(f"diffumin: channels must be in [1, 2 * embedding_dim = {width}] (QR needs c <= D), "
+                             f"got {self.channels}")
+        for name in ("top_per_channel", "diffusion_steps", "infer_steps", "short_length", "heads", "ffn_factor",
+                     "denoiser_layers", "short_layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"diffumin: {name} must be at least 1, got {getattr(self, name)}")
+        if width % self.heads:
+            raise ValueError(f"diffumin: heads ({self.heads}) must divide the behavior width 2 * embedding_dim = {width}")
+        if not 0 < self.beta_start <= self.beta_end < 1:
+            raise ValueError(f"diffumin: need 0 < beta_start <= beta_end < 1, got {self.beta_start}, {self.beta_end}")
+        if not 0 <= self.infer_start_step <= self.diffusion_steps:
+            raise ValueError(f"diffumin: infer_start_step must be in [0, diffusion_steps = {self.diffusion_steps}], "
+                             f"got {self.infer_start_step}")
+        if self.temperature <= 0 or self.diffusion_weight < 0 or self.contrastive_weight < 0:
+            raise ValueError("diffumin: temperature must be positive and the loss weights non-negative")
+        if self.dnn_activation not in ACTIVATIONS:
+            raise ValueError(f"diffumin: dnn_activation must be one of {ACTIVATIONS}, got {self.dnn_activation!r}")
+        if not 0.0 <= self.dropout < 1.0 or self.l2_mba < 0:
+            raise ValueError("diffumin: dropout must be in [0, 1) and l2_mba non-negative")
+
+
+class EncoderLayer(nn.Module):
+    """Post-norm Transformer encoder layer (multi-head self-attention + ReLU FFN), written out so that
+    padded keys contribute exact zeros whatever the padding width.
+
+    Args:
+        dim: token width ``D``.
+        heads: attention heads (divide ``D``).
+        ffn_factor: feed-forward width is ``ffn_factor * D``.
+
+    Example:
+        >>> EncoderLayer(8, 2, 3)(torch.randn(2, 5, 8), torch.ones(2, 5, dtype=torch.bool)).shape
+        torch.Size([2, 5, 8])
+    """
+
+    def __init__(self, dim: int, heads: int, ffn_factor: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_factor * dim), nn.ReLU(), nn.Linear(ffn_factor * dim, dim))
+        self.norm2 = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, N, D); mask: (B, N) bool, True at real tokens (None = all real)."""
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, N, d/H)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(d // self.heads)  # (B, H, N, N)
+        if mask is not None:
+            scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
+        context = (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(b, n, d)  # (B, N, D)
+        x = self.norm1(x + self.out(context))
+        return self.norm2(x + self.ffn(x))
+
+
+class OrthogonalInterestExtractor(nn.Module):
+    """OMIE: target-conditioned orthonormal channels, top-1 routing, per-channel top-k mean pooling.
+
+    Args:
+        dim: behavior width ``D``.
+        channels: ``c`` (at most ``D``).
+        top_per_channel: behaviors kept per channel.
+
+    Example:
+        >>> omie = OrthogonalInterestExtractor(8, 3, 2)
+        >>> mask = torch.tensor([[True, True, True, False]])
+        >>> omie(torch.randn(1, 4, 8) * mask[..., None], mask, torch.randn(1, 8))[0].shape
+        torch.Size([1, 3, 8])
+    """
+
+    def __init__(self, dim: int, channels: int, top_per_channel: int) -> None:
+        super().__init__()
+        self.channels = channels
+        self.top_per_channel = top_per_channel
+        self.projection = nn.Linear(dim, dim * channels, bias=False)  # the paper's W (D x cD)
+
+    def orthonormal_channels(self, target: torch.Tensor) -> torch.Tensor:
+        """target (B, D) -> O (B, D, c) with orthonormal columns."""
+        b, d = target.shape
+        basis = self.projection(target).view(b, d, self.channels)  # (B, D, c)
+        q, r = torch.linalg.qr(basis, mode="reduced")  # (B, D, c), (B, c, c)
+        sign = torch.where(torch.diagonal(r, dim1=-2, dim2=-1) < 0, -1.0, 1.0)  # (B, c)
+        return q * sign.unsqueeze(1)
+
+    def forward(self, history: torch.Tensor, mask: torch.Tensor, target: torch.Tensor):
+        """Args:
+            history: (B, T, D) behaviors (zero at padding); mask: (B, T) bool; target: (B, D).
+
+        Returns:
+            interests (B, c, D), channels O (B, D, c), routing (B, T, c) bool (one-hot at real
+            behaviors, all False at padding), kept (B, c, T) bool (the pooled behaviors).
+        """
+        channels = self.orthonormal_channels(target)  # (B, D, c)
+        relevance = torch.einsum("btd,bdc->btc", history, channels)  # (B, T, c)
+        top1 = F.one_hot(relevance.argmax(dim=-1), self.channels).bool()  # (B, T, c)
+        routing = top1 & mask.unsqueeze(-1)  # padding is never routed
+        relevance = relevance.transpose(1, 2)  # (B, c, T)
+        scores = relevance.detach().masked_fill(~routing.transpose(1, 2), float("-inf"))  # (B, c, T)
+        k = min(self.top_per_channel, scores.shape[-1])
+        values, index = scores.topk(k, dim=-1)  # (B, c, k)
+        kept = torch.zeros_like(scores, dtype=torch.bool).scatter(2, index, torch.isfinite(values))  # (B, c, T)
+        weights = kept.to(history.dtype) / kept.sum(dim=-1, keepdim=True).clamp(min=1)  # mean pool, (B, c, T)
+        weights = weights * (1 + relevance - relevance.detach())  # straight-through: value unchanged
+        interests = torch.einsum("bct,btd->bcd", weights, history)  # (B, c, D); empty channel -> 0
+        return interests, channels, routing, kept
+
+
+def sinusoidal_embedding(steps: torch.Tensor, dim: int) -> torch.Tensor:
+    """steps (B,) int -> (B, dim) sin/cos features (DDPM / Transformer positional encoding)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=steps.device, dtype=torch.float32) / max(half, 1))
+    args = steps.float().unsqueeze(-1) * freqs  # (B, half)
+    features = torch.cat([args.sin(), args.cos()], dim=-1)
+    return F.pad(features, (0, dim - 2 * half))
+
+
+class DiffusionInterestGenerator(nn.Module):
+    """DMIG: DDPM over the ``c`` interests with a Transformer denoiser that predicts ``x_0``.
+
+    Step 0 is the clean interest; steps 1..T follow the linear beta schedule.
+
+    Args:
+        dim: interest width ``D``.
+        config: the model config (steps, schedule, inference, Transformer sizes).
+
+    Example:
+        >>> cfg = DiffuMINConfig(n_items=10, n_cates=4, embedding_dim=4, heads=2)
+        >>> gen = DiffusionInterestGenerator(8, cfg)
+        >>> gen.q_sample(torch.ones(2, 4, 8), torch.tensor([0, 1000]), torch.zeros(2, 4, 8))[0, 0, 0].item()
+        1.0
+    """
+
+    def __init__(self, dim: int, config: DiffuMINConfig) -> None:
+        super().__init__()
+        self.dim = dim
+        self.steps = config.diffusion_steps
+        betas = torch.linspace(config.beta_start, config.beta_end, config.diffusion_steps, dtype=torch.float64)
+        alpha_bar = torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(1 - betas, dim=0)])  # (T + 1,)
+        self.register_buffer("alpha_bar", alpha_bar.float(), persistent=False)
+        # evenly spaced inference steps t' > ... > 0 (duplicates removed)
+        start = config.infer_start_step
+        schedule = sorted({round(start * (1 - i / config.infer_steps)) for i in range(config.infer_steps + 1)}, reverse=True)
+        self.infer_schedule = schedule  # e.g. [100, 90, ..., 10, 0]
+        self.step_mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.channel_projection = nn.Linear(dim, dim)
+        self.layers = nn.ModuleList(EncoderLayer(dim, config.heads, config.ffn_factor) for _ in range(config.denoiser_layers))
+        self.head = nn.Linear(dim, dim)
+
+    def q_sample(self, x0: torch.Tensor, step: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Forward process: x0 (B, c, D), step (B,) in 0..T, noise (B, c, D) -> x_t (B, c, D)."""
+        alpha_bar = self.alpha_bar[step].view(-1, 1, 1)  # (B, 1, 1)
+        return alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise
+
+    def denoise(self, noisy: torch.Tensor, step: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
+        """Predict x_0: noisy (B, c, D), step (B,), channels O (B, D, c) -> (B, c, D)."""
+        tokens = noisy + self.step_mlp(sinusoidal_embedding(step, self.dim)).unsqueeze(1)  # (B, c, D)
+        tokens = tokens + self.channel_projection(channels.transpose(1, 2))  # + o_i, (B, c, D)
+        for layer in self.layers:
+            tokens = layer(tokens)  # each channel attends to the others (context interests)
+        return self.head(tokens)
+
+    def generate(self, interests: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
+        """Deterministic inference: from sqrt(alpha_bar_t') r, DDIM (eta = 0) down to step 0.
+
+        interests (B, c, D), channels (B, D, c) -> r* (B, c, D), the last x_0 prediction.
+        """
+        b = interests.shape[0]
+        schedule = self.infer_schedule
+
+        def steps(value: int) -> torch.Tensor:
+            return interests.new_full((b,), value, dtype=torch.long)
+
+        x = self.q_sample(interests, steps(schedule[0]), torch.zeros_like(interests))  # noise at its mean
+        if len(schedule) == 1:  # start step 0: one x_0 prediction of the clean interest
+            return self.denoise(x, steps(0), channels)
+        for current, following in zip(schedule[:-1], schedule[1:]):
+            x0 = self.denoise(x, steps(current), channels)  # (B, c, D)
+            a_t, a_next = self.alpha_bar[current], self.alpha_bar[following]
+            eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()  # implied noise
+            x = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
+        return x0
+
+
+def contrastive_loss(interests: torch.Tensor, generated: torch.Tensor, temperature: float) -> torch.Tensor:
+    """CMIC InfoNCE, averaged over channels: positive (r_i, r*_i) of the same sample, negatives r*_i of
+    the other samples; cosine similarity / temperature.
+
+    Args:
+        interests: r (B, c, D). generated: r* (B, c, D).
+
+    Returns:
+        scalar loss (zero when B = 1: no negatives).
+
+    Example:
+        >>> r = torch.randn(4, 2, 8)
+        >>> bool(contrastive_loss(r, r, 0.05) < contrastive_loss(r, r[[1, 0, 3, 2]], 0.05))
+        True
+    """
+    b, c, _ = interests.shape
+    if b < 2:
+        return interests.new_zeros(())
+    anchors = F.normalize(interests, dim=-1).transpose(0, 1)  # (c, B, D)
+    positives = F.normalize(generated, dim=-1).transpose(0, 1)  # (c, B, D)
+    logits = anchors @ positives.transpose(1, 2) / temperature  # (c, B, B)
+    labels = torch.arange(b, device=interests.device).repeat(c)  # (c * B,)
+    return F.cross_entropy(logits.reshape(c * b, b), labels)
+
+
+@register(DiffuMINConfig)
+class DiffuMIN(nn.Module):
+    """OMIE interests (+ DMIG generated interests) + short-term Transformer + target -> MLP -> logit.
+
+    Example:
+        >>> model = DiffuMIN(DiffuMINConfig(n_items=10, n_cates=4, embedding_dim=4, dnn_hidden=(8,)))
+    """
+
+    def __init__(self, config: DiffuMINConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embedding = BehaviorEmbedding(config.n_items, config.n_cates, config.embedding_dim)
+        width = self.embedding.out_dim
+        self.extractor = OrthogonalInterestExtractor(width, config.channels, config.top_per_channel)
+        self.generator = DiffusionInterestGenerator(width, config) if config.use_diffusion else None
+        self.short_positions = nn.Parameter(torch.randn(config.short_length + 1, width) * 0.02)  # recency positions
+        self.short_layers = nn.ModuleList(EncoderLayer(width, config.heads, config.ffn_factor) for _ in range(config.short_layers))
+        n_interest_sets = 2 if config.use_diffusion else 1
+        in_dim = n_interest_sets * config.channels * width + 2 * width
+        self.dnn = MLP(in_dim, list(config.dnn_hidden), config.dnn_activation, out_dim=1, dropout=config.dropout)
+        self.register_buffer("item_counts", torch.ones(config.n_items), persistent=False)
+        self.register_buffer("cate_counts", torch.ones(config.n_cates), persistent=False)
+
+    def short_term(self, history: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The last ``short_length`` real behaviors + the target -> the target token's output (B, D)."""
+        k = self.config.short_length
+        lengths = mask.sum(dim=1)  # (B,)
+        index = lengths.unsqueeze(1) - k + torch.arange(k, device=history.device)  # (B, k), left-aligned history
+        valid = index >= 0
+        index = index.clamp(min=0)
+        recent = history.gather(1, index.unsqueeze(-1).expand(-1, -1, history.shape[-1]))  # (B, k, D)
+        recent = recent * valid.unsqueeze(-1)
+        tokens = torch.cat([recent, target.unsqueeze(1)], dim=1) + self.short_positions  # (B, k + 1, D)
+        token_mask = torch.cat([valid, valid.new_ones(valid.shape[0], 1)], dim=1)  # (B, k + 1)
+        for layer in self.short_layers:
+            tokens = layer(tokens, token_mask)
+        return tokens[:, -1]  # (B, D)
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        batch.validate()
+        config = self.config
+        history = self.embedding(batch.history_items, batch.history_cates)  # (B, T, D)
+        target = self.embedding(batch.target_items, batch.target_cates)  # (B, D)
+        mask = batch.history_mask
+        interests, channels, _, _ = self.extractor(history, mask, target)  # (B, c, D), (B, D, c)
+        features = [interests.flatten(1)]
+        aux = {}
+        if self.generator is not None:
+            if self.training:
+                step = torch.randint(1, config.diffusion_steps + 1, (len(batch),), device=history.device)  # (B,)
+                noisy = self.generator.q_sample(interests, step, torch.randn_like(interests))  # (B, c, D)
+                generated = self.generator.denoise(noisy, step, channels)  # r* = x_0 prediction, (B, c, D)
+                aux["diffusion"] = config.diffusion_weight * F.mse_loss(generated, interests.detach())
+                if config.use_contrastive:
+                    aux["contrastive"] = config.contrastive_weight * contrastive_loss(interests, generated, config.temperature)
+            else:
+                generated = self.generator.generate(interests, channels)  # (B, c, D)
+            features.append(generated.flatten(1))
+        features += [self.short_term(history, mask, target), target]
+        logits = self.dnn(torch.cat(features, dim=-1)).squeeze(-1)  # (B,)
+        if config.l2_mba > 0 and self.training:
+            items = torch.cat([batch.history_items.flatten(), batch.target_items])
+            cates = torch.cat([batch.history_cates.flatten(), batch.target_cates])
+            aux["l2_mba"] = config.l2_mba * self.embedding.mini_batch_l2(items, cates, self.item_counts, self.cate_counts)
+        return ModelOutput(logits=logits, aux_losses=aux)

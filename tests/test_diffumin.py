@@ -1,0 +1,145 @@
+"""DiffuMIN's mechanism beyond the common contract."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lifelong.models import build_model
+from lifelong.models.diffumin import OrthogonalInterestExtractor, contrastive_loss
+
+from helpers import random_batch
+from model_configs import TINY_CONFIGS, TINY_VOCAB
+
+
+def tiny(**overrides):
+    torch.manual_seed(0)
+    return build_model({"model_type": "diffumin", **TINY_VOCAB, **TINY_CONFIGS["diffumin"], **overrides})
+
+
+def test_channels_are_orthonormal_and_routing_covers_exactly_the_real_behaviors():
+    torch.manual_seed(0)
+    omie = OrthogonalInterestExtractor(dim=8, channels=3, top_per_channel=2)
+    mask = torch.arange(6)[None, :] < torch.tensor([6, 4, 1, 0, 3])[:, None]  # (5, 6)
+    history = torch.randn(5, 6, 8) * mask.unsqueeze(-1)
+    interests, channels, routing, kept = omie(history, mask, torch.randn(5, 8))
+    gram = channels.transpose(1, 2) @ channels  # (B, c, c)
+    torch.testing.assert_close(gram, torch.eye(3).expand(5, 3, 3), atol=1e-5, rtol=0)
+    assert torch.equal(routing.sum(dim=-1), mask.long())  # one channel per real behavior, none at padding
+    assert not kept.transpose(1, 2)[~mask].any()
+    assert (kept.sum(dim=-1) <= 2).all()  # top_per_channel
+    assert (kept <= routing.transpose(1, 2)).all()  # only routed behaviors are kept
+    # each channel keeps min(top_per_channel, routed) behaviors, the most relevant ones, mean-pooled
+    routed = routing.sum(dim=1)  # (B, c)
+    assert torch.equal(kept.sum(dim=-1), routed.clamp(max=2))
+    relevance = torch.einsum("btd,bdc->bct", history, channels)
+    for b in range(5):
+        for c in range(3):
+            chosen = relevance[b, c][kept[b, c]]
+            dropped = relevance[b, c][routing[b, :, c] & ~kept[b, c]]
+            if len(chosen) and len(dropped):
+                assert chosen.min() >= dropped.max()
+            expected = history[b][kept[b, c]].mean(dim=0) if len(chosen) else torch.zeros(8)
+            torch.testing.assert_close(interests[b, c], expected, atol=1e-6, rtol=1e-5)
+    assert (interests[3] == 0).all()  # empty history -> zero interests
+
+
+def test_channels_are_deterministic_with_positive_r_diagonal():
+    torch.manual_seed(1)
+    omie = OrthogonalInterestExtractor(dim=8, channels=4, top_per_channel=3)
+    target = torch.randn(3, 8)
+    channels = omie.orthonormal_channels(target)
+    basis = omie.projection(target).view(3, 8, 4)
+    r = channels.transpose(1, 2) @ basis  # (B, c, c) = R
+    assert (torch.diagonal(r, dim1=-2, dim2=-1) > 0).all()
+    torch.testing.assert_close(torch.triu(r), r, atol=1e-5, rtol=0)
+
+
+def test_forward_process_is_clean_at_step_zero_and_noise_at_the_last_step():
+    generator = tiny().generator
+    x0 = torch.randn(64, 3, 8)
+    noise = torch.randn(64, 3, 8)
+    torch.testing.assert_close(generator.q_sample(x0, torch.zeros(64, dtype=torch.long), noise), x0)
+    last = generator.q_sample(x0, torch.full((64,), 1000, dtype=torch.long), noise)
+    assert generator.alpha_bar[-1].sqrt() < 0.01
+    torch.testing.assert_close(last, noise, atol=0.05, rtol=0)
+    corr = torch.corrcoef(torch.stack([last.flatten(), x0.flatten()]))[0, 1]
+    assert abs(corr) < 0.05
+    assert generator.alpha_bar.shape == (1001,) and (generator.alpha_bar.diff() < 0).all()
+
+
+def test_contrastive_loss_is_lowest_when_pairs_match():
+    torch.manual_seed(2)
+    r = torch.randn(5, 3, 8)
+    matched = contrastive_loss(r, r, 0.05)
+    for shift in range(1, 5):
+        shuffled = r[torch.roll(torch.arange(5), shift)]
+        assert matched < contrastive_loss(r, shuffled, 0.05)
+    assert contrastive_loss(r[:1], r[:1], 0.05) == 0  # no negatives with one sample
+
+
+def test_evaluation_is_deterministic_and_start_step_zero_is_one_clean_prediction():
+    model = tiny(infer_start_step=0).eval()
+    batch = random_batch(seed=4)
+    history = model.embedding(batch.history_items, batch.history_cates)
+    target = model.embedding(batch.target_items, batch.target_cates)
+    interests, channels, _, _ = model.extractor(history, batch.history_mask, target)
+    expected = model.generator.denoise(interests, torch.zeros(len(batch), dtype=torch.long), channels)
+    assert torch.equal(model.generator.generate(interests, channels), expected)
+    assert torch.equal(model(batch).logits, model(batch).logits)
+
+
+def test_inference_runs_evenly_spaced_ddim_steps():
+    model = tiny(infer_start_step=100, infer_steps=10).eval()
+    assert model.generator.infer_schedule == list(range(100, -1, -10))
+    # the last x_0 prediction is made at step 10 from the DDIM iterate
+    calls = []
+    original = model.generator.denoise
+
+    def spy(noisy, step, channels):
+        calls.append(int(step[0]))
+        return original(noisy, step, channels)
+
+    model.generator.denoise = spy
+    model(random_batch(seed=5))
+    assert calls == list(range(100, 0, -10))
+
+
+def test_training_returns_weighted_diffusion_and_contrastive_losses():
+    model = tiny().train()
+    batch = random_batch(batch_size=8, seed=6)
+    aux = model(batch).aux_losses
+    assert set(aux) == {"diffusion", "contrastive"}
+    assert all(torch.isfinite(v) and v > 0 for v in aux.values())
+    assert model.eval()(batch).aux_losses == {}
+    assert set(tiny(use_contrastive=False).train()(batch).aux_losses) == {"diffusion"}
+
+
+def test_without_diffusion_there_is_no_generator_and_no_auxiliary_loss():
+    model = tiny(use_diffusion=False).train()
+    assert model.generator is None
+    assert not any(name.startswith("generator") for name, _ in model.named_parameters())
+    assert model(random_batch(batch_size=8, seed=7)).aux_losses == {}
+    full = tiny()
+    c, d = 3, 8
+    assert full.dnn.layers[0].in_features - model.dnn.layers[0].in_features == c * d  # no r* in the MLP input
+
+
+def test_short_term_branch_reads_only_the_most_recent_behaviors():
+    model = tiny(use_diffusion=False).eval()  # short_length 3
+    batch = random_batch(batch_size=4, width=7, seed=8)
+    history = model.embedding(batch.history_items, batch.history_cates)
+    target = model.embedding(batch.target_items, batch.target_cates)
+    before = model.short_term(history, batch.history_mask, target)
+    changed = history.clone()
+    changed[0, :4] = torch.randn(4, 8)  # sample 0 has 7 events; the recent three are 4, 5, 6
+    torch.testing.assert_close(model.short_term(changed, batch.history_mask, target), before)
+    changed[0, 6] += 1.0
+    assert not torch.allclose(model.short_term(changed, batch.history_mask, target)[0], before[0])
+
+
+@pytest.mark.parametrize("field, value", [("channels", 9), ("heads", 3), ("infer_start_step", 1001),
+                                          ("temperature", 0.0), ("top_per_channel", 0)])
+def test_invalid_config_is_rejected(field, value):
+    with pytest.raises(ValueError, match=field):
+        tiny(**{field: value})
