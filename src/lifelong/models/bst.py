@@ -194,8 +194,5 @@ class BST(nn.Module):
         logits = self.dnn(torch.cat([target_out, behavior_mean, target], dim=-1)).squeeze(-1)  # (B,)
         aux = {}
         if self.config.l2_mba > 0 and self.training:
-            items = torch.cat([batch.history_items.flatten(), batch.target_items])
-            cates = torch.cat([batch.history_cates.flatten(), batch.target_cates])
-            l2 = self.embedding.mini_batch_l2(items, cates, self.item_counts, self.cate_counts)
-            aux["l2_mba"] = self.config.l2_mba * l2
+            aux["l2_mba"] = self.config.l2_mba * self.embedding.batch_l2(batch, self.item_counts, self.cate_counts)
         return ModelOutput(logits=logits, aux_losses=aux)

@@ -266,8 +266,5 @@ class DIEN(nn.Module):
             negatives = self.embedding(batch.history_negative_items, batch.history_negative_cates)  # (B, T, D)
             aux["auxiliary"] = self.config.aux_weight * self.auxiliary_loss(states, history, negatives, mask)
         if self.config.l2_mba > 0 and self.training:
-            items = torch.cat([batch.history_items.flatten(), batch.target_items])
-            cates = torch.cat([batch.history_cates.flatten(), batch.target_cates])
-            aux["l2_mba"] = self.config.l2_mba * self.embedding.mini_batch_l2(items, cates, self.item_counts,
-                                                                             self.cate_counts)
+            aux["l2_mba"] = self.config.l2_mba * self.embedding.batch_l2(batch, self.item_counts, self.cate_counts)
         return ModelOutput(logits=logits, aux_losses=aux)

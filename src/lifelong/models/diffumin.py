@@ -387,7 +387,5 @@ class DiffuMIN(nn.Module):
         features += [self.short_term(history, mask, target), target]
         logits = self.dnn(torch.cat(features, dim=-1)).squeeze(-1)  # (B,)
         if config.l2_mba > 0 and self.training:
-            items = torch.cat([batch.history_items.flatten(), batch.target_items])
-            cates = torch.cat([batch.history_cates.flatten(), batch.target_cates])
-            aux["l2_mba"] = config.l2_mba * self.embedding.mini_batch_l2(items, cates, self.item_counts, self.cate_counts)
+            aux["l2_mba"] = config.l2_mba * self.embedding.batch_l2(batch, self.item_counts, self.cate_counts)
         return ModelOutput(logits=logits, aux_losses=aux)

@@ -115,6 +115,12 @@ class BehaviorEmbedding(nn.Module):
             total = total + (weights.pow(2).sum(dim=1) / counts[present].clamp(min=1)).sum()
         return total
 
+    def batch_l2(self, batch, item_counts: torch.Tensor, cate_counts: torch.Tensor) -> torch.Tensor:
+        """:meth:`mini_batch_l2` over the ids of a batch's histories and targets."""
+        items = torch.cat([batch.history_items.flatten(), batch.target_items])
+        cates = torch.cat([batch.history_cates.flatten(), batch.target_cates])
+        return self.mini_batch_l2(items, cates, item_counts, cate_counts)
+
 
 class TargetAttention(nn.Module):
     """DIN's local activation unit: an MLP scores each behavior from ``[h, t, h - t, h * t]``; the
