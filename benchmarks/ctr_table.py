@@ -8,11 +8,11 @@ the best validation epoch. Finished runs (a ``results.json`` in their folder) ar
 interrupted table continues where it stopped; ``--fresh`` starts over.
 
     python benchmarks/ctr_table.py [--models SPEC,...] [--datasets beauty,sports,ml100k,taobao]
-        [--seeds 2024,2025,2026] [--jobs 2] [--threads 1] [--workdir runs/ctr-table]
-        [--repeat] [--fresh]
+        [--seeds 2024,2025,2026] [--epochs 2] [--lr LR] [--jobs 2] [--threads 1]
+        [--workdir runs/ctr-table] [--repeat] [--fresh]
 
 A model SPEC is NAME or NAME:key=value:key=value (model options), e.g. ``dien:aux_weight=0``.
-Outputs in the workdir: ``runs.json`` (one row per run), ``table.md`` (the README table) and
+Outputs in the workdir: ``table.json`` (one row per run), ``table.md`` (the README table) and
 ``auc_by_length_beauty.png``.
 """
 
@@ -81,7 +81,7 @@ def train_command(work: Path, dataset: str, spec: str, seed: str, attempt: int, 
     out = work / "runs" / f"{dataset}-{spec.replace(':', '-').replace('=', '')}-{seed}" / f"try{attempt}"
     command = lifelong("train", "--data", str(work / "data" / dataset), "--model", name, "--out", str(out),
                        "--seed", seed, "--epochs", str(args.epochs), "--patience", str(args.patience),
-                       "--lr", LEARNING_RATES[dataset], *SETTINGS,
+                       "--lr", args.lr or LEARNING_RATES[dataset], *SETTINGS,
                        *[a for o in options for a in ("--set", o)], "--threads", args.threads, "--no-progress",
                        "--results-csv", str(work / "results.csv"))
     if dataset == "beauty":
@@ -131,21 +131,22 @@ def plot(rows: list[dict], models: list[str], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    measured = [r for r in rows if r["dataset"] == "beauty" and r.get("bucket_auc")]
+    if not measured:
+        return
+    counts = measured[0]["bucket_count"]
+    keep = [i for i, count in enumerate(counts) if count > 0]  # P1 Beauty has no test history under 3
     fig, ax = plt.subplots(figsize=(9, 5.2), dpi=120)
-    x = np.arange(len(LENGTH_BUCKETS))
-    counts = None
+    x = np.arange(len(keep))
     for spec in models:
-        group = [r for r in rows if r["dataset"] == "beauty" and r["spec"] == spec and r.get("bucket_auc")]
+        group = [r for r in measured if r["spec"] == spec]
         if not group:
             continue
-        values = np.array([r["bucket_auc"] for r in group])  # (seeds, buckets)
+        values = np.array([r["bucket_auc"] for r in group])[:, keep]  # (seeds, buckets)
         ax.errorbar(x, values.mean(axis=0), yerr=values.std(axis=0, ddof=1) if len(group) > 1 else None,
                     marker="o", capsize=3, label=label_of(spec), linewidth=1.6 if spec != "sumpool" else 2.4,
                     linestyle="--" if spec == "sumpool" else "-")
-        counts = group[0]["bucket_count"]
-    labels = [f"{lo}–{hi}" for lo, hi in LENGTH_BUCKETS]
-    if counts is not None:
-        labels = [f"{label}\n(n={count:,})" for label, count in zip(labels, counts)]
+    labels = [f"{LENGTH_BUCKETS[i][0]}–{LENGTH_BUCKETS[i][1]}\n(n={counts[i]:,})" for i in keep]
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_xlabel("history length (events before the target, capped at L=50)")
     ax.set_ylabel("test AUC (mean over seeds, ± std)")
@@ -164,6 +165,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="2024,2025,2026")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--patience", type=int, default=2)
+    parser.add_argument("--lr", help="one Adam learning rate for every dataset (default: LEARNING_RATES)")
     parser.add_argument("--jobs", type=int, default=2, help="training processes at once")
     parser.add_argument("--threads", default="1", help="torch threads per training process")
     parser.add_argument("--repeat", action="store_true", help="train every run a second time; report the largest difference")
@@ -216,11 +218,12 @@ def main() -> None:
         if again:
             row["rerun_max_diff"] = max(abs(again[0]["test"][m] - result["test"][m]) for m in ("auc", "gauc", "logloss"))
         rows.append(row)
-    (work / "runs.json").write_text(json.dumps(rows, indent=2))
+    (work / "table.json").write_text(json.dumps(rows, indent=2))  # benchmarks/readme_table.py reads it
 
     table, summary = summarise(rows, models, datasets)
     header = (f"Test metrics, mean ± sample std over seeds {', '.join(seeds)}; L=50, embedding 32 per id "
-              f"(a behavior is item ⊕ category = 64), batch 1024, Adam (lr 3e-3; 6e-3 on Taobao), l2_mba 0.1, at most "
+              f"(a behavior is item ⊕ category = 64), batch 1024, Adam (lr "
+              f"{args.lr or '3e-3; 6e-3 on Taobao'}), l2_mba 0.1, at most "
               f"{args.epochs} epochs with early stopping on validation AUC (patience {args.patience}). "
               f"In brackets: the gain over sumpool's mean test AUC.")
     (work / "table.md").write_text(header + "\n\n" + table + "\n")

@@ -96,3 +96,36 @@ def test_two_process_ddp_metrics_equal_a_single_process_evaluation(data, tmp_pat
         assert single["n"] == reported[split]["n"]
         for metric in ("auc", "gauc", "logloss"):
             assert abs(single[metric] - reported[split][metric]) < 1e-6, (split, metric)
+
+
+def test_saved_test_predictions_give_the_reported_test_metrics(data, tmp_path):
+    import numpy as np
+
+    from lifelong.metrics import ctr_metrics
+
+    results = train(config(data, tmp_path / "run", epochs=1, save_predictions=True))
+    saved = np.load(tmp_path / "run" / "test_predictions.npz")
+    assert saved["history_length"].max() <= 50 and saved["history_length"].min() >= 1
+    assert ctr_metrics(saved["user"], saved["label"], saved["logit"]) == results["test"]
+
+
+@pytest.mark.parametrize("model, options", [
+    ("dien", {"embedding_dim": 4, "aux_hidden": (8,), "dnn_hidden": (8,)}),
+    ("tin", {"embedding_dim": 4, "temporal_encoding": "both", "dnn_hidden": (8,)}),
+    ("bst", {"embedding_dim": 4, "num_heads": 2, "dnn_hidden": (8,)}),
+    ("diffumin", {"embedding_dim": 4, "channels": 2, "top_per_channel": 3, "short_length": 3, "dnn_hidden": (8,)}),
+])
+def test_new_ctr_models_train_and_resume_exactly_through_the_loop(data, tmp_path, model, options):
+    """Sampled negatives (DIEN), timestamps (TIN) and diffusion noise (DiffuMIN) restart exactly on resume."""
+    def make(out):
+        return config(data, out, model=model, epochs=2, model_options=options)
+
+    straight = train(make(tmp_path / "straight"))
+
+    def stop_after_first(epoch, record):
+        if epoch == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(make(tmp_path / "resumed"), on_epoch_end=stop_after_first)
+    assert train(make(tmp_path / "resumed"), resume=True)["test"] == straight["test"]
