@@ -78,6 +78,37 @@ def test_contrastive_loss_is_lowest_when_pairs_match():
     assert contrastive_loss(r[:1], r[:1], 0.05) == 0  # no negatives with one sample
 
 
+def test_contrastive_negatives_exclude_the_same_users_other_samples():
+    torch.manual_seed(3)
+    r, generated = torch.randn(4, 2, 8), torch.randn(4, 2, 8)
+    distinct = torch.tensor([10, 11, 12, 13])
+    torch.testing.assert_close(contrastive_loss(r, generated, 0.05, distinct), contrastive_loss(r, generated, 0.05))
+    users = torch.tensor([10, 10, 12, 13])  # samples 0 and 1 belong to one user
+    moved = generated.clone()
+    moved[1] = 5 * r[0]  # sample 1's r* now looks like sample 0's interest: a false negative for sample 0
+    row_cut = contrastive_loss(r, moved, 0.05, users) - contrastive_loss(r, generated, 0.05, users)
+    plain_cut = contrastive_loss(r, moved, 0.05) - contrastive_loss(r, generated, 0.05)
+    assert plain_cut > row_cut  # without the mask the look-alike raises sample 0's loss
+
+
+def test_inference_generation_reads_the_interest_at_a_unit_scale():
+    """The denoiser sees unit-RMS interests, so r* follows r, and it comes back at r's scale."""
+    model = tiny().eval()
+    batch = random_batch(seed=6)
+    history = model.embedding(batch.history_items, batch.history_cates)
+    target = model.embedding(batch.target_items, batch.target_cates)
+    interests, channels, _, _ = model.extractor(history, batch.history_mask, target)
+    scale = interests.norm(dim=-1, keepdim=True).clamp(min=1e-6) / interests.shape[-1] ** 0.5
+    clean = interests / scale
+    assert torch.allclose(clean.pow(2).mean(dim=-1)[interests.norm(dim=-1) > 0], torch.tensor(1.0))
+    assert not torch.allclose(model.generator.generate(clean, channels), model.generator.generate(-clean, channels))
+    model.train()
+    torch.manual_seed(1)
+    output = model(batch)
+    assert set(output.aux_losses) == {"diffusion", "contrastive"}
+    assert output.aux_losses["diffusion"] < 0.01 * 10  # MSE of unit-RMS vectors, weighted by 0.01
+
+
 def test_evaluation_is_deterministic_and_start_step_zero_is_one_clean_prediction():
     model = tiny(infer_start_step=0).eval()
     batch = random_batch(seed=4)

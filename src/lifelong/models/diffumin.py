@@ -29,9 +29,15 @@ Deviations:
   - QR's sign ambiguity is fixed by making ``diag(R)`` positive (deterministic, continuous channels).
   - ``top_per_channel`` is a count (default 20 for histories of 50; the code keeps 100 of 5000).
   - Step indexing: step 0 is the clean interest (``alpha_bar_0 = 1``), steps 1..T follow the DDPM
-    schedule; training draws ``t`` uniformly in 1..T per sample.
+    schedule.
   - The diffusion target ``r`` is detached (``L_diff`` trains the denoiser only, it cannot shrink
     the interests to make them easy to predict); the noised input keeps its gradient.
+  - The diffusion runs on unit-RMS interests (``r / (||r|| / sqrt(D))``, the scale restored on the
+    output): the embeddings are ~1e-2 per dimension, so with the DDPM's unit noise almost every step
+    would show the denoiser pure noise. Training steps are drawn from ``1..infer_start_step``, the noise
+    levels inference starts from (the paper draws from ``1..T``), so the ``r*`` the MLP sees in
+    training and at inference come from the same range. CMIC's negatives are the in-batch samples of
+    *other users* (a user's other samples share its history).
   - In training ``r*`` is the denoiser's ``x_0`` prediction at the sampled training step (with
     gradient). At inference the start is ``sqrt(alpha_bar_t') r`` (the noise set to its mean, zero)
     at ``t' = infer_start_step``, followed by deterministic DDIM (eta = 0) steps to 0 over
@@ -301,12 +307,14 @@ class DiffusionInterestGenerator(nn.Module):
         return x0
 
 
-def contrastive_loss(interests: torch.Tensor, generated: torch.Tensor, temperature: float) -> torch.Tensor:
+def contrastive_loss(interests: torch.Tensor, generated: torch.Tensor, temperature: float,
+                     users: torch.Tensor | None = None) -> torch.Tensor:
     """CMIC InfoNCE, averaged over channels: positive (r_i, r*_i) of the same sample, negatives r*_i of
-    the other samples; cosine similarity / temperature.
+    the other samples (of other users when ``users`` is given: a user's other samples share most of
+    the history, so they would be false negatives); cosine similarity / temperature.
 
     Args:
-        interests: r (B, c, D). generated: r* (B, c, D).
+        interests: r (B, c, D). generated: r* (B, c, D). users: (B,) user ids, or None.
 
     Returns:
         scalar loss (zero when B = 1: no negatives).
@@ -322,6 +330,9 @@ def contrastive_loss(interests: torch.Tensor, generated: torch.Tensor, temperatu
     anchors = F.normalize(interests, dim=-1).transpose(0, 1)  # (c, B, D)
     positives = F.normalize(generated, dim=-1).transpose(0, 1)  # (c, B, D)
     logits = anchors @ positives.transpose(1, 2) / temperature  # (c, B, B)
+    if users is not None:
+        same_user = (users[:, None] == users[None, :]) & ~torch.eye(b, dtype=torch.bool, device=users.device)
+        logits = logits.masked_fill(same_user, float("-inf"))  # (c, B, B)
     labels = torch.arange(b, device=interests.device).repeat(c)  # (c * B,)
     return F.cross_entropy(logits.reshape(c * b, b), labels)
 
@@ -374,15 +385,21 @@ class DiffuMIN(nn.Module):
         features = [interests.flatten(1)]
         aux = {}
         if self.generator is not None:
+            # diffuse unit-RMS interests: embeddings are ~1e-2 per dimension, the DDPM noise is ~1
+            scale = interests.norm(dim=-1, keepdim=True).clamp(min=1e-6) / math.sqrt(interests.shape[-1])  # (B, c, 1)
+            clean = interests / scale  # (B, c, D), 0 for an empty channel
             if self.training:
-                step = torch.randint(1, config.diffusion_steps + 1, (len(batch),), device=history.device)  # (B,)
-                noisy = self.generator.q_sample(interests, step, torch.randn_like(interests))  # (B, c, D)
-                generated = self.generator.denoise(noisy, step, channels)  # r* = x_0 prediction, (B, c, D)
-                aux["diffusion"] = config.diffusion_weight * F.mse_loss(generated, interests.detach())
-                if config.use_contrastive:
-                    aux["contrastive"] = config.contrastive_weight * contrastive_loss(interests, generated, config.temperature)
+                top = max(config.infer_start_step, 1)  # the noise levels inference starts from
+                step = torch.randint(1, top + 1, (len(batch),), device=history.device)  # (B,)
+                noisy = self.generator.q_sample(clean, step, torch.randn_like(clean))  # (B, c, D)
+                predicted = self.generator.denoise(noisy, step, channels)  # x_0 prediction, (B, c, D)
+                aux["diffusion"] = config.diffusion_weight * F.mse_loss(predicted, clean.detach())
             else:
-                generated = self.generator.generate(interests, channels)  # (B, c, D)
+                predicted = self.generator.generate(clean, channels)  # (B, c, D)
+            generated = predicted * scale  # r*, back at the interests' scale
+            if self.training and config.use_contrastive:
+                aux["contrastive"] = config.contrastive_weight * contrastive_loss(
+                    interests, generated, config.temperature, batch.users)
             features.append(generated.flatten(1))
         features += [self.short_term(history, mask, target), target]
         logits = self.dnn(torch.cat(features, dim=-1)).squeeze(-1)  # (B,)
