@@ -89,6 +89,16 @@ def train_command(work: Path, dataset: str, spec: str, seed: str, attempt: int, 
     return out, command
 
 
+def finished_with(out: Path, command: list[str]) -> bool:
+    """Whether ``out`` holds a finished run trained with the options of ``command`` (else: retrain)."""
+    if not (out / "results.json").exists():
+        return False
+    saved = json.loads((out / "config.json").read_text())["train"]
+    wanted = {flag: command[command.index(flag) + 1] for flag in ("--lr", "--epochs", "--patience", "--seed")}
+    return (float(saved["lr"]) == float(wanted["--lr"]) and saved["epochs"] == int(wanted["--epochs"])
+            and saved["patience"] == int(wanted["--patience"]) and saved["seed"] == int(wanted["--seed"]))
+
+
 def bucket_aucs(path: Path) -> list[float]:
     from lifelong.metrics import auc
 
@@ -190,7 +200,7 @@ def main() -> None:
     def one(job):
         dataset, spec, seed, attempt = job
         out, command = train_command(work, dataset, spec, seed, attempt, args)
-        if args.fresh or not (out / "results.json").exists():
+        if args.fresh or not finished_with(out, command):
             subprocess.run(["rm", "-rf", str(out)], check=True)
             run(command)
         result = json.loads((out / "results.json").read_text())

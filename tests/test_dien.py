@@ -105,6 +105,22 @@ def test_auxiliary_loss_gives_no_gradient_to_padded_or_unsupervised_steps():
             assert bool((states.grad[i, : n - 1].abs().sum(dim=-1) > 0).all())
 
 
+def test_auxiliary_loss_pairs_each_state_with_the_next_behavior():
+    """h_t is scored against e[t+1]: the first behavior is never a 'next' one, the last state has none."""
+    model = tiny_dien()
+    batch = random_batch(seed=12)
+    mask = batch.history_mask
+    states = torch.randn(len(batch), mask.shape[1], 8)
+    clicked = torch.randn(len(batch), mask.shape[1], 8, requires_grad=True)
+    negative = torch.randn(len(batch), mask.shape[1], 8, requires_grad=True)
+    model.auxiliary_loss(states, clicked, negative, mask).backward()
+    for grad in (clicked.grad, negative.grad):
+        for i in range(len(batch)):
+            n = int(mask[i].sum())
+            assert bool((grad[i, 0] == 0).all()) and bool((grad[i, n:] == 0).all())
+            assert bool((grad[i, 1:n].abs().sum(dim=-1) > 0).all())
+
+
 def test_auxiliary_loss_prefers_the_clicked_next_behavior():
     """A classifier that scores e[t+1] above the negative has the lower loss."""
     model = tiny_dien()

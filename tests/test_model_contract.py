@@ -137,7 +137,11 @@ def _malformed_batches():
     def mask_not_bool(b):
         b.history_mask = b.history_mask.long()
 
-    return {"history_mask": wrong_mask_shape, "negative": negative_index, "integer": float_items,
+    def right_aligned(b):
+        for name in ("history_items", "history_cates", "history_mask"):
+            setattr(b, name, getattr(b, name).flip(1))
+
+    return {"left-aligned": right_aligned, "history_mask": wrong_mask_shape, "negative": negative_index, "integer": float_items,
             "target_cates": wrong_target_length, "padding": items_under_padding, "bool": mask_not_bool}
 
 

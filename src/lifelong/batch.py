@@ -81,6 +81,9 @@ class Batch:
                 raise ValueError(f"{name} must hold integer indices, got {value.dtype}")
             if value.numel() and int(value.min()) < 0:
                 raise ValueError(f"{name} holds a negative index ({int(value.min())}); indices start at 0 (padding)")
+        if t > 1 and bool((self.history_mask[:, 1:] & ~self.history_mask[:, :-1]).any()):
+            raise ValueError("history_mask must be left-aligned (real events first, then padding): a True "
+                             "follows a False in some row")
         if bool((self.history_items[~self.history_mask] != 0).any()):
             raise ValueError("history_items must be 0 (padding) wherever history_mask is False")
 

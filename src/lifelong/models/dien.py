@@ -22,10 +22,12 @@ Deviations:
     the GRU width to the embedding width.
   - ``L_aux`` is the mean over the supervised steps of the batch (steps ``t`` whose next behavior is
     real), not the sum over steps, so its scale does not grow with history length.
-  - Negatives are drawn uniformly from the items the user never interacted with, one per event, fixed
-    for the run (the released code draws from the review list, i.e. by frequency, per position).
+  - Negatives are drawn uniformly from the items the user never interacted with (in the whole
+    prepared log, validation and test events included), one per event, fixed for the run (the
+    released code draws from the review list, i.e. by frequency, per position).
   - Both GRUs follow the paper's equations (biases outside the reset gate); they skip padded steps.
-  - Optional mini-batch aware L2 regulariser of the DIN paper (``l2_mba``), as in din.py.
+  - Optional mini-batch aware L2 regulariser of the DIN paper (``l2_mba``), as in din.py, over the
+    ids of the histories and targets (not over the sampled negatives).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -138,12 +139,13 @@ def evaluate(model, collator: Collator, samples: SampleTable, batch_size: int, d
 
 
 def collators_for(model_config: dict[str, Any], dataset: PreparedDataset, max_length: int,
-                  seed: int) -> tuple[Collator, Collator]:
+                  seed: int, training: bool = True) -> tuple[Collator, Collator]:
     """(evaluation collator, training collator) with the batch fields the model reads; sampled
-    negatives only feed training losses, so evaluation batches never carry them."""
+    negatives only feed training losses, so evaluation batches never carry them (and with
+    ``training=False`` they are not even drawn: both collators are the evaluation one)."""
     needs = config_from_dict(model_config).batch_needs()
     evaluation = Collator(dataset, max_length, with_timestamps=needs.get("with_timestamps", False))
-    if not needs.get("with_negatives", False):
+    if not training or not needs.get("with_negatives", False):
         return evaluation, evaluation
     return evaluation, Collator(dataset, max_length, seed=seed, **needs)
 
@@ -242,7 +244,9 @@ def train(config: TrainConfig, *, resume: bool = False, command: str | None = No
         "valid": state["best_valid"],  # the best epoch's weights are the ones loaded: no second pass
         "test": evaluate(model, collator, dataset.samples("test"), config.eval_batch_size, ctx),
     }
-    if config.save_predictions and not ctx.enabled:
+    if config.save_predictions and ctx.enabled:
+        warnings.warn("save_predictions is not supported under DDP; no test_predictions.npz is written", stacklevel=2)
+    elif config.save_predictions:
         test = dataset.samples("test")
         logits = predict(model, collator, test, config.eval_batch_size)
         np.savez_compressed(run / "test_predictions.npz", user=test.user, end=test.end, label=test.label,
@@ -328,10 +332,10 @@ def evaluate_run(run: str | Path, split: str = "test", batch_size: int = 8192) -
     resolved = json.loads((run / "config.json").read_text())
     config = TrainConfig.from_dict(resolved["train"])
     dataset = load_dataset(config.data)
-    model = build_model(json.loads((run / "checkpoints" / "best" / "config.json").read_text()))
+    model_config = json.loads((run / "checkpoints" / "best" / "config.json").read_text())
+    model = build_model(model_config)
     load_weights(run / "checkpoints" / "best", model)
-    collator, _ = collators_for(json.loads((run / "checkpoints" / "best" / "config.json").read_text()),
-                                dataset, config.max_length, config.seed)
+    collator, _ = collators_for(model_config, dataset, config.max_length, config.seed, training=False)
     metrics = evaluate(model, collator, dataset.samples(split), batch_size)
     (run / f"eval_{split}.json").write_text(json.dumps(metrics, indent=2))
     return metrics
