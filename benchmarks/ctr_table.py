@@ -70,10 +70,14 @@ def shown(command: list[str]) -> str:
     return text.replace(str(SHARED), "../shared/data").replace(str(ROOT) + "/", "")
 
 
+class RunFailed(RuntimeError):
+    pass
+
+
 def run(command: list[str]) -> None:
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:
-        raise SystemExit(f"failed: {shown(command)}\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+        raise RunFailed(f"failed: {shown(command)}\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
 
 
 def train_command(work: Path, dataset: str, spec: str, seed: str, attempt: int, args) -> tuple[Path, list[str]]:
@@ -202,7 +206,11 @@ def main() -> None:
         out, command = train_command(work, dataset, spec, seed, attempt, args)
         if args.fresh or not finished_with(out, command):
             subprocess.run(["rm", "-rf", str(out)], check=True)
-            run(command)
+            try:
+                run(command)
+            except RunFailed as error:  # report it, let the other runs go on; the table leaves it out
+                print(error, flush=True)
+                return None
         result = json.loads((out / "results.json").read_text())
         print(f"[{(time.time() - started) / 60:5.1f} min] {dataset} {label_of(spec)} seed {seed}: test AUC "
               f"{result['test']['auc']:.4f} (best epoch {result['best_epoch']}, "
@@ -210,7 +218,9 @@ def main() -> None:
         return job, out, command, result
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        finished = list(pool.map(one, jobs))
+        outcomes = list(pool.map(one, jobs))
+    finished = [o for o in outcomes if o is not None]
+    failed = [job for job, o in zip(jobs, outcomes) if o is None]
 
     rows = []
     for (dataset, spec, seed, attempt), out, command, result in finished:
@@ -247,6 +257,8 @@ def main() -> None:
     print("\nCommands (one per run):")
     for r in rows:
         print(f"    {r['command']}")
+    if failed:
+        raise SystemExit(f"{len(failed)} run(s) failed and are missing from the table: {failed}")
 
 
 if __name__ == "__main__":
