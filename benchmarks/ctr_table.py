@@ -197,7 +197,9 @@ def main() -> None:
             run(prepare)
         print(f"$ {shown(prepare)}", flush=True)
 
-    jobs = [(d, s, seed, attempt) for d in datasets for s in models for seed in seeds
+    # seed-major: every dataset and model gets its first seed before any gets a second, so an interrupted
+    # table (rerun it to continue) still covers every row
+    jobs = [(d, s, seed, attempt) for seed in seeds for d in datasets for s in models
             for attempt in range(2 if args.repeat else 1)]
     started = time.time()
 
@@ -223,6 +225,8 @@ def main() -> None:
     failed = [job for job, o in zip(jobs, outcomes) if o is None]
 
     rows = []
+    order = {(d, s, seed): i for i, (d, s, seed) in enumerate((d, s, seed) for d in datasets for s in models for seed in seeds)}
+    finished.sort(key=lambda f: order[f[0][:3]])
     for (dataset, spec, seed, attempt), out, command, result in finished:
         if attempt:
             continue
