@@ -9,7 +9,7 @@ interrupted table continues where it stopped; ``--fresh`` starts over.
 
     python benchmarks/ctr_table.py [--models SPEC,...] [--datasets beauty,sports,ml100k,taobao]
         [--seeds 2024,2025,2026] [--epochs 2] [--lr LR] [--jobs 2] [--threads 1]
-        [--workdir runs/ctr-table] [--repeat] [--fresh]
+        [--workdir runs/ctr-table] [--repeat] [--fresh] [--report-only]
 
 A model SPEC is NAME or NAME:key=value:key=value (model options), e.g. ``dien:aux_weight=0``.
 Outputs in the workdir: ``table.json`` (one row per run), ``table.md`` (the README table) and
@@ -130,7 +130,8 @@ def summarise(rows: list[dict], models: list[str], datasets: list[str]) -> tuple
             if spec == "sumpool":
                 base = stats["auc"][0]
             gain = f" ({stats['auc'][0] - base:+.4f})" if base is not None and spec != "sumpool" else ""
-            cells = [f"{stats[m][0]:.4f} ± {stats[m][1]:.4f}" for m in ("auc", "gauc", "logloss")]
+            cells = [f"{stats[m][0]:.4f} ± {stats[m][1]:.4f}" if len(group) > 1 else f"{stats[m][0]:.4f}"
+                     for m in ("auc", "gauc", "logloss")]
             lines.append(f"| {dataset} | {group[0]['protocol']} | {label_of(spec)} | {cells[0]}{gain} | {cells[1]} "
                          f"| {cells[2]} | {', '.join(str(r['best_epoch']) for r in group)} | {len(group)} |")
             summary.append({"dataset": dataset, "model": label_of(spec), "spec": spec, "runs": len(group),
@@ -184,6 +185,7 @@ def main() -> None:
     parser.add_argument("--threads", default="1", help="torch threads per training process")
     parser.add_argument("--repeat", action="store_true", help="train every run a second time; report the largest difference")
     parser.add_argument("--fresh", action="store_true", help="retrain runs that already finished")
+    parser.add_argument("--report-only", action="store_true", help="train nothing: the table of the finished runs")
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "ctr-table")
     args = parser.parse_args()
     work = args.workdir
@@ -193,7 +195,7 @@ def main() -> None:
     for dataset in datasets:
         data = work / "data" / dataset
         prepare = lifelong("prepare", *DATASETS[dataset][1], "--out", str(data), "--overwrite")
-        if args.fresh or not (data / "manifest.json").exists():
+        if not args.report_only and (args.fresh or not (data / "manifest.json").exists()):
             run(prepare)
         print(f"$ {shown(prepare)}", flush=True)
 
@@ -206,6 +208,8 @@ def main() -> None:
     def one(job):
         dataset, spec, seed, attempt = job
         out, command = train_command(work, dataset, spec, seed, attempt, args)
+        if args.report_only and not finished_with(out, command):
+            return None
         if args.fresh or not finished_with(out, command):
             subprocess.run(["rm", "-rf", str(out)], check=True)
             try:
@@ -262,7 +266,12 @@ def main() -> None:
     for r in rows:
         print(f"    {r['command']}")
     if failed:
-        raise SystemExit(f"{len(failed)} run(s) failed and are missing from the table: {failed}")
+        what = "not run yet (--report-only)" if args.report_only else "failed"
+        print(f"\n{len(failed)} run(s) {what}, missing from the table:")
+        for dataset, spec, seed, _ in failed:
+            print(f"    {dataset} {label_of(spec)} seed {seed}")
+        if not args.report_only:
+            raise SystemExit(1)
 
 
 if __name__ == "__main__":
