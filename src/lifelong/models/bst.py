@@ -168,8 +168,6 @@ class BST(nn.Module):
             for _ in range(config.num_layers)
         )
         self.dnn = MLP(3 * width, list(config.dnn_hidden), config.dnn_activation, out_dim=1, dropout=config.dropout)
-        self.register_buffer("item_counts", torch.ones(config.n_items), persistent=False)
-        self.register_buffer("cate_counts", torch.ones(config.n_cates), persistent=False)
 
     def encode(self, batch: Batch) -> torch.Tensor:
         """Transformer outputs (B, T + 1, 2E): the behaviors, then the target token last."""
@@ -194,5 +192,5 @@ class BST(nn.Module):
         logits = self.dnn(torch.cat([target_out, behavior_mean, target], dim=-1)).squeeze(-1)  # (B,)
         aux = {}
         if self.config.l2_mba > 0 and self.training:
-            aux["l2_mba"] = self.config.l2_mba * self.embedding.batch_l2(batch, self.item_counts, self.cate_counts)
+            aux["l2_mba"] = self.config.l2_mba * self.embedding.batch_l2(batch)
         return ModelOutput(logits=logits, aux_losses=aux)

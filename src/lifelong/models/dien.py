@@ -213,8 +213,6 @@ class DIEN(nn.Module):
             self.aux_net = MLP(hidden + width, list(config.aux_hidden), "sigmoid", out_dim=1)
         self.dnn = MLP(3 * width + hidden, list(config.dnn_hidden), config.dnn_activation, out_dim=1,
                        dropout=config.dropout)
-        self.register_buffer("item_counts", torch.ones(config.n_items), persistent=False)
-        self.register_buffer("cate_counts", torch.ones(config.n_cates), persistent=False)
 
     def extract(self, history: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The interest extractor GRU over the real behaviors only: (B, T, D) -> (B, T, H), 0 at padding."""
@@ -268,5 +266,5 @@ class DIEN(nn.Module):
             negatives = self.embedding(batch.history_negative_items, batch.history_negative_cates)  # (B, T, D)
             aux["auxiliary"] = self.config.aux_weight * self.auxiliary_loss(states, history, negatives, mask)
         if self.config.l2_mba > 0 and self.training:
-            aux["l2_mba"] = self.config.l2_mba * self.embedding.batch_l2(batch, self.item_counts, self.cate_counts)
+            aux["l2_mba"] = self.config.l2_mba * self.embedding.batch_l2(batch)
         return ModelOutput(logits=logits, aux_losses=aux)

@@ -357,8 +357,6 @@ class DiffuMIN(nn.Module):
         n_interest_sets = 2 if config.use_diffusion else 1
         in_dim = n_interest_sets * config.channels * width + 2 * width
         self.dnn = MLP(in_dim, list(config.dnn_hidden), config.dnn_activation, out_dim=1, dropout=config.dropout)
-        self.register_buffer("item_counts", torch.ones(config.n_items), persistent=False)
-        self.register_buffer("cate_counts", torch.ones(config.n_cates), persistent=False)
 
     def short_term(self, history: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The last ``short_length`` real behaviors + the target -> the target token's output (B, D)."""
@@ -404,5 +402,5 @@ class DiffuMIN(nn.Module):
         features += [self.short_term(history, mask, target), target]
         logits = self.dnn(torch.cat(features, dim=-1)).squeeze(-1)  # (B,)
         if config.l2_mba > 0 and self.training:
-            aux["l2_mba"] = config.l2_mba * self.embedding.batch_l2(batch, self.item_counts, self.cate_counts)
+            aux["l2_mba"] = config.l2_mba * self.embedding.batch_l2(batch)
         return ModelOutput(logits=logits, aux_losses=aux)

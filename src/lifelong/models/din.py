@@ -87,8 +87,6 @@ class DIN(nn.Module):
             config.attention_normalization, config.attention_impl,
         )
         self.dnn = MLP(2 * width, list(config.dnn_hidden), config.dnn_activation, out_dim=1, dropout=config.dropout)
-        self.register_buffer("item_counts", torch.ones(config.n_items), persistent=False)
-        self.register_buffer("cate_counts", torch.ones(config.n_cates), persistent=False)
 
     def forward(self, batch: Batch) -> ModelOutput:
         batch.validate()
@@ -98,5 +96,5 @@ class DIN(nn.Module):
         logits = self.dnn(torch.cat([interest, target], dim=-1)).squeeze(-1)  # (B,)
         aux = {}
         if self.config.l2_mba > 0 and self.training:
-            aux["l2_mba"] = self.config.l2_mba * self.embedding.batch_l2(batch, self.item_counts, self.cate_counts)
+            aux["l2_mba"] = self.config.l2_mba * self.embedding.batch_l2(batch)
         return ModelOutput(logits=logits, aux_losses=aux)

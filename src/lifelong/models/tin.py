@@ -126,8 +126,6 @@ class TIN(nn.Module):
             if table is not None:
                 nn.init.normal_(table.weight, std=1e-2)
         self.dnn = MLP(2 * width, list(config.dnn_hidden), config.dnn_activation, out_dim=1, dropout=config.dropout)
-        self.register_buffer("item_counts", torch.ones(config.n_items), persistent=False)
-        self.register_buffer("cate_counts", torch.ones(config.n_cates), persistent=False)
 
     def temporal(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Temporal embeddings of the behaviors (B, T, 2E) and of the target (B, 2E), or None."""
@@ -173,5 +171,5 @@ class TIN(nn.Module):
         logits = self.dnn(torch.cat([parts["interest"], parts["plain_target"]], dim=-1)).squeeze(-1)  # (B,)
         aux = {}
         if self.config.l2_mba > 0 and self.training:
-            aux["l2_mba"] = self.config.l2_mba * self.embedding.batch_l2(batch, self.item_counts, self.cate_counts)
+            aux["l2_mba"] = self.config.l2_mba * self.embedding.batch_l2(batch)
         return ModelOutput(logits=logits, aux_losses=aux)

@@ -99,6 +99,9 @@ class BehaviorEmbedding(nn.Module):
             with torch.no_grad():
                 table.weight[0].zero_()
         self.out_dim = 2 * dim
+        # id frequencies n_j of the mini-batch aware regulariser; the training loop fills them from the data
+        self.register_buffer("item_counts", torch.ones(n_items), persistent=False)
+        self.register_buffer("cate_counts", torch.ones(n_cates), persistent=False)
 
     def forward(self, items: torch.Tensor, cates: torch.Tensor) -> torch.Tensor:  # (...,) -> (..., 2D)
         return torch.cat([self.item(items), self.cate(cates)], dim=-1)
@@ -115,11 +118,11 @@ class BehaviorEmbedding(nn.Module):
             total = total + (weights.pow(2).sum(dim=1) / counts[present].clamp(min=1)).sum()
         return total
 
-    def batch_l2(self, batch, item_counts: torch.Tensor, cate_counts: torch.Tensor) -> torch.Tensor:
-        """:meth:`mini_batch_l2` over the ids of a batch's histories and targets."""
+    def batch_l2(self, batch) -> torch.Tensor:
+        """:meth:`mini_batch_l2` over the ids of a batch's histories and targets, with this table's counts."""
         items = torch.cat([batch.history_items.flatten(), batch.target_items])
         cates = torch.cat([batch.history_cates.flatten(), batch.target_cates])
-        return self.mini_batch_l2(items, cates, item_counts, cate_counts)
+        return self.mini_batch_l2(items, cates, self.item_counts, self.cate_counts)
 
 
 class TargetAttention(nn.Module):

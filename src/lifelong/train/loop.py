@@ -12,7 +12,6 @@ import os
 import shutil
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -26,6 +25,7 @@ from lifelong.batch import Collator, iterate_batches
 from lifelong.dataset.store import PreparedDataset, SampleTable, load_dataset
 from lifelong.metrics import ctr_metrics
 from lifelong.models import build_model, config_from_dict
+from lifelong.nn import BehaviorEmbedding
 from lifelong.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
 
 
@@ -127,15 +127,23 @@ def predict(model: torch.nn.Module, collator: Collator, samples: SampleTable, ba
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
-def evaluate(model, collator: Collator, samples: SampleTable, batch_size: int, dist_ctx: Distributed | None = None) -> dict:
+def evaluate(model, collator: Collator, samples: SampleTable, batch_size: int, dist_ctx: Distributed | None = None,
+             keep_logits: bool = False):
     """AUC, GAUC and logloss of ``samples``; under DDP each rank scores a shard and the metrics are
-    computed on the gathered predictions (never averaged across ranks)."""
+    computed on the gathered predictions (never averaged across ranks). With ``keep_logits`` also
+    return the logits of every sample, in table order."""
     dist_ctx = dist_ctx or Distributed()
     index = dist_ctx.shard(np.arange(len(samples)), equal=False)
     part = samples.subset(index)
     logits = predict(model, collator, part, batch_size)
     users, labels, logits = dist_ctx.gather((part.user, part.label, logits))
-    return ctr_metrics(users, labels, logits)
+    metrics = ctr_metrics(users, labels, logits)
+    if keep_logits:  # the gather concatenates rank shards: put the rows back in table order
+        order = np.concatenate(dist_ctx.gather((index,))) if dist_ctx.enabled else index
+        restored = np.empty_like(logits)
+        restored[order] = logits
+        return metrics, restored
+    return metrics
 
 
 def collators_for(model_config: dict[str, Any], dataset: PreparedDataset, max_length: int,
@@ -152,12 +160,12 @@ def collators_for(model_config: dict[str, Any], dataset: PreparedDataset, max_le
 
 def _set_counts(model: torch.nn.Module, dataset: PreparedDataset) -> None:
     """Id frequencies for the mini-batch aware regulariser (events of the prepared log)."""
-    if not hasattr(model, "item_counts"):
+    embedding = getattr(model, "embedding", None)
+    if not isinstance(embedding, BehaviorEmbedding):
         return
-    item_ids = dataset.item_idx[dataset.event_items]
-    model.item_counts.copy_(torch.from_numpy(np.bincount(item_ids, minlength=model.item_counts.shape[0])[: model.item_counts.shape[0]]).float())
-    cate_ids = dataset.item_cate[dataset.event_items]
-    model.cate_counts.copy_(torch.from_numpy(np.bincount(cate_ids, minlength=model.cate_counts.shape[0])[: model.cate_counts.shape[0]]).float())
+    for counts, ids in ((embedding.item_counts, dataset.item_idx[dataset.event_items]),
+                        (embedding.cate_counts, dataset.item_cate[dataset.event_items])):
+        counts.copy_(torch.from_numpy(np.bincount(ids, minlength=counts.shape[0])[: counts.shape[0]]).float())
 
 
 def train(config: TrainConfig, *, resume: bool = False, command: str | None = None,
@@ -242,13 +250,10 @@ def train(config: TrainConfig, *, resume: bool = False, command: str | None = No
         "epochs_run": state["epoch"],
         "train_samples_per_s": float(np.median(speeds[1:] or speeds)),  # after the warm-up epoch
         "valid": state["best_valid"],  # the best epoch's weights are the ones loaded: no second pass
-        "test": evaluate(model, collator, dataset.samples("test"), config.eval_batch_size, ctx),
     }
-    if config.save_predictions and ctx.enabled:
-        warnings.warn("save_predictions is not supported under DDP; no test_predictions.npz is written", stacklevel=2)
-    elif config.save_predictions:
-        test = dataset.samples("test")
-        logits = predict(model, collator, test, config.eval_batch_size)
+    test = dataset.samples("test")
+    results["test"], logits = evaluate(model, collator, test, config.eval_batch_size, ctx, keep_logits=True)
+    if config.save_predictions and ctx.main:
         np.savez_compressed(run / "test_predictions.npz", user=test.user, end=test.end, label=test.label,
                             logit=logits, history_length=np.minimum(test.end, config.max_length))
     if ctx.main:
