@@ -55,6 +55,15 @@ def test_channels_are_deterministic_with_positive_r_diagonal():
     torch.testing.assert_close(torch.triu(r), r, atol=1e-5, rtol=0)
 
 
+def test_channels_train_the_projection_but_send_no_gradient_to_the_target():
+    torch.manual_seed(2)
+    omie = OrthogonalInterestExtractor(dim=8, channels=3, top_per_channel=3)
+    target = (torch.randn(2, 8) * 1e-2).requires_grad_()
+    omie.orthonormal_channels(target).pow(3).sum().backward()
+    assert target.grad is None  # Q's gradient w.r.t. e_s scales with 1 / ||e_s W||: cut
+    assert omie.projection.weight.grad.abs().sum() > 0
+
+
 def test_forward_process_is_clean_at_step_zero_and_noise_at_the_last_step():
     generator = tiny().generator
     x0 = torch.randn(64, 3, 8)

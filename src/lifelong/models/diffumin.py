@@ -27,6 +27,11 @@ Deviations:
     by the straight-through factor ``1 + a - stop_grad(a)`` (``a`` its relevance to its channel),
     so ``W`` receives a gradient through the relevance (the hard routing and top-k have none).
   - QR's sign ambiguity is fixed by making ``diag(R)`` positive (deterministic, continuous channels).
+  - The channels are computed from the *detached* target embedding (``W`` still learns through the
+    QR). ``Q`` depends only on the direction of ``e_s W``, so its gradient with respect to ``e_s``
+    scales with ``1 / ||e_s W||``; with embeddings at ~1e-2 per dimension this path dominated the
+    target embedding's updates and made training unstable (Beauty, 2 epochs, seed 2026, no
+    diffusion: test AUC 0.7402 with the gradient, 0.7639 without).
   - ``top_per_channel`` is a count (default 20 for histories of 50; the code keeps 100 of 5000).
   - Step indexing: step 0 is the clean interest (``alpha_bar_0 = 1``), steps 1..T follow the DDPM
     schedule.
@@ -203,7 +208,10 @@ class OrthogonalInterestExtractor(nn.Module):
     def orthonormal_channels(self, target: torch.Tensor) -> torch.Tensor:
         """target (B, D) -> O (B, D, c) with orthonormal columns."""
         b, d = target.shape
-        basis = self.projection(target).view(b, d, self.channels)  # (B, D, c)
+        # the target is detached here: Q depends only on the direction of W e_s, so its gradient with
+        # respect to e_s scales with 1 / ||W e_s||, which at the embeddings' 1e-2 scale swamps the target
+        # embedding's other gradients (W itself still learns through Q)
+        basis = self.projection(target.detach()).view(b, d, self.channels)  # (B, D, c)
         q, r = torch.linalg.qr(basis, mode="reduced")  # (B, D, c), (B, c, c)
         sign = torch.where(torch.diagonal(r, dim1=-2, dim2=-1) < 0, -1.0, 1.0)  # (B, c)
         return q * sign.unsqueeze(1)
