@@ -10,4 +10,5 @@ TINY_CONFIGS: dict[str, dict] = {
     "bst": {"embedding_dim": 4, "num_heads": 2, "max_positions": 6, "dnn_hidden": (16, 8)},
     "diffumin": {"embedding_dim": 4, "channels": 3, "top_per_channel": 2, "short_length": 3, "denoiser_layers": 1,
                  "short_layers": 1, "infer_steps": 3, "dnn_hidden": (16, 8)},
+    "sasrec": {"embedding_dim": 8, "heads": 2, "max_positions": 20, "dropout": 0.1, "loss": "full"},
 }

@@ -61,7 +61,7 @@ def prepare(
     recipe: str = typer.Option(..., help="amazon-s3rec | amazon-reviews | movielens | taobao-userbehavior | csv"),
     input: Path = typer.Option(..., "--input", help="the raw file or folder"),
     out: Path = typer.Option(..., help="the prepared dataset folder to create"),
-    protocol: str = typer.Option("ctr-din", help="ctr-din (P1) or ctr-time (P4)"),
+    protocol: str = typer.Option("ctr-din", help="ctr-din (P1), ctr-time (P4) or seq-loo (P2)"),
     seed: int = typer.Option(2024, help="negative sampling seed"),
     on_bad_rows: str = typer.Option("error", help="error: stop at the first bad row; skip: skip and write rejected.csv"),
     column: list[str] = typer.Option([], help="csv recipe: lifelong_name=source_column, repeatable"),
@@ -123,7 +123,7 @@ def train(
     progress: bool = typer.Option(True, help="show a progress bar"),
     save_predictions: bool = typer.Option(False, help="also write test_predictions.npz (per-sample test logits)"),
 ) -> None:
-    """Train a ranking model; the best validation epoch is evaluated on test."""
+    """Train a model (ranking or retrieval); the best validation epoch is evaluated on test."""
     from lifelong.train import TrainConfig, train as run_train
 
     command = " ".join(shlex.quote(a) for a in ["lifelong", *sys.argv[1:]])
@@ -154,6 +154,17 @@ def train(
 
 
 def _print_metrics(title: str, results: dict) -> None:
+    if results.get("task") == "retrieval":
+        table = Table(title=f"{title}, loss {results.get('loss')}, full ranking")
+        names = ("hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@20", "ndcg@20", "recall@50")
+        for name in ("split", *names, "users"):
+            table.add_column(name)
+        for split in ("valid", "test"):
+            if split in results:
+                m = results[split]
+                table.add_row(split, *(f"{m[k]:.4f}" for k in names), f"{m['n']:,}")
+        console.print(table)
+        return
     table = Table(title=title)
     for name in ("split", "AUC", "GAUC", "logloss", "samples"):
         table.add_column(name)
@@ -176,7 +187,8 @@ def evaluate(
         metrics = evaluate_run(run, split)
     except (ValueError, FileNotFoundError) as error:
         _fail(error)
-    _print_metrics(f"{run} ({split})", {split: metrics})
+    kind = {"task": "retrieval", "loss": "see config.json"} if "ndcg@10" in metrics else {}
+    _print_metrics(f"{run} ({split})", {split: metrics, **kind})
     console.print_json(json.dumps(metrics))
 
 

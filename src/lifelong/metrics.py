@@ -1,4 +1,5 @@
-"""Exact, vectorised evaluation metrics for CTR ranking: AUC, GAUC and log loss.
+"""Exact, vectorised evaluation metrics: AUC, GAUC and log loss for CTR ranking; target ranks,
+HR@K, NDCG@K and Recall@K for full-ranking retrieval.
 
 Everything here is plain numpy with no Python loop over samples or users, so the metrics scale to
 tens of millions of predictions. AUC is the rank-based (Mann-Whitney) statistic with tied scores
@@ -19,6 +20,8 @@ __all__ = [
     "gauc_detail",
     "logloss",
     "logloss_from_logits",
+    "ranking_metrics",
+    "target_ranks",
 ]
 
 
@@ -344,3 +347,57 @@ def ctr_metrics(users: ArrayLike, labels: ArrayLike, logits: ArrayLike) -> dict[
         "logloss": float(np.mean(np.logaddexp(0.0, z) - y * z)),
         "n": n,
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Full-ranking retrieval metrics (P2: one target per user; the rank is 0-based)
+
+
+def target_ranks(scores: "torch.Tensor", targets: "torch.Tensor") -> "torch.Tensor":
+    """0-based rank of each row's target among all columns, ties broken by column index: the position
+    of the target in a stable sort by descending score (so a brute-force ``argsort`` gives the same).
+
+    Args:
+        scores: (B, N) float; excluded items must already be ``-inf``.
+        targets: (B,) int64 column of the target.
+
+    Returns:
+        (B,) int64 ranks; a target scored ``-inf`` (excluded, e.g. a repeat of a history item) gets
+        rank ``N``, a miss at every cut-off.
+
+    Example:
+        >>> import torch
+        >>> target_ranks(torch.tensor([[0.1, 0.5, 0.5, 0.2]]), torch.tensor([2])).tolist()
+        [1]
+    """
+    import torch
+
+    target_scores = scores.gather(1, targets.unsqueeze(1))  # (B, 1)
+    higher = (scores > target_scores).sum(dim=1)
+    columns = torch.arange(scores.shape[1], device=scores.device)
+    tied_before = ((scores == target_scores) & (columns.unsqueeze(0) < targets.unsqueeze(1))).sum(dim=1)
+    ranks = higher + tied_before
+    return torch.where(torch.isneginf(target_scores.squeeze(1)), torch.full_like(ranks, scores.shape[1]), ranks)
+
+
+def ranking_metrics(ranks: ArrayLike, ks: tuple[int, ...] = (5, 10, 20), recall_ks: tuple[int, ...] = (50,)) -> dict[str, float]:
+    """HR@K and NDCG@K (one relevant item per user: NDCG = 1 / log2(rank + 2) inside the top K),
+    and Recall@K (equal to HR@K with one target), averaged over users.
+
+    Example:
+        >>> ranking_metrics([0, 3, 100], ks=(5,), recall_ks=())
+        {'hr@5': 0.6666666666666666, 'ndcg@5': 0.47689218602446437, 'n': 3}
+    """
+    r = _flat("ranks", ranks).astype(np.int64)
+    if r.size == 0:
+        raise ValueError("ranking metrics need at least one user")
+    out: dict[str, float] = {}
+    gain = 1.0 / np.log2(r + 2.0)
+    for k in ks:
+        hit = r < k
+        out[f"hr@{k}"] = float(hit.mean())
+        out[f"ndcg@{k}"] = float(np.where(hit, gain, 0.0).mean())
+    for k in recall_ks:
+        out[f"recall@{k}"] = float((r < k).mean())
+    out["n"] = int(r.size)
+    return out

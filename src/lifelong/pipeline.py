@@ -20,7 +20,8 @@ import lifelong
 from lifelong.data.schema import EventLog
 from lifelong.dataset.prepare import prepare_dataset
 from lifelong.dataset.store import SPLITS, load_dataset
-from lifelong.protocols import PROTOCOLS, InteractionIndex, ctr_din_samples, ctr_time_samples, time_cuts
+from lifelong.protocols import (PROTOCOLS, P2_MIN_EVENTS, InteractionIndex, ctr_din_samples, ctr_time_samples,
+                                seq_loo_samples, time_cuts)
 from lifelong.protocols.ctr import P1_MIN_EVENTS
 
 
@@ -82,12 +83,14 @@ def _prepare_into(log: EventLog, folder: Path, protocol: ProtocolOptions) -> Non
             cuts = (protocol.t_valid or auto[0], protocol.t_test or auto[1])
     summary = prepare_dataset(
         log.events, log.items, folder,
-        min_events=P1_MIN_EVENTS if protocol.name == "ctr-din" else 1,
+        min_events={"ctr-din": P1_MIN_EVENTS, "seq-loo": P2_MIN_EVENTS}.get(protocol.name, 1),
         vocab_cutoff=cuts[0] if cuts else None,
     )
     dataset = load_dataset_arrays(folder, summary)
     index = InteractionIndex.build(dataset.offsets, dataset.event_items, summary["n_item_rows"])
-    if protocol.name == "ctr-din":
+    if protocol.name == "seq-loo":
+        samples = seq_loo_samples(dataset.offsets, dataset.event_items)
+    elif protocol.name == "ctr-din":
         samples = ctr_din_samples(
             dataset.offsets, dataset.event_items, summary["n_item_rows"],
             seed=protocol.seed, max_train_per_user=protocol.max_train_per_user, index=index,

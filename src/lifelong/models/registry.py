@@ -29,6 +29,7 @@ class ModelConfig:
     config alone rebuilds the model."""
 
     model_type: ClassVar[str] = ""
+    task: ClassVar[str] = "ctr"  # "ctr" (ModelOutput logits) or "retrieval" (lifelong.models.retrieval)
     n_items: int = 0
     n_cates: int = 0
     n_behaviors: int = 0

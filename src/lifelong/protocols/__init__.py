@@ -7,11 +7,17 @@ from lifelong.protocols.ctr import (
     sample_negatives,
     time_cuts,
 )
+from lifelong.protocols.seq import P2_MIN_EVENTS, seq_loo_samples, training_windows
 
-PROTOCOLS = ("ctr-din", "ctr-time")
+PROTOCOLS = ("ctr-din", "ctr-time", "seq-loo")
+RETRIEVAL_PROTOCOLS = ("seq-loo",)
 
 __all__ = [
+    "P2_MIN_EVENTS",
     "PROTOCOLS",
+    "RETRIEVAL_PROTOCOLS",
+    "seq_loo_samples",
+    "training_windows",
     "InteractionIndex",
     "ctr_din_samples",
     "ctr_time_samples",

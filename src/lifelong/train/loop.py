@@ -158,6 +158,12 @@ def collators_for(model_config: dict[str, Any], dataset: PreparedDataset, max_le
     return evaluation, Collator(dataset, max_length, seed=seed, **needs)
 
 
+def _config_class(name: str):
+    from lifelong.models import MODELS
+
+    return MODELS[name][0] if name in MODELS else None
+
+
 def _set_counts(model: torch.nn.Module, dataset: PreparedDataset) -> None:
     """Id frequencies for the mini-batch aware regulariser (events of the prepared log)."""
     embedding = getattr(model, "embedding", None)
@@ -170,8 +176,13 @@ def _set_counts(model: torch.nn.Module, dataset: PreparedDataset) -> None:
 
 def train(config: TrainConfig, *, resume: bool = False, command: str | None = None,
           on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
-    """Train, select the epoch with the best validation AUC, evaluate it on test; return the results."""
+    """Train, select the epoch with the best validation AUC, evaluate it on test; return the results.
+    A retrieval model (``task = "retrieval"``) trains in :func:`lifelong.train.retrieval.train_retrieval`."""
     config.validate()
+    if config.model and getattr(_config_class(config.model), "task", "ctr") == "retrieval":
+        from lifelong.train.retrieval import train_retrieval
+
+        return train_retrieval(config, resume=resume, command=command, on_epoch_end=on_epoch_end)
     ctx = Distributed()
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -340,6 +351,14 @@ def evaluate_run(run: str | Path, split: str = "test", batch_size: int = 8192) -
     model_config = json.loads((run / "checkpoints" / "best" / "config.json").read_text())
     model = build_model(model_config)
     load_weights(run / "checkpoints" / "best", model)
+    if getattr(model, "task", "ctr") == "retrieval":
+        from lifelong.train.ranking import evaluate_ranking
+        from lifelong.train.retrieval import eval_chunk
+
+        metrics = evaluate_ranking(model, Collator(dataset, config.max_length), dataset.samples(split),
+                                   eval_chunk(config, model_config["n_items"]))
+        (run / f"eval_{split}.json").write_text(json.dumps(metrics, indent=2))
+        return metrics
     collator, _ = collators_for(model_config, dataset, config.max_length, config.seed, training=False)
     metrics = evaluate(model, collator, dataset.samples(split), batch_size)
     (run / f"eval_{split}.json").write_text(json.dumps(metrics, indent=2))

@@ -1,0 +1,141 @@
+"""What retrieval models share: the output type, the config base and the interface evaluation uses.
+
+A retrieval model is an ``nn.Module`` with
+
+- ``forward(batch) -> RetrievalOutput``: in training mode the (already weighted) training loss, with
+  any extra terms named in ``aux_losses``; in both modes the user vectors of the batch;
+- ``user_vectors(batch)``: ``(B, D)`` (one vector per user) or ``(B, K, D)`` (K interests);
+- ``item_vectors()``: ``(n_items, D)``, row = item vocabulary index (rows 0 and 1, padding and
+  unknown, are never ranked);
+- ``score(users, items)``: ``(B, n_items)`` scores, by default the inner product (the best interest
+  for ``(B, K, D)``).
+
+The full-ranking evaluation (:mod:`lifelong.train.ranking`) needs nothing else, so every retrieval
+model is evaluated by the same code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lifelong.batch import Batch
+from lifelong.models.registry import ModelConfig
+
+LOSSES = ("bce", "sampled", "full")
+
+
+@dataclass
+class RetrievalOutput:
+    """What a retrieval model returns.
+
+    Attributes:
+        user_vectors: (B, D) or (B, K, D).
+        loss: the training loss (training mode only; None in evaluation mode).
+        aux_losses: named extra loss terms (already weighted, already inside ``loss``), for logging.
+    """
+
+    user_vectors: torch.Tensor
+    loss: torch.Tensor | None = None
+    aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class RetrievalConfig(ModelConfig):
+    """Base config of a retrieval model.
+
+    Args:
+        loss: ``bce`` (one sampled negative per target, never an item of the user: SASRec's original
+            loss), ``sampled`` (softmax over the target and ``negatives`` items drawn uniformly, shared
+            by the batch) or ``full`` (softmax cross-entropy over the whole catalogue).
+        negatives: number of shared negatives of the ``sampled`` loss.
+    """
+
+    task: ClassVar[str] = "retrieval"
+    loss: str = "full"
+    negatives: int = 256
+
+    def validate(self) -> None:
+        super().validate()
+        if self.loss not in LOSSES:
+            raise ValueError(f"{self.model_type}: loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.negatives < 1:
+            raise ValueError(f"{self.model_type}: negatives must be at least 1, got {self.negatives}")
+
+    def batch_needs(self) -> dict[str, bool]:
+        # bce needs one negative per training target; the loop draws them (per epoch, with the seed)
+        return {"with_negatives": self.loss == "bce"}
+
+
+class RetrievalModel(nn.Module):
+    """Base class: inner-product scoring over the catalogue."""
+
+    task: ClassVar[str] = "retrieval"
+
+    def user_vectors(self, batch: Batch) -> torch.Tensor:  # (B, D) or (B, K, D)
+        raise NotImplementedError
+
+    def item_vectors(self) -> torch.Tensor:  # (n_items, D)
+        raise NotImplementedError
+
+    def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """users (B, D) or (B, K, D), items (N, D) -> (B, N); several interests score by their best."""
+        if users.dim() == 3:
+            return torch.einsum("bkd,nd->bkn", users, items).amax(dim=1)
+        return users @ items.T
+
+
+def next_item_loss(hidden: torch.Tensor, positives: torch.Tensor, items: torch.Tensor, kind: str,
+                   negatives: torch.Tensor | None = None, n_sampled: int = 256) -> torch.Tensor:
+    """The next-item training loss of sequence positions, averaged over them.
+
+    Args:
+        hidden: (N, D) sequence representations of the N training positions.
+        positives: (N,) item vocabulary indices of their next items (>= 2).
+        items: (n_items, D) the item vectors (output embedding).
+        kind: ``bce`` | ``sampled`` | ``full`` (see :class:`RetrievalConfig`).
+        negatives: (N,) one negative per position, for ``bce``.
+        n_sampled: shared negatives drawn uniformly from ``2 .. n_items-1`` (torch's RNG) for
+            ``sampled``; a negative equal to a row's positive is masked out of that row.
+
+    Example:
+        >>> h, items = torch.randn(4, 8), torch.randn(10, 8)
+        >>> float(next_item_loss(h, torch.tensor([2, 3, 4, 5]), items, "full")) > 0
+        True
+    """
+    if kind == "bce":
+        if negatives is None:
+            raise ValueError("the bce loss needs one negative per position")
+        pos = (hidden * items[positives]).sum(-1)
+        neg = (hidden * items[negatives]).sum(-1)
+        return F.softplus(-pos).mean() + F.softplus(neg).mean()
+    if kind == "sampled":
+        sampled = torch.randint(2, items.shape[0], (n_sampled,), device=hidden.device)  # (S,)
+        pos = (hidden * items[positives]).sum(-1, keepdim=True)  # (N, 1)
+        neg = hidden @ items[sampled].T  # (N, S)
+        neg = neg.masked_fill(sampled.unsqueeze(0) == positives.unsqueeze(1), float("-inf"))
+        logits = torch.cat([pos, neg], dim=1)
+        return F.cross_entropy(logits, torch.zeros_like(positives))
+    if kind == "full":
+        logits = hidden @ items.T  # (N, n_items)
+        logits[:, :2] = float("-inf")  # padding and unknown are never the answer
+        return F.cross_entropy(logits, positives)
+    raise ValueError(f"unknown loss {kind!r}; expected one of {LOSSES}")
+
+
+def next_items(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The next item of every input position of a training window: the history shifted by one, with
+    the window's target after the last real event. Returns ``(next_items (B, T), mask (B, T))``
+    (the mask is the history mask: every real input position has a next item)."""
+    items = batch.history_items
+    nxt = torch.zeros_like(items)
+    nxt[:, :-1] = items[:, 1:]
+    last = batch.lengths - 1  # (B,) index of the last real input position
+    rows = torch.arange(items.shape[0], device=items.device)
+    keep = last >= 0
+    nxt[rows[keep], last[keep]] = batch.target_items[keep]
+    return nxt * batch.history_mask, batch.history_mask

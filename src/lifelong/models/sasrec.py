@@ -1,0 +1,152 @@
+"""SASRec: self-attentive sequential recommendation.
+
+Paper: Kang and McAuley, Self-Attentive Sequential Recommendation, ICDM 2018 (arXiv 1808.09781).
+
+Mechanism:
+  - Input: item embeddings scaled by ``sqrt(D)`` plus learned absolute position embeddings, dropout,
+    padding positions zeroed.
+  - ``layers`` blocks, each: ``Q = LN(x)``; causal multi-head self-attention ``A = Attn(Q, x, x)``
+    (position t sees positions <= t only); ``x = Q + A``; ``x = LN(x)``;
+    ``x = x + Dropout(W2 ReLU(W1 x))`` (the point-wise feed-forward), padding zeroed; a final LN.
+  - The output at position t, ``F_t``, scores item i by ``F_t . M_i`` with the shared item
+    embedding ``M`` (no output bias). The user vector is ``F`` at the last real position.
+  - Training on every prefix at once: position t's target is the item after it (the causal mask makes
+    this the same as one sample per prefix). The loss is selectable (``loss``): the paper's binary
+    cross-entropy with one sampled negative per position (never an item of the user), a sampled softmax
+    over ``negatives`` shared uniform negatives, or a full softmax over the catalogue; every result
+    names its loss.
+
+Deviations:
+  - Histories are left-aligned (real items first, padding after), so position 0 is the oldest kept
+    item; the paper left-pads, so its last item always sits at position L-1. Both are absolute
+    positions; ours keep position t independent of how many items follow it (a strict prefix model).
+  - ``heads`` defaults to 1 (paper); ICLRec-style runs use 2.
+
+Example:
+    >>> model = SASRec(SASRecConfig(n_items=10, n_cates=4, embedding_dim=8, max_positions=5))
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lifelong.batch import Batch
+from lifelong.models.registry import register
+from lifelong.models.retrieval import RetrievalConfig, RetrievalModel, RetrievalOutput, next_item_loss, next_items
+
+
+@dataclass
+class SASRecConfig(RetrievalConfig):
+    """Args:
+        embedding_dim: ``D`` (item embeddings, hidden size).
+        layers: self-attention blocks (paper 2).
+        heads: attention heads (paper 1).
+        dropout: dropout of embeddings, attention weights and feed-forward (paper 0.5 on Amazon).
+        max_positions: position embeddings (at least the training ``L``).
+        loss, negatives: see :class:`RetrievalConfig`.
+    """
+
+    model_type = "sasrec"
+    embedding_dim: int = 64
+    layers: int = 2
+    heads: int = 1
+    dropout: float = 0.5
+    max_positions: int = 50
+
+    def validate(self) -> None:
+        super().validate()
+        if self.layers < 1 or self.heads < 1 or self.max_positions < 1:
+            raise ValueError("sasrec: layers, heads and max_positions must be at least 1")
+        if self.embedding_dim % self.heads:
+            raise ValueError(f"sasrec: heads ({self.heads}) must divide embedding_dim ({self.embedding_dim})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"sasrec: dropout must be in [0, 1), got {self.dropout}")
+
+
+class CausalBlock(nn.Module):
+    """One SASRec block (see the module docstring)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.dropout = dropout
+        self.attention_norm = nn.LayerNorm(dim, eps=1e-8)
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.ffn_norm = nn.LayerNorm(dim, eps=1e-8)
+        self.ffn = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(dim, dim), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x (B, T, D), mask (B, T) bool (left-aligned) -> (B, T, D), zero at padding."""
+        b, t, d = x.shape
+        h = self.heads
+        query = self.attention_norm(x)
+        q = self.q(query).view(b, t, h, d // h).transpose(1, 2)  # (B, H, T, d/H)
+        k, v = self.kv(x).view(b, t, 2, h, d // h).permute(2, 0, 3, 1, 4)  # 2 x (B, H, T, d/H)
+        context = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
+                                                 is_causal=True)  # position t sees <= t
+        x = query + self.out(context.transpose(1, 2).reshape(b, t, d))
+        x = self.ffn_norm(x)
+        x = x + self.ffn(x)
+        return x * mask.unsqueeze(-1)
+
+
+@register(SASRecConfig)
+class SASRec(RetrievalModel):
+    """Causal self-attention over the item sequence; the last position's output is the user vector."""
+
+    def __init__(self, config: SASRecConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = config.embedding_dim
+        self.item = nn.Embedding(config.n_items, d, padding_idx=0)
+        self.position = nn.Embedding(config.max_positions, d)
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(CausalBlock(d, config.heads, config.dropout) for _ in range(config.layers))
+        self.final_norm = nn.LayerNorm(d, eps=1e-8)
+        nn.init.normal_(self.item.weight, std=d ** -0.5)
+        with torch.no_grad():
+            self.item.weight[0].zero_()
+
+    def sequence(self, batch: Batch) -> torch.Tensor:
+        """(B, T, D) outputs ``F_t`` at every position (zero at padding)."""
+        items, mask = batch.history_items, batch.history_mask
+        t = items.shape[1]
+        if t > self.config.max_positions:
+            raise ValueError(f"sasrec: a history of {t} events exceeds max_positions={self.config.max_positions}; "
+                             "raise max_positions or lower --max-length")
+        positions = torch.arange(t, device=items.device)
+        x = self.item(items) * math.sqrt(self.config.embedding_dim) + self.position(positions)
+        x = self.dropout(x) * mask.unsqueeze(-1)
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.final_norm(x) * mask.unsqueeze(-1)
+
+    def user_vectors(self, batch: Batch) -> torch.Tensor:
+        return self._last(self.sequence(batch), batch)
+
+    @staticmethod
+    def _last(hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
+        last = (batch.lengths - 1).clamp(min=0)  # (B,)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, D)
+
+    def item_vectors(self) -> torch.Tensor:
+        return self.item.weight
+
+    def forward(self, batch: Batch) -> RetrievalOutput:
+        batch.validate()
+        hidden = self.sequence(batch)  # (B, T, D)
+        users = self._last(hidden, batch)
+        if not self.training:
+            return RetrievalOutput(user_vectors=users)
+        positives, mask = next_items(batch)
+        negatives = batch.history_negative_items[mask] if batch.history_negative_items is not None else None
+        loss = next_item_loss(hidden[mask], positives[mask], self.item.weight, self.config.loss,
+                              negatives=negatives, n_sampled=self.config.negatives)
+        return RetrievalOutput(user_vectors=users, loss=loss)

@@ -1,0 +1,65 @@
+"""Retrieval protocol P2 ``seq-loo`` (../shared/PROTOCOLS.md): leave-one-out next-item retrieval.
+
+For a user's time-ordered items ``i1..in`` (n >= 3): validation predicts ``i(n-1)`` from ``i1..i(n-2)``,
+test predicts ``in`` from ``i1..i(n-1)``, and training uses the prefixes of ``i1..i(n-2)``. The tables
+keep the CTR layout ``(user, end, target, label)`` (``end`` = number of events before the target):
+
+- ``valid``: ``(u, n-2, i(n-1), 1)``; ``test``: ``(u, n-1, in, 1)``; one row per user, no negatives
+  (the whole catalogue is ranked).
+- ``train``: one row per user with at least one training pair, ``(u, n-3, i(n-2), 1)``: the last
+  training target. The training sequence is ``i1..i(n-2)``; :func:`training_windows` cuts it into
+  windows of ``L`` targets so that a causal model trains on every prefix exactly once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lifelong.dataset.store import SampleTable
+
+P2_MIN_EVENTS = 3
+
+
+def seq_loo_samples(offsets: np.ndarray, event_items: np.ndarray) -> dict[str, SampleTable]:
+    """P2 sample tables from CSR offsets (users with fewer than 3 events must already be dropped)."""
+    counts = np.diff(offsets).astype(np.int64)
+    if counts.size and counts.min() < P2_MIN_EVENTS:
+        raise ValueError(f"P2 needs at least {P2_MIN_EVENTS} events per user; drop shorter users first")
+    users = np.arange(counts.shape[0], dtype=np.int64)
+    starts = offsets[:-1].astype(np.int64)
+
+    def table(user: np.ndarray, end: np.ndarray) -> SampleTable:
+        return SampleTable(user=user.astype(np.int32), end=end.astype(np.int32),
+                           target=event_items[starts[user] + end].astype(np.int32),
+                           label=np.ones(user.shape[0], np.float32))
+
+    trainable = users[counts - 3 >= 1]  # at least the pair i1 -> i2 inside i1..i(n-2)
+    return {
+        "train": table(trainable, counts[trainable] - 3),
+        "valid": table(users, counts - 2),
+        "test": table(users, counts - 1),
+    }
+
+
+def training_windows(train: SampleTable, offsets: np.ndarray, event_items: np.ndarray, max_length: int) -> SampleTable:
+    """Cut each training sequence into windows whose ``L`` (or fewer) input events predict the next
+    event at every position: a row ``(u, e, item e)`` trains the targets at positions
+    ``e - min(e, L) + 1 .. e`` (0-based) of the user's sequence. Consecutive windows of a user end
+    ``L`` positions apart, so every target position ``1 .. n-3`` is trained exactly once.
+
+    Example:
+        >>> t = SampleTable(np.array([0], np.int32), np.array([5], np.int32), np.array([5], np.int32),
+        ...                 np.ones(1, np.float32))
+        >>> training_windows(t, np.array([0, 8]), np.arange(8, dtype=np.int32), 2).end.tolist()
+        [5, 3, 1]
+    """
+    if max_length < 1:
+        raise ValueError(f"max_length must be at least 1, got {max_length}")
+    last = train.end.astype(np.int64)  # (U,) position of the last training target
+    n_windows = (last + max_length - 1) // max_length  # positions 1..last in blocks of L from the end
+    user = np.repeat(train.user.astype(np.int64), n_windows)
+    within = np.arange(user.shape[0], dtype=np.int64) - np.repeat(np.cumsum(n_windows) - n_windows, n_windows)
+    end = np.repeat(last, n_windows) - within * max_length
+    return SampleTable(user=user.astype(np.int32), end=end.astype(np.int32),
+                       target=event_items[offsets[user] + end].astype(np.int32),
+                       label=np.ones(user.shape[0], np.float32))

@@ -1,0 +1,64 @@
+"""Exact full-ranking evaluation of retrieval models (P2): every user's target is ranked against the
+whole catalogue, items of the user's input history removed (PROTOCOLS.md P2.3).
+
+Users are scored in chunks: no users x items matrix larger than ``chunk_users x n_items`` exists at
+any time. The item vectors are computed once per evaluation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from lifelong.batch import Collator, iterate_batches
+from lifelong.dataset.store import PreparedDataset, SampleTable
+from lifelong.metrics import ranking_metrics, target_ranks
+
+FIRST_RANKED = 2  # vocabulary indices 0 (padding) and 1 (unknown) are never ranked
+
+
+def history_cells(dataset: PreparedDataset, samples: SampleTable) -> tuple[np.ndarray, np.ndarray]:
+    """(row, item vocabulary index) of every item in each sample's *whole* input history
+    ``events[:end]`` (not only the most recent L), for masking."""
+    user = samples.user.astype(np.int64)
+    length = samples.end.astype(np.int64)
+    rows = np.repeat(np.arange(user.shape[0]), length)
+    within = np.arange(rows.shape[0], dtype=np.int64) - np.repeat(np.cumsum(length) - length, length)
+    events = dataset.offsets[user][rows] + within
+    return rows, dataset.item_idx[dataset.event_items[events]]
+
+
+@torch.no_grad()
+def rank_targets(model: torch.nn.Module, collator: Collator, samples: SampleTable, chunk_users: int = 2048,
+                 exclude_history: bool = True) -> np.ndarray:
+    """0-based rank of each sample's target item over the catalogue (ties broken by item index).
+
+    Args:
+        model: a retrieval model (``user_vectors``, ``item_vectors``, ``score``).
+        collator: builds the batches (history of the most recent L events).
+        samples: one row per user to evaluate (target = the held-out item).
+        chunk_users: users scored at once (the score matrix is ``chunk_users x n_items``).
+        exclude_history: remove the items of the whole input history from the ranking.
+    """
+    model.eval()
+    dataset = collator.dataset
+    items = model.item_vectors()
+    out = []
+    for begin in range(0, len(samples), chunk_users):
+        part = samples.subset(np.arange(begin, min(begin + chunk_users, len(samples))))
+        batch = collator(part)
+        scores = model.score(model.user_vectors(batch), items).float()  # (b, n_items)
+        scores[:, :FIRST_RANKED] = float("-inf")
+        if exclude_history:
+            rows, seen = history_cells(dataset, part)
+            scores[torch.from_numpy(rows), torch.from_numpy(seen)] = float("-inf")
+        out.append(target_ranks(scores, batch.target_items).numpy())
+    return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
+def evaluate_ranking(model: torch.nn.Module, collator: Collator, samples: SampleTable, chunk_users: int = 2048,
+                     exclude_history: bool = True, keep_ranks: bool = False):
+    """HR@5/10/20, NDCG@5/10/20 and Recall@50 over ``samples``; with ``keep_ranks`` also the ranks."""
+    ranks = rank_targets(model, collator, samples, chunk_users, exclude_history)
+    metrics = ranking_metrics(ranks)
+    return (metrics, ranks) if keep_ranks else metrics

@@ -1,0 +1,185 @@
+"""The training loop of retrieval models (P2 ``seq-loo``): the same shape as the CTR loop (Adam,
+early stopping on a validation metric, atomic checkpoints, exact resume, per-epoch metrics, one result
+line per run), with the model's own training loss and exact full-ranking evaluation.
+
+- Training rows are the windows of :func:`lifelong.protocols.training_windows`: every prefix of
+  every training sequence is trained once per epoch.
+- With ``loss = bce`` each training position gets one negative, drawn per epoch with the seed from the
+  items the user never interacted with, in ``batch.history_negative_items`` (aligned with the
+  position's *next* item, the one it must predict).
+- Model selection: validation NDCG@20 (the S3-Rec / ICLRec / ICSRec selection metric); the best
+  epoch's weights are evaluated on test.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from lifelong.batch import Batch, Collator, iterate_batches
+from lifelong.dataset.store import PreparedDataset, load_dataset
+from lifelong.models import build_model
+from lifelong.models.retrieval import next_items
+from lifelong.protocols import InteractionIndex, sample_negatives, training_windows
+from lifelong.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from lifelong.train.ranking import evaluate_ranking
+
+SELECT_METRIC = "ndcg@20"
+SCORE_CELLS = 1 << 25  # at most 33.5M user x item scores per evaluation chunk (128 MB of float32)
+
+
+def eval_chunk(config, n_items: int) -> int:
+    return max(1, min(config.eval_batch_size, SCORE_CELLS // max(n_items, 1)))
+
+
+def add_negatives(batch: Batch, dataset: PreparedDataset, index: InteractionIndex, rng: np.random.Generator) -> None:
+    """One negative per real position (for its next item): an item the user never interacted with."""
+    _, mask = next_items(batch)
+    users = batch.users.unsqueeze(1).expand_as(mask)[mask].numpy()
+    rows = sample_negatives(users, index, rng)
+    negatives = torch.zeros_like(batch.history_items)
+    negatives[mask] = torch.from_numpy(dataset.item_idx[rows])
+    batch.history_negative_items = negatives
+    batch.history_negative_cates = torch.zeros_like(batch.history_items)
+    batch.history_negative_cates[mask] = torch.from_numpy(dataset.item_cate[rows])
+
+
+def train_retrieval(config, *, resume: bool = False, command: str | None = None,
+                    on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
+    """Train a retrieval model, select the epoch with the best validation NDCG@20, rank test."""
+    from lifelong.train.loop import Distributed, _log, _progress, model_config_for
+
+    config.validate()
+    if Distributed().enabled:
+        raise ValueError("retrieval models train in one process for now (torchrun/DDP is for the CTR loop)")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    run = Path(config.out)
+    dataset = load_dataset(config.data)
+    protocol = dataset.manifest.get("protocol", {}).get("name")
+    if protocol != "seq-loo":
+        raise ValueError(f"{config.model} is a retrieval model: it needs a dataset prepared with --protocol seq-loo, "
+                         f"got {protocol!r}")
+    model_config = model_config_for(config, dataset)
+    collator = Collator(dataset, config.max_length)
+    windows = training_windows(dataset.samples("train"), dataset.offsets, dataset.event_items, config.max_length)
+    valid_samples = dataset.samples("valid")
+    chunk = eval_chunk(config, model_config["n_items"])
+    torch.manual_seed(config.seed)
+    model = build_model(model_config)
+    needs_negatives = model.config.batch_needs().get("with_negatives", False)
+    index = InteractionIndex.build(dataset.offsets, dataset.event_items, int(dataset.item_idx.shape[0])) if needs_negatives else None
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    state = {"epoch": 0, "best_score": -1.0, "best_epoch": 0, "bad_epochs": 0, "done": False}
+    if resume:
+        if not (run / "checkpoints" / "last").exists():
+            raise FileNotFoundError(f"--resume: {run}/checkpoints/last does not exist")
+        state = load_checkpoint(run / "checkpoints" / "last", model, optimizer)
+    else:
+        if run.exists() and any(run.iterdir()):
+            raise FileExistsError(f"{run} is not empty; use --resume to continue it or choose another --out")
+        run.mkdir(parents=True, exist_ok=True)
+        resolved = {"train": dataclasses.asdict(config), "model": model_config, "command": command,
+                    "dataset_manifest": dataset.manifest}
+        (run / "config.json").write_text(json.dumps(resolved, indent=2, default=str))
+        shutil.copyfile(Path(config.data) / "vocab.json", run / "vocab.json")
+
+    while not state["done"] and state["epoch"] < config.epochs:
+        epoch = state["epoch"] + 1
+        torch.manual_seed(config.seed * 1000 + epoch)  # dropout and sampled negatives restart exactly on resume
+        order = np.random.default_rng([config.seed, epoch]).permutation(len(windows))
+        negative_rng = np.random.default_rng([config.seed, epoch, 1])
+        model.train()
+        loss_sum, seen, targets, started = 0.0, 0, 0, time.perf_counter()
+        with _progress(config.progress, f"epoch {epoch}", order.shape[0]) as advance:
+            for batch in iterate_batches(collator, windows, config.batch_size, order):
+                if needs_negatives:
+                    add_negatives(batch, dataset, index, negative_rng)
+                output = model(batch)
+                optimizer.zero_grad(set_to_none=True)
+                output.loss.backward()
+                optimizer.step()
+                loss_sum += output.loss.item() * len(batch)
+                seen += len(batch)
+                targets += int(batch.lengths.sum())
+                advance(len(batch))
+        seconds = time.perf_counter() - started
+        valid = evaluate_ranking(model, collator, valid_samples, chunk)
+        improved = valid[SELECT_METRIC] > state["best_score"]
+        state.update(epoch=epoch, bad_epochs=0 if improved else state["bad_epochs"] + 1)
+        if improved:
+            state.update(best_score=valid[SELECT_METRIC], best_epoch=epoch, best_valid=valid)
+        state["done"] = state["bad_epochs"] >= config.patience
+        record = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "train_targets_per_s": targets / seconds,
+                  "train_seconds": seconds, **{f"valid_{k}": v for k, v in valid.items()}}
+        with open(run / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if improved:
+            save_checkpoint(run / "checkpoints" / "best", model, model_config, state)
+        save_checkpoint(run / "checkpoints" / "last", model, model_config, state, optimizer)
+        _log(config, f"epoch {epoch}: train loss {record['train_loss']:.4f}, {record['train_targets_per_s']:,.0f} "
+                     f"targets/s, valid HR@10 {valid['hr@10']:.4f} NDCG@10 {valid['ndcg@10']:.4f} "
+                     f"NDCG@20 {valid['ndcg@20']:.4f}")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, record)
+
+    load_weights(run / "checkpoints" / "best", model)
+    speeds = [json.loads(line)["train_targets_per_s"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    test = dataset.samples("test")
+    started = time.perf_counter()
+    test_metrics, ranks = evaluate_ranking(model, collator, test, chunk, keep_ranks=True)
+    results = {
+        "task": "retrieval",
+        "loss": model_config.get("loss"),
+        "select": SELECT_METRIC,
+        "best_epoch": state["best_epoch"],
+        "epochs_run": state["epoch"],
+        "train_targets_per_s": float(np.median(speeds[1:] or speeds)),
+        "valid": state["best_valid"],
+        "test": test_metrics,
+        "test_seconds": time.perf_counter() - started,
+    }
+    if config.save_predictions:
+        np.savez_compressed(run / "test_ranks.npz", user=test.user, target=test.target, rank=ranks)
+    (run / "results.json").write_text(json.dumps(results, indent=2))
+    if config.results_csv:
+        append_retrieval_line(Path(config.results_csv), config, dataset, model_config, results, run, command)
+    return results
+
+
+def append_retrieval_line(path: Path, config, dataset: PreparedDataset, model_config: dict, results: dict,
+                          run: Path, command: str | None) -> None:
+    """One line per run: model, loss, data, protocol, seed, L, D, the test metrics, the command."""
+    test = results["test"]
+    row = {
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "run": str(run),
+        "data": str(config.data),
+        "protocol": dataset.manifest.get("protocol", {}).get("name"),
+        "model": config.model,
+        "loss": model_config.get("loss"),
+        "seed": config.seed,
+        "max_length": config.max_length,
+        "embedding_dim": model_config.get("embedding_dim"),
+        "best_epoch": results["best_epoch"],
+        "valid_ndcg@20": round(results["valid"]["ndcg@20"], 5),
+        **{f"test_{k}": round(test[k], 5) for k in ("hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@20", "ndcg@20", "recall@50")},
+        "train_targets_per_s": round(results["train_targets_per_s"], 1),
+        "command": command or " ".join(sys.argv),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    with open(path, "a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)

@@ -1,0 +1,211 @@
+"""P2 seq-loo: the protocol tables, training windows, exact full-ranking evaluation against brute force,
+the next-item losses, and the retrieval training loop (resume, result lines, CLI)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lifelong.batch import Collator
+from lifelong.data.schema import EventLog
+from lifelong.dataset.store import SampleTable, load_dataset
+from lifelong.metrics import ranking_metrics, target_ranks
+from lifelong.models import build_model
+from lifelong.models.retrieval import next_item_loss, next_items
+from lifelong.pipeline import ProtocolOptions, prepare
+from lifelong.protocols import seq_loo_samples, training_windows
+from lifelong.train import TrainConfig, evaluate_run, train
+from lifelong.train.ranking import rank_targets
+
+from helpers import random_batch, random_log
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    events, items = random_log(n_users=50, n_items=40, max_events=16, seed=9)
+    return prepare(EventLog(events=events, items=items, recipe="test"), tmp_path_factory.mktemp("p2") / "d",
+                   ProtocolOptions(name="seq-loo"))
+
+
+def test_seq_loo_tables_follow_leave_one_out():
+    offsets = np.array([0, 3, 8])  # user 0: items 10, 11, 12; user 1: 20..24
+    items = np.array([10, 11, 12, 20, 21, 22, 23, 24], dtype=np.int32)
+    tables = seq_loo_samples(offsets, items)
+    assert tables["test"].end.tolist() == [2, 4] and tables["test"].target.tolist() == [12, 24]
+    assert tables["valid"].end.tolist() == [1, 3] and tables["valid"].target.tolist() == [11, 23]
+    # user 0's training sequence is i1 alone (no pair): only user 1 trains, its last target is i(n-2)
+    assert tables["train"].user.tolist() == [1] and tables["train"].end.tolist() == [2]
+    assert tables["train"].target.tolist() == [22]
+    with pytest.raises(ValueError, match="at least 3"):
+        seq_loo_samples(np.array([0, 2]), items[:2])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(4, 40), min_size=1, max_size=6), st.integers(1, 12))
+def test_training_windows_train_every_prefix_target_exactly_once(counts, length):
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    items = np.arange(offsets[-1], dtype=np.int32)  # item = global event position
+    train_rows = seq_loo_samples(offsets, items)["train"]
+    windows = training_windows(train_rows, offsets, items, length)
+    trained = []
+    for user, end in zip(windows.user, windows.end):
+        kept = min(end, length)  # inputs events[end-kept : end], targets events[end-kept+1 : end+1]
+        trained += [offsets[user] + p for p in range(end - kept + 1, end + 1)]
+    expected = [offsets[u] + p for u, n in enumerate(counts) for p in range(1, n - 2)]  # targets i2 .. i(n-2)
+    assert sorted(trained) == expected
+    assert windows.target.tolist() == items[offsets[windows.user] + windows.end].tolist()
+
+
+def test_prepare_seq_loo_writes_one_valid_and_test_row_per_user(data):
+    dataset = load_dataset(data)
+    assert dataset.manifest["protocol"]["name"] == "seq-loo"
+    counts = np.diff(dataset.offsets)
+    assert len(dataset.samples("test")) == len(dataset.samples("valid")) == dataset.n_users
+    assert (dataset.samples("test").end == counts - 1).all()
+
+
+def test_target_ranks_equal_a_stable_descending_sort():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 6, (50, 30), generator=g).float()  # many ties
+    scores[scores == 0] = float("-inf")
+    targets = torch.randint(0, 30, (50,), generator=g)
+    ranks = target_ranks(scores, targets)
+    for row in range(50):
+        if torch.isneginf(scores[row, targets[row]]):
+            assert ranks[row] == 30  # an excluded target is a miss at every cut-off
+            continue
+        order = np.argsort(-scores[row].numpy(), kind="stable")
+        assert ranks[row] == int(np.flatnonzero(order == targets[row].item())[0])
+
+
+def test_ranking_metrics_match_their_definitions():
+    ranks = np.array([0, 4, 5, 9, 19, 49, 300])
+    m = ranking_metrics(ranks)
+    assert m["hr@5"] == pytest.approx(2 / 7) and m["hr@10"] == pytest.approx(4 / 7) and m["hr@20"] == pytest.approx(5 / 7)
+    assert m["ndcg@10"] == pytest.approx(sum(1 / np.log2(r + 2) for r in (0, 4, 5, 9)) / 7)
+    assert m["recall@50"] == pytest.approx(6 / 7) and m["n"] == 7
+
+
+def brute_force_ranks(model, dataset, samples, max_length, exclude=True):
+    """One user at a time: score every item, drop padding/unknown and the history, sort."""
+    collator = Collator(dataset, max_length)
+    ranks = []
+    items = model.item_vectors()
+    for i in range(len(samples)):
+        one = samples.subset(np.array([i]))
+        batch = collator(one)
+        scores = model.score(model.user_vectors(batch), items)[0].detach().numpy()
+        candidates = list(range(2, scores.shape[0]))
+        if exclude:
+            seen = set(dataset.item_idx[dataset.history(int(one.user[0]), int(one.end[0]))].tolist())
+            candidates = [j for j in candidates if j not in seen]
+        target = int(batch.target_items[0])
+        if target not in candidates:
+            ranks.append(scores.shape[0])  # an excluded target is a miss
+            continue
+        ordered = sorted(candidates, key=lambda j: (-scores[j], j))
+        ranks.append(ordered.index(target))
+    return np.array(ranks)
+
+
+@pytest.mark.parametrize("exclude", [True, False])
+def test_full_ranking_in_chunks_equals_brute_force(data, exclude):
+    dataset = load_dataset(data)
+    torch.manual_seed(0)
+    model = build_model({"model_type": "sasrec", "n_items": dataset.vocab_sizes["item"], "n_cates": 8,
+                         "embedding_dim": 8, "max_positions": 6}).eval()
+    test = dataset.samples("test")
+    expected = brute_force_ranks(model, dataset, test, 6, exclude)
+    if exclude:  # the random log repeats items, so some test targets are history items: misses
+        assert (expected == dataset.vocab_sizes["item"]).any()
+    for chunk in (7, 1000):
+        got = rank_targets(model, Collator(dataset, 6), test, chunk_users=chunk, exclude_history=exclude)
+        assert got.tolist() == expected.tolist()
+
+
+def test_next_items_shift_the_window_and_end_with_the_target():
+    batch = random_batch(seed=1)
+    nxt, mask = next_items(batch)
+    for row in range(len(batch)):
+        n = int(mask[row].sum())
+        assert nxt[row, : n - 1].tolist() == batch.history_items[row, 1:n].tolist()
+        assert int(nxt[row, n - 1]) == int(batch.target_items[row])
+        assert (nxt[row, n:] == 0).all()
+
+
+def test_losses_full_is_cross_entropy_and_sampled_masks_accidental_hits():
+    torch.manual_seed(0)
+    hidden, items = torch.randn(5, 4), torch.randn(12, 4)
+    positives = torch.tensor([2, 3, 4, 5, 11])
+    logits = hidden @ items.T
+    manual = -(logits[:, 2:].log_softmax(-1)[torch.arange(5), positives - 2]).mean()
+    torch.testing.assert_close(next_item_loss(hidden, positives, items, "full"), manual)
+    # sampled softmax: the positive against the shared draws, a draw equal to the row's positive masked
+    torch.manual_seed(1)
+    sampled_loss = next_item_loss(hidden, positives, items, "sampled", n_sampled=6)
+    torch.manual_seed(1)
+    drawn = torch.randint(2, 12, (6,))
+    expected = []
+    for row in range(5):
+        negatives_row = [int(j) for j in drawn if int(j) != int(positives[row])]
+        row_logits = torch.cat([logits[row, positives[row]].view(1), logits[row, negatives_row]])
+        expected.append(-row_logits.log_softmax(0)[0])
+    torch.testing.assert_close(sampled_loss, torch.stack(expected).mean())
+    negatives = torch.tensor([6, 7, 8, 9, 10])
+    bce = next_item_loss(hidden, positives, items, "bce", negatives=negatives)
+    pos = (hidden * items[positives]).sum(-1)
+    neg = (hidden * items[negatives]).sum(-1)
+    manual_bce = -(torch.log(torch.sigmoid(pos)).mean() + torch.log(1 - torch.sigmoid(neg)).mean())
+    torch.testing.assert_close(bce, manual_bce)
+
+
+def config(data, out, **kw):
+    values = dict(data=str(data), model="sasrec", out=str(out), epochs=3, batch_size=16, patience=5, progress=False,
+                  max_length=8, lr=5e-3, model_options={"embedding_dim": 8, "max_positions": 8, "dropout": 0.2})
+    values.update(kw)
+    return TrainConfig(**values)
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("loss", ["bce", "sampled", "full"])
+def test_retrieval_loop_resumes_exactly_under_every_loss(data, tmp_path, loss):
+    options = {"embedding_dim": 8, "max_positions": 8, "dropout": 0.2, "loss": loss, "negatives": 5}
+    straight = train(config(data, tmp_path / "straight", model_options=options))
+
+    def stop_after_first(epoch, record):
+        if epoch == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(config(data, tmp_path / "resumed", model_options=options), on_epoch_end=stop_after_first)
+    resumed = train(config(data, tmp_path / "resumed", model_options=options), resume=True)
+    assert resumed["test"] == straight["test"] and resumed["loss"] == loss
+    assert resumed["best_epoch"] == straight["best_epoch"]
+
+
+def test_retrieval_run_writes_ranks_and_a_result_line_naming_the_loss(data, tmp_path):
+    results_csv = tmp_path / "results.csv"
+    results = train(config(data, tmp_path / "run", results_csv=str(results_csv), save_predictions=True))
+    saved = np.load(tmp_path / "run" / "test_ranks.npz")
+    assert ranking_metrics(saved["rank"]) == results["test"]
+    row = next(csv.DictReader(open(results_csv)))
+    assert row["loss"] == "full" and row["protocol"] == "seq-loo" and float(row["test_ndcg@10"]) == round(results["test"]["ndcg@10"], 5)
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2, 3]
+    assert evaluate_run(tmp_path / "run", "test") == results["test"]  # `lifelong evaluate` re-ranks the same
+
+
+def test_a_retrieval_model_refuses_a_ctr_dataset(tmp_path):
+    events, items = random_log(n_users=10, n_items=20, seed=1)
+    ctr = prepare(EventLog(events=events, items=items, recipe="test"), tmp_path / "ctr", ProtocolOptions())
+    with pytest.raises(ValueError, match="seq-loo"):
+        train(config(ctr, tmp_path / "run"))

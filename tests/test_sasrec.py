@@ -1,0 +1,82 @@
+"""SASRec's mechanism beyond the common retrieval contract."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lifelong.models import build_model
+
+from helpers import random_batch
+
+
+def tiny(**overrides):
+    torch.manual_seed(0)
+    values = {"model_type": "sasrec", "n_items": 30, "n_cates": 8, "embedding_dim": 8, "heads": 2,
+              "max_positions": 12, "layers": 2, **overrides}
+    return build_model(values).eval()
+
+
+def test_output_at_position_t_does_not_change_when_later_items_change():
+    model = tiny()
+    batch = random_batch(batch_size=4, width=7, seed=2)
+    batch.history_mask[:] = True  # full rows
+    batch.history_items = torch.randint(2, 30, batch.history_items.shape, generator=torch.Generator().manual_seed(3))
+    before = model.sequence(batch)
+    changed = batch.history_items.clone()
+    changed[:, 4:] = torch.randint(2, 30, (4, 3), generator=torch.Generator().manual_seed(4))
+    batch.history_items = changed
+    after = model.sequence(batch)
+    torch.testing.assert_close(after[:, :4], before[:, :4])
+    assert not torch.allclose(after[:, 4:], before[:, 4:])
+
+
+def test_prefix_alone_gives_the_same_outputs_as_inside_the_longer_sequence():
+    model = tiny()
+    batch = random_batch(batch_size=3, width=7, seed=5)
+    batch.history_mask[:] = True
+    batch.history_items = torch.randint(2, 30, (3, 7), generator=torch.Generator().manual_seed(6))
+    full = model.sequence(batch)
+    batch.history_mask[:, 5:] = False
+    batch.history_items = batch.history_items * batch.history_mask
+    prefix = model.sequence(batch)
+    torch.testing.assert_close(prefix[:, :5], full[:, :5])
+    assert (prefix[:, 5:] == 0).all()
+
+
+def test_user_vector_is_the_output_at_the_last_real_position_and_scores_use_the_item_table():
+    model = tiny()
+    batch = random_batch(batch_size=5, width=6, seed=7)
+    hidden = model.sequence(batch)
+    users = model.user_vectors(batch)
+    for row, length in enumerate(batch.lengths.tolist()):
+        torch.testing.assert_close(users[row], hidden[row, length - 1])
+    torch.testing.assert_close(model.score(users, model.item_vectors()), users @ model.item.weight.T)
+
+
+def test_training_predicts_the_next_item_at_every_position():
+    model = tiny(loss="full", dropout=0.0)
+    model.train()
+    batch = random_batch(batch_size=4, width=5, seed=8)
+    loss = model(batch).loss
+    hidden = model.sequence(batch)
+    logits = hidden @ model.item.weight.T
+    logits[..., :2] = float("-inf")
+    terms = []
+    for row, length in enumerate(batch.lengths.tolist()):
+        sequence = batch.history_items[row, :length].tolist() + [int(batch.target_items[row])]
+        for t in range(length):
+            terms.append(-logits[row, t].log_softmax(-1)[sequence[t + 1]])
+    torch.testing.assert_close(loss, torch.stack(terms).mean())
+
+
+def test_too_long_history_is_refused():
+    model = tiny(max_positions=4)
+    with pytest.raises(ValueError, match="max_positions"):
+        model.user_vectors(random_batch(width=6))
+
+
+@pytest.mark.parametrize("field, value", [("loss", "hinge"), ("heads", 3), ("dropout", 1.0), ("negatives", 0)])
+def test_invalid_config_is_rejected(field, value):
+    with pytest.raises(ValueError, match=field):
+        tiny(**{field: value})
