@@ -294,6 +294,11 @@ def append_result_line(path: Path, config: TrainConfig, dataset: PreparedDataset
         "train_samples_per_s": round(results["train_samples_per_s"], 1),
         "command": command or " ".join(sys.argv),
     }
+    write_result_row(path, row)
+
+
+def write_result_row(path: Path, row: dict) -> None:
+    """Append ``row`` to the CSV at ``path`` (with a header when the file is new)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.exists()
     with open(path, "a", newline="") as handle:

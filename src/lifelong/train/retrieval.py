@@ -13,7 +13,6 @@ line per run), with the model's own training loss and exact full-ranking evaluat
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import shutil
@@ -176,10 +175,6 @@ def append_retrieval_line(path: Path, config, dataset: PreparedDataset, model_co
         "train_targets_per_s": round(results["train_targets_per_s"], 1),
         "command": command or " ".join(sys.argv),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists()
-    with open(path, "a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+    from lifelong.train.loop import write_result_row
+
+    write_result_row(path, row)
