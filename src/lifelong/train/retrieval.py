@@ -7,6 +7,10 @@ line per run), with the model's own training loss and exact full-ranking evaluat
 - With ``loss = bce`` each training position gets one negative, drawn per epoch with the seed from the
   items the user never interacted with, in ``batch.history_negative_items`` (aligned with the
   position's *next* item, the one it must predict).
+- Hooks a model may define: ``set_item_categories(cates)`` (called once after it is built, with the
+  category vocabulary index of every item vocabulary index, for models that use item attributes) and
+  ``epoch_start(batches, epoch)`` (called before each epoch, after the epoch's seeding, with a function
+  that yields the training windows as batches in table order; e.g. ICLRec re-clusters its intents there).
 - Model selection: validation NDCG@20 (the S3-Rec / ICLRec / ICSRec selection metric); the best
   epoch's weights are evaluated on test.
 """
@@ -38,6 +42,14 @@ SCORE_CELLS = 1 << 25  # at most 33.5M user x item scores per evaluation chunk (
 
 def eval_chunk(config, n_items: int) -> int:
     return max(1, min(config.eval_batch_size, SCORE_CELLS // max(n_items, 1)))
+
+
+def item_categories(dataset: PreparedDataset, n_items: int) -> np.ndarray:
+    """(n_items,) category vocabulary index of every item vocabulary index (0 for padding/unknown)."""
+    cates = np.zeros(n_items, dtype=np.int64)
+    known = dataset.item_idx >= 2
+    cates[dataset.item_idx[known]] = dataset.item_cate[known]
+    return cates
 
 
 def add_negatives(batch: Batch, dataset: PreparedDataset, index: InteractionIndex, rng: np.random.Generator) -> None:
@@ -75,6 +87,8 @@ def train_retrieval(config, *, resume: bool = False, command: str | None = None,
     chunk = eval_chunk(config, model_config["n_items"])
     torch.manual_seed(config.seed)
     model = build_model(model_config)
+    if hasattr(model, "set_item_categories"):
+        model.set_item_categories(torch.from_numpy(item_categories(dataset, model_config["n_items"])))
     needs_negatives = model.config.batch_needs().get("with_negatives", False)
     index = InteractionIndex.build(dataset.offsets, dataset.event_items, int(dataset.item_idx.shape[0])) if needs_negatives else None
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -97,6 +111,8 @@ def train_retrieval(config, *, resume: bool = False, command: str | None = None,
         torch.manual_seed(config.seed * 1000 + epoch)  # dropout and sampled negatives restart exactly on resume
         order = np.random.default_rng([config.seed, epoch]).permutation(len(windows))
         negative_rng = np.random.default_rng([config.seed, epoch, 1])
+        if hasattr(model, "epoch_start"):
+            model.epoch_start(lambda: iterate_batches(collator, windows, config.batch_size), epoch)
         model.train()
         loss_sum, seen, targets, started = 0.0, 0, 0, time.perf_counter()
         with _progress(config.progress, f"epoch {epoch}", order.shape[0]) as advance:
