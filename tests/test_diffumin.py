@@ -178,8 +178,15 @@ def test_short_term_branch_reads_only_the_most_recent_behaviors():
     assert not torch.allclose(model.short_term(changed, batch.history_mask, target)[0], before[0])
 
 
+def test_dice_moving_averages_update_at_the_configured_rate():
+    from lifelong.nn.layers import Dice
+
+    rates = {m.norm.momentum for m in tiny(dice_momentum=0.25).modules() if isinstance(m, Dice)}
+    assert rates == {0.25}
+
+
 @pytest.mark.parametrize("field, value", [("channels", 9), ("heads", 3), ("infer_start_step", 1001),
-                                          ("temperature", 0.0), ("top_per_channel", 0)])
+                                          ("temperature", 0.0), ("top_per_channel", 0), ("dice_momentum", 0.0)])
 def test_invalid_config_is_rejected(field, value):
     with pytest.raises(ValueError, match=field):
         tiny(**{field: value})

@@ -22,9 +22,10 @@ class Dice(nn.Module):
         torch.Size([8, 4])
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-8) -> None:
+    def __init__(self, num_features: int, eps: float = 1e-8, momentum: float = 0.01) -> None:
         super().__init__()
-        self.norm = nn.BatchNorm1d(num_features, eps=eps, affine=False, momentum=0.01)
+        # momentum 0.01 = the DIN/DIEN code's moving-average decay 0.99
+        self.norm = nn.BatchNorm1d(num_features, eps=eps, affine=False, momentum=momentum)
         self.alpha = nn.Parameter(torch.zeros(num_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, F) -> (N, F)
@@ -32,9 +33,9 @@ class Dice(nn.Module):
         return x * (p + (1 - p) * self.alpha)
 
 
-def activation(name: str, num_features: int) -> nn.Module:
+def activation(name: str, num_features: int, dice_momentum: float = 0.01) -> nn.Module:
     if name == "dice":
-        return Dice(num_features)
+        return Dice(num_features, momentum=dice_momentum)
     if name == "prelu":
         return nn.PReLU(num_features, init=0.25)
     if name == "relu":
@@ -53,6 +54,7 @@ class MLP(nn.Module):
         activation_name: one of ``dice``, ``prelu``, ``relu``, ``sigmoid``.
         out_dim: size of a final linear output layer, or None for none.
         dropout: dropout after each hidden activation.
+        dice_momentum: update rate of Dice's moving averages (0.01 = the DIN code's decay 0.99).
 
     Example:
         >>> MLP(8, [16, 4], "relu", out_dim=1)(torch.randn(3, 8)).shape
@@ -60,12 +62,12 @@ class MLP(nn.Module):
     """
 
     def __init__(self, in_dim: int, hidden: list[int], activation_name: str = "relu",
-                 out_dim: int | None = None, dropout: float = 0.0) -> None:
+                 out_dim: int | None = None, dropout: float = 0.0, dice_momentum: float = 0.01) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         size = in_dim
         for width in hidden:
-            layers += [nn.Linear(size, width), activation(activation_name, width)]
+            layers += [nn.Linear(size, width), activation(activation_name, width, dice_momentum)]
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             size = width
