@@ -84,3 +84,16 @@ def random_log(n_users: int = 40, n_items: int = 60, n_cates: int = 6, max_event
     items = pl.DataFrame({"item_id": list(range(1, n_items + 1)),
                           "category": [f"c{i % n_cates}" for i in range(1, n_items + 1)]}).cast({"item_id": pl.Int64})
     return events, items
+
+
+def assert_later_items_do_not_change_earlier_outputs(sequence, batch: Batch, cut: int = 4) -> None:
+    """``sequence(batch)`` -> (B, T, D) per-position outputs: positions < ``cut`` must not change when the
+    items from ``cut`` on change (and later positions must)."""
+    before = sequence(batch)
+    changed = batch.history_items.clone()
+    tail = changed[:, cut:]
+    changed[:, cut:] = torch.randint(2, 30, tail.shape, generator=torch.Generator().manual_seed(4)) * batch.history_mask[:, cut:]
+    batch.history_items = changed
+    after = sequence(batch)
+    torch.testing.assert_close(after[:, :cut], before[:, :cut])
+    assert not torch.allclose(after[:, cut:], before[:, cut:])

@@ -11,4 +11,5 @@ TINY_CONFIGS: dict[str, dict] = {
     "diffumin": {"embedding_dim": 4, "channels": 3, "top_per_channel": 2, "short_length": 3, "denoiser_layers": 1,
                  "short_layers": 1, "infer_steps": 3, "dnn_hidden": (16, 8)},
     "sasrec": {"embedding_dim": 8, "heads": 2, "max_positions": 20, "dropout": 0.1, "loss": "full"},
+    "idnp": {"embedding_dim": 8, "scales": (1, 2, 4), "decoder_hidden": 32, "dropout": 0.1, "loss": "full"},
 }
