@@ -97,3 +97,19 @@ def assert_later_items_do_not_change_earlier_outputs(sequence, batch: Batch, cut
     after = sequence(batch)
     torch.testing.assert_close(after[:, :cut], before[:, :cut])
     assert not torch.allclose(after[:, cut:], before[:, cut:])
+
+
+def overfit_losses(model, batch: Batch, steps: int = 60, lr: float = 1e-2) -> list[float]:
+    """Train a retrieval model on one batch (torch's RNG reseeded per step, for sampled negatives and
+    augmentations) and return the loss of every step."""
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    for step in range(steps):
+        torch.manual_seed(step)
+        value = model(batch).loss
+        optimizer.zero_grad()
+        value.backward()
+        optimizer.step()
+        losses.append(value.item())
+    return losses

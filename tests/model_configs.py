@@ -12,4 +12,8 @@ TINY_CONFIGS: dict[str, dict] = {
                  "short_layers": 1, "infer_steps": 3, "dnn_hidden": (16, 8)},
     "sasrec": {"embedding_dim": 8, "heads": 2, "max_positions": 20, "dropout": 0.1, "loss": "full"},
     "idnp": {"embedding_dim": 8, "scales": (1, 2, 4), "decoder_hidden": 32, "dropout": 0.1, "loss": "full"},
+    "iclrec": {"embedding_dim": 8, "heads": 2, "max_positions": 16, "dropout": 0.1, "loss": "full", "intents": 4,
+               "kmeans_iterations": 5},
+    "sasrec_priors": {"embedding_dim": 8, "heads": 2, "max_positions": 20, "dropout": 0.1, "loss": "full",
+                      "priors": "category,term", "category_heads": 2, "short_window": 2},
 }

@@ -10,7 +10,7 @@ import torch
 from lifelong.models import MODELS, build_model
 from lifelong.train.checkpoint import load_weights, save_checkpoint
 
-from helpers import random_batch, select
+from helpers import overfit_losses, random_batch, select
 from model_configs import TINY_CONFIGS, TINY_VOCAB
 
 NAMES = sorted(name for name, (config_class, _) in MODELS.items() if config_class.task == "retrieval")
@@ -105,15 +105,6 @@ def test_config_and_weights_round_trip(name, tmp_path):
 @pytest.mark.parametrize("loss", LOSSES)
 def test_loss_falls_when_overfitting_one_tiny_batch(name, loss):
     model = tiny_model(name, loss=loss, dropout=0.0) if "dropout" in TINY_CONFIGS[name] else tiny_model(name, loss=loss)
-    model.train()
     batch = random_batch(batch_size=16, seed=13)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for step in range(80):
-        torch.manual_seed(step)  # the sampled loss draws its negatives from torch's RNG
-        loss_value = model(batch).loss
-        optimizer.zero_grad()
-        loss_value.backward()
-        optimizer.step()
-        losses.append(loss_value.item())
+    losses = overfit_losses(model, batch, steps=80)
     assert losses[-1] < 0.5 * losses[0], f"{name}/{loss}: loss {losses[0]:.3f} -> {losses[-1]:.3f}"

@@ -1,0 +1,162 @@
+"""The README's next-item retrieval table: every P2 model on Amazon Beauty, Amazon Sports and
+MovieLens-100K (full ranking, history items masked), HR/NDCG@5/10/20 and Recall@50 as mean ± std over
+seeds, with the training loss of each row, next to the published numbers for the same protocol
+(../shared/reference/seqrec_tables.md).
+
+Every number comes from the CLI commands this script runs and prints. Model selection (early stopping)
+uses validation NDCG@20 only; the table reports the test metrics of the best validation epoch. Finished
+runs are reused, so an interrupted table continues where it stopped.
+
+    python benchmarks/seq_table.py [--models SPEC,...] [--datasets beauty,sports,ml100k]
+        [--seeds 2024,2025,2026] [--epochs 200] [--patience 10] [--jobs 1] [--threads 2]
+        [--workdir runs/seq-table] [--report-only]
+
+A SPEC is NAME or NAME:key=value:... (model options), e.g. ``sasrec:loss=bce``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ctr_table import SHARED, RunFailed, lifelong, run, shown  # noqa: E402  (same runner as the CTR table)
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = {
+    "beauty": ["--recipe", "amazon-s3rec", "--input", str(SHARED / "amazon-beauty")],
+    "sports": ["--recipe", "amazon-s3rec", "--input", str(SHARED / "amazon-sports")],
+    "ml100k": ["--recipe", "movielens", "--input", str(SHARED / "movielens-100k")],
+}
+# L = 50, embedding 64, batch 256, Adam 1e-3: the S3-Rec / ICLRec / ICSRec settings
+SETTINGS = ["--batch-size", "256", "--max-length", "50", "--lr", "0.001", "--set", "embedding_dim=64"]
+DEFAULT_MODELS = "sasrec:loss=bce,sasrec:loss=sampled,sasrec:loss=full"
+METRICS = ("hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@20", "ndcg@20", "recall@50")
+
+# Published full-ranking, history-masked numbers (seqrec_tables.md); (HR@10, NDCG@10) and the source.
+PUBLISHED = {
+    ("beauty", "SASRec, BCE (S3-Rec T1)"): (0.0605, 0.0318),
+    ("beauty", "ICSRec (T4 checkpoint)"): (0.0959, 0.0578),
+    ("beauty", "ICLRec (T3)"): (0.0744, 0.0403),
+    ("sports", "SASRec, BCE (S3-Rec T1)"): (0.0350, 0.0192),
+    ("sports", "ICSRec (T4 checkpoint)"): (0.0565, 0.0335),
+    ("sports", "ICLRec (T3)"): (0.0437, 0.0238),
+}
+
+
+def label_of(spec: str) -> str:
+    return spec.replace(":", " ")
+
+
+def train_command(work: Path, dataset: str, spec: str, seed: str, args) -> tuple[Path, list[str]]:
+    name, *options = spec.split(":")
+    out = work / "runs" / f"{dataset}-{spec.replace(':', '-').replace('=', '')}-{seed}"
+    command = lifelong("train", "--data", str(work / "data" / dataset), "--model", name, "--out", str(out),
+                       "--seed", seed, "--epochs", str(args.epochs), "--patience", str(args.patience), *SETTINGS,
+                       *[a for o in options for a in ("--set", o)], "--threads", args.threads, "--no-progress",
+                       "--results-csv", str(work / "results.csv"), "--save-predictions")
+    return out, command
+
+
+def finished_with(out: Path, command: list[str]) -> bool:
+    if not (out / "results.json").exists():
+        return False
+    saved = json.loads((out / "config.json").read_text())["train"]
+    wanted = {flag: command[command.index(flag) + 1] for flag in ("--epochs", "--patience", "--seed")}
+    return saved["epochs"] == int(wanted["--epochs"]) and saved["patience"] == int(wanted["--patience"]) \
+        and saved["seed"] == int(wanted["--seed"])
+
+
+def summarise(rows: list[dict], models: list[str], datasets: list[str]) -> str:
+    lines = ["| dataset | model | loss | " + " | ".join(m.upper().replace("NDCG", "NDCG") for m in METRICS)
+             + " | best epochs | runs |", "|---" * (len(METRICS) + 5) + "|"]
+    for dataset in datasets:
+        for spec in models:
+            group = [r for r in rows if r["dataset"] == dataset and r["spec"] == spec]
+            if not group:
+                continue
+            cells = []
+            for m in METRICS:
+                values = [r[m] for r in group]
+                cells.append(f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}" if len(group) > 1
+                             else f"{values[0]:.4f}")
+            lines.append(f"| {dataset} | {label_of(spec)} | {group[0]['loss']} | " + " | ".join(cells)
+                         + f" | {', '.join(str(r['best_epoch']) for r in group)} | {len(group)} |")
+        for (d, name), (hr, ndcg) in PUBLISHED.items():
+            if d == dataset:
+                lines.append(f"| {dataset} | *published: {name}* | | | | {hr:.4f} | {ndcg:.4f} | | | | | |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default=DEFAULT_MODELS)
+    parser.add_argument("--datasets", default="beauty,sports,ml100k")
+    parser.add_argument("--seeds", default="2024,2025,2026")
+    parser.add_argument("--epochs", type=int, default=200)
+    parser.add_argument("--patience", type=int, default=10)
+    parser.add_argument("--jobs", type=int, default=1, help="training processes at once")
+    parser.add_argument("--threads", default="2", help="torch threads per training process")
+    parser.add_argument("--report-only", action="store_true", help="train nothing: the table of the finished runs")
+    parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "seq-table")
+    args = parser.parse_args()
+    work = args.workdir
+    work.mkdir(parents=True, exist_ok=True)
+    models, datasets, seeds = args.models.split(","), args.datasets.split(","), args.seeds.split(",")
+    for dataset in datasets:
+        data = work / "data" / dataset
+        prepare = lifelong("prepare", *DATASETS[dataset], "--protocol", "seq-loo", "--out", str(data), "--overwrite")
+        if not args.report_only and not (data / "manifest.json").exists():
+            run(prepare)
+        print(f"$ {shown(prepare)}", flush=True)
+
+    jobs = [(d, s, seed) for seed in seeds for d in datasets for s in models]
+    started = time.time()
+
+    def one(job):
+        dataset, spec, seed = job
+        out, command = train_command(work, dataset, spec, seed, args)
+        if not finished_with(out, command):
+            if args.report_only:
+                return None
+            subprocess.run(["rm", "-rf", str(out)], check=True)
+            try:
+                run(command)
+            except RunFailed as error:
+                print(error, flush=True)
+                return None
+        result = json.loads((out / "results.json").read_text())
+        print(f"[{(time.time() - started) / 60:6.1f} min] {dataset} {label_of(spec)} seed {seed}: test HR@10 "
+              f"{result['test']['hr@10']:.4f} NDCG@10 {result['test']['ndcg@10']:.4f} (best epoch "
+              f"{result['best_epoch']}, test ranking {result['test_seconds']:.1f} s)", flush=True)
+        return job, command, result
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        outcomes = list(pool.map(one, jobs))
+    rows = [{"dataset": d, "spec": s, "seed": seed, "loss": r["loss"], "best_epoch": r["best_epoch"],
+             "test_seconds": r["test_seconds"], **{m: r["test"][m] for m in METRICS}, "command": shown(c)}
+            for (d, s, seed), c, r in (o for o in outcomes if o is not None)]
+    (work / "table.json").write_text(json.dumps(rows, indent=2))
+    header = (f"P2 seq-loo, full ranking over the catalogue with history items masked; test metrics at the best "
+              f"validation NDCG@20, mean ± sample std over seeds {', '.join(seeds)}; L=50, embedding 64, batch 256, "
+              f"Adam 1e-3, at most {args.epochs} epochs (patience {args.patience}). Published rows: the same "
+              f"protocol, from ../shared/reference/seqrec_tables.md.")
+    table = summarise(rows, models, datasets)
+    (work / "table.md").write_text(header + "\n\n" + table + "\n")
+    print("\n" + header + "\n\n" + table + "\n\nCommands:")
+    for r in rows:
+        print(f"    {r['command']}")
+    missing = [job for job, o in zip(jobs, outcomes) if o is None]
+    if missing:
+        print(f"\n{len(missing)} run(s) missing from the table: " + ", ".join(f"{d} {s} {seed}" for d, s, seed in missing))
+
+
+if __name__ == "__main__":
+    main()
