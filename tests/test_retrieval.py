@@ -196,7 +196,10 @@ def test_retrieval_run_writes_ranks_and_a_result_line_naming_the_loss(data, tmp_
     results_csv = tmp_path / "results.csv"
     results = train(config(data, tmp_path / "run", results_csv=str(results_csv), save_predictions=True))
     saved = np.load(tmp_path / "run" / "test_ranks.npz")
-    assert ranking_metrics(saved["rank"]) == results["test"]
+    accuracy = ranking_metrics(saved["rank"])
+    assert {k: results["test"][k] for k in accuracy} == accuracy
+    # beyond-accuracy metrics of the top 10, next to accuracy
+    assert 1 <= results["test"]["top10_category_coverage"] <= 10 and results["test"]["top10_novelty"] > 0
     row = next(csv.DictReader(open(results_csv)))
     assert row["loss"] == "full" and row["protocol"] == "seq-loo" and float(row["test_ndcg@10"]) == round(results["test"]["ndcg@10"], 5)
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -209,3 +212,26 @@ def test_a_retrieval_model_refuses_a_ctr_dataset(tmp_path):
     ctr = prepare(EventLog(events=events, items=items, recipe="test"), tmp_path / "ctr", ProtocolOptions())
     with pytest.raises(ValueError, match="seq-loo"):
         train(config(ctr, tmp_path / "run"))
+
+
+def test_top_lists_are_the_highest_scored_unseen_items_and_popularity_counts_training_events(data):
+    from lifelong.train.ranking import training_popularity
+
+    dataset = load_dataset(data)
+    torch.manual_seed(0)
+    model = build_model({"model_type": "sasrec", "n_items": dataset.vocab_sizes["item"], "n_cates": 8,
+                         "embedding_dim": 8, "max_positions": 6}).eval()
+    test = dataset.samples("test")
+    ranks, top = rank_targets(model, Collator(dataset, 6), test, chunk_users=7, top_k=3)
+    assert ranks.tolist() == brute_force_ranks(model, dataset, test, 6).tolist()
+    items = model.item_vectors()
+    for i in range(len(test)):
+        one = test.subset(np.array([i]))
+        scores = model.score(model.user_vectors(Collator(dataset, 6)(one)), items)[0].detach()
+        seen = set(dataset.item_idx[dataset.history(int(one.user[0]), int(one.end[0]))].tolist())
+        allowed = [j for j in range(2, scores.shape[0]) if j not in seen]
+        best = sorted(allowed, key=lambda j: -float(scores[j]))[:3]
+        assert sorted(top[i].tolist()) == sorted(best)
+    popularity = training_popularity(dataset, dataset.vocab_sizes["item"])
+    counts = np.diff(dataset.offsets)
+    assert popularity.sum() == (counts - 2).sum()

@@ -357,11 +357,13 @@ def evaluate_run(run: str | Path, split: str = "test", batch_size: int = 8192) -
     model = build_model(model_config)
     load_weights(run / "checkpoints" / "best", model)
     if getattr(model, "task", "ctr") == "retrieval":
-        from lifelong.train.ranking import evaluate_ranking
-        from lifelong.train.retrieval import eval_chunk
+        from lifelong.train.ranking import evaluate_ranking, training_popularity
+        from lifelong.train.retrieval import eval_chunk, item_categories
 
+        n_items = model_config["n_items"]
+        beyond = {"item_cates": item_categories(dataset, n_items), "popularity": training_popularity(dataset, n_items)}
         metrics = evaluate_ranking(model, Collator(dataset, config.max_length), dataset.samples(split),
-                                   eval_chunk(config, model_config["n_items"]))
+                                   eval_chunk(config, n_items), beyond=beyond)
         (run / f"eval_{split}.json").write_text(json.dumps(metrics, indent=2))
         return metrics
     collator, _ = collators_for(model_config, dataset, config.max_length, config.seed, training=False)

@@ -30,7 +30,7 @@ def history_cells(dataset: PreparedDataset, samples: SampleTable) -> tuple[np.nd
 
 @torch.no_grad()
 def rank_targets(model: torch.nn.Module, collator: Collator, samples: SampleTable, chunk_users: int = 2048,
-                 exclude_history: bool = True) -> np.ndarray:
+                 exclude_history: bool = True, top_k: int = 0):
     """0-based rank of each sample's target item over the catalogue (ties broken by item index).
 
     Args:
@@ -39,11 +39,15 @@ def rank_targets(model: torch.nn.Module, collator: Collator, samples: SampleTabl
         samples: one row per user to evaluate (target = the held-out item).
         chunk_users: users scored at once (the score matrix is ``chunk_users x n_items``).
         exclude_history: remove the items of the whole input history from the ranking.
+        top_k: also return each user's top ``top_k`` items (vocabulary indices), (N, top_k).
+
+    Returns:
+        (N,) ranks, or (ranks, top lists) with ``top_k``.
     """
     model.eval()
     dataset = collator.dataset
     items = model.item_vectors()
-    out = []
+    out, tops = [], []
     for begin in range(0, len(samples), chunk_users):
         part = samples.subset(np.arange(begin, min(begin + chunk_users, len(samples))))
         batch = collator(part)
@@ -53,12 +57,38 @@ def rank_targets(model: torch.nn.Module, collator: Collator, samples: SampleTabl
             rows, seen = history_cells(dataset, part)
             scores[torch.from_numpy(rows), torch.from_numpy(seen)] = float("-inf")
         out.append(target_ranks(scores, batch.target_items).numpy())
-    return np.concatenate(out) if out else np.zeros(0, np.int64)
+        if top_k:
+            tops.append(scores.topk(top_k, dim=1).indices.numpy())
+    ranks = np.concatenate(out) if out else np.zeros(0, np.int64)
+    if top_k:
+        return ranks, (np.concatenate(tops) if tops else np.zeros((0, top_k), np.int64))
+    return ranks
 
 
 def evaluate_ranking(model: torch.nn.Module, collator: Collator, samples: SampleTable, chunk_users: int = 2048,
-                     exclude_history: bool = True, keep_ranks: bool = False):
-    """HR@5/10/20, NDCG@5/10/20 and Recall@50 over ``samples``; with ``keep_ranks`` also the ranks."""
-    ranks = rank_targets(model, collator, samples, chunk_users, exclude_history)
-    metrics = ranking_metrics(ranks)
+                     exclude_history: bool = True, keep_ranks: bool = False, beyond: dict | None = None):
+    """HR@5/10/20, NDCG@5/10/20 and Recall@50 over ``samples``; with ``keep_ranks`` also the ranks.
+
+    With ``beyond = {"item_cates": (n_items,), "popularity": (n_items,)}`` the beyond-accuracy metrics
+    of every user's top 10 are added (``top10_category_coverage``, ``top10_catalogue_category_coverage``,
+    ``top10_category_entropy``, ``top10_novelty``; see :mod:`lifelong.beyond`)."""
+    if beyond is None:
+        ranks = rank_targets(model, collator, samples, chunk_users, exclude_history)
+        metrics = ranking_metrics(ranks)
+    else:
+        from lifelong.beyond import beyond_accuracy
+
+        ranks, top = rank_targets(model, collator, samples, chunk_users, exclude_history, top_k=10)
+        metrics = ranking_metrics(ranks)
+        metrics.update({f"top10_{k}": v for k, v in
+                        beyond_accuracy(top, beyond["item_cates"], beyond["popularity"]).items()})
     return (metrics, ranks) if keep_ranks else metrics
+
+
+def training_popularity(dataset: PreparedDataset, n_items: int) -> np.ndarray:
+    """(n_items,) interactions of every item vocabulary index in the training sequences (each user's
+    events but the last two, the validation and test targets)."""
+    counts = np.diff(dataset.offsets)
+    position = np.arange(dataset.n_events) - np.repeat(dataset.offsets[:-1], counts)
+    training = position < np.repeat(counts - 2, counts)
+    return np.bincount(dataset.item_idx[dataset.event_items[training]], minlength=n_items)[:n_items]

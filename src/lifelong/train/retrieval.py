@@ -34,7 +34,7 @@ from lifelong.models import build_model
 from lifelong.models.retrieval import next_items
 from lifelong.protocols import InteractionIndex, sample_negatives, training_windows
 from lifelong.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
-from lifelong.train.ranking import evaluate_ranking
+from lifelong.train.ranking import evaluate_ranking, training_popularity
 
 SELECT_METRIC = "ndcg@20"
 SCORE_CELLS = 1 << 25  # at most 33.5M user x item scores per evaluation chunk (128 MB of float32)
@@ -151,7 +151,9 @@ def train_retrieval(config, *, resume: bool = False, command: str | None = None,
     speeds = [json.loads(line)["train_targets_per_s"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     test = dataset.samples("test")
     started = time.perf_counter()
-    test_metrics, ranks = evaluate_ranking(model, collator, test, chunk, keep_ranks=True)
+    beyond = {"item_cates": item_categories(dataset, model_config["n_items"]),
+              "popularity": training_popularity(dataset, model_config["n_items"])}
+    test_metrics, ranks = evaluate_ranking(model, collator, test, chunk, keep_ranks=True, beyond=beyond)
     results = {
         "task": "retrieval",
         "loss": model_config.get("loss"),
