@@ -181,7 +181,7 @@ def test_short_term_branch_reads_only_the_most_recent_behaviors():
 def test_dice_moving_averages_update_at_the_configured_rate():
     from lifelong.nn.layers import Dice
 
-    rates = {m.norm.momentum for m in tiny(dnn_activation="dice", dice_momentum=0.25).modules() if isinstance(m, Dice)}
+    rates = {m.norm.momentum for m in tiny(dice_momentum=0.25).modules() if isinstance(m, Dice)}
     assert rates == {0.25}
 
 
