@@ -59,6 +59,10 @@ Deviations:
   - ``use_diffusion = False`` (ablation) drops DMIG, ``r*`` and therefore CMIC as well
     (``use_contrastive`` is then ignored, since the calibrator needs ``r*``).
   - Optional DIN mini-batch-aware L2 regulariser (``l2_mba``) on the embedding tables.
+  - Dropout 0.5 after each hidden layer of the prediction MLP (the paper gives none). Chosen on P1
+    Beauty *validation* AUC (no-diffusion variant, 2 epochs, seeds 2024 and 2025) among 0, 0.3 and 0.5:
+    mean 0.7762, 0.7851, 0.7874. Without it the model fits the training set faster than DIN but
+    generalises like sumpool.
   - Dice's moving averages update at rate ``dice_momentum`` = 0.1 (DIN's code: 0.01). The MLP input
     mixes the LayerNorm-scale short-term vector with 1e-2-scale interests, so the first layer's
     pre-activations have a large, fast-drifting mean and a small spread; averages at 0.01 lag by
@@ -104,7 +108,7 @@ class DiffuMINConfig(ModelConfig):
         dnn_hidden: MLP sizes of the prediction layer.
         dnn_activation: ``dice`` in the paper.
         dice_momentum: update rate of Dice's moving averages (0.1; DIN's code uses 0.01).
-        dropout: dropout after each MLP layer.
+        dropout: dropout after each hidden MLP layer (0.5; not given by the paper, see Deviations).
         l2_mba: weight of the mini-batch aware L2 regulariser (0 = off).
     """
 
@@ -129,7 +133,7 @@ class DiffuMINConfig(ModelConfig):
     dnn_hidden: tuple[int, ...] = (200, 80)
     dnn_activation: str = "dice"
     dice_momentum: float = 0.1
-    dropout: float = 0.0
+    dropout: float = 0.5
     l2_mba: float = 0.0
 
     def validate(self) -> None:
