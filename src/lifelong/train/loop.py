@@ -158,6 +158,47 @@ def collators_for(model_config: dict[str, Any], dataset: PreparedDataset, max_le
     return evaluation, Collator(dataset, max_length, seed=seed, **needs)
 
 
+def start_run(config: TrainConfig, dataset: PreparedDataset, model_config: dict, model, optimizer, best_key: str,
+              resume: bool, command: str | None, main: bool = True) -> dict:
+    """The trainer state of a run: restored from ``checkpoints/last`` (``resume``), or fresh, after the
+    (main process) has created the run folder with the resolved ``config.json`` and ``vocab.json``.
+    ``best_key`` names the selection metric's best value in the state."""
+    run = Path(config.out)
+    if resume:
+        if not (run / "checkpoints" / "last").exists():
+            raise FileNotFoundError(f"--resume: {run}/checkpoints/last does not exist")
+        return load_checkpoint(run / "checkpoints" / "last", model, optimizer)
+    if main:
+        if run.exists() and any(run.iterdir()):
+            raise FileExistsError(f"{run} is not empty; use --resume to continue it or choose another --out")
+        run.mkdir(parents=True, exist_ok=True)
+        resolved = {"train": dataclasses.asdict(config), "model": model_config, "command": command,
+                    "dataset_manifest": dataset.manifest}
+        (run / "config.json").write_text(json.dumps(resolved, indent=2, default=str))
+        shutil.copyfile(Path(config.data) / "vocab.json", run / "vocab.json")
+    return {"epoch": 0, best_key: -1.0, "best_epoch": 0, "bad_epochs": 0, "done": False}
+
+
+def end_epoch(run: Path, state: dict, best_key: str, score: float, valid: dict, record: dict, patience: int,
+              model, model_config: dict, optimizer, main: bool = True) -> bool:
+    """Early-stopping bookkeeping after an epoch: update ``state`` with the validation ``score``; the main
+    process appends ``record`` to ``metrics.jsonl`` and writes the best and last checkpoints. Returns
+    whether the epoch improved."""
+    epoch = record["epoch"]
+    improved = score > state[best_key]
+    state.update(epoch=epoch, bad_epochs=0 if improved else state["bad_epochs"] + 1)
+    if improved:
+        state.update({best_key: score, "best_epoch": epoch, "best_valid": valid})
+    state["done"] = state["bad_epochs"] >= patience
+    if main:
+        with open(run / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if improved:
+            save_checkpoint(run / "checkpoints" / "best", model, model_config, state)
+        save_checkpoint(run / "checkpoints" / "last", model, model_config, state, optimizer)
+    return improved
+
+
 def _config_class(name: str):
     from lifelong.models import MODELS
 
@@ -195,19 +236,7 @@ def train(config: TrainConfig, *, resume: bool = False, command: str | None = No
     model = build_model(model_config)
     _set_counts(model, dataset)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    state = {"epoch": 0, "best_auc": -1.0, "best_epoch": 0, "bad_epochs": 0, "done": False}
-    if resume:
-        if not (run / "checkpoints" / "last").exists():
-            raise FileNotFoundError(f"--resume: {run}/checkpoints/last does not exist")
-        state = load_checkpoint(run / "checkpoints" / "last", model, optimizer)
-    elif ctx.main:
-        if run.exists() and any(run.iterdir()):
-            raise FileExistsError(f"{run} is not empty; use --resume to continue it or choose another --out")
-        run.mkdir(parents=True, exist_ok=True)
-        resolved = {"train": dataclasses.asdict(config), "model": model_config, "command": command,
-                    "dataset_manifest": dataset.manifest}
-        (run / "config.json").write_text(json.dumps(resolved, indent=2, default=str))
-        shutil.copyfile(Path(config.data) / "vocab.json", run / "vocab.json")
+    state = start_run(config, dataset, model_config, model, optimizer, "best_auc", resume, command, ctx.main)
     net = torch.nn.parallel.DistributedDataParallel(model) if ctx.enabled else model
 
     while not state["done"] and state["epoch"] < config.epochs:
@@ -232,20 +261,12 @@ def train(config: TrainConfig, *, resume: bool = False, command: str | None = No
                 advance(len(batch))
         seconds = time.perf_counter() - started
         valid = evaluate(model, collator, valid_samples, config.eval_batch_size, ctx)
-        improved = valid["auc"] > state["best_auc"]
-        state.update(epoch=epoch, bad_epochs=0 if improved else state["bad_epochs"] + 1)
-        if improved:
-            state.update(best_auc=valid["auc"], best_epoch=epoch, best_valid=valid)
-        state["done"] = state["bad_epochs"] >= config.patience
         record = {"epoch": epoch, "train_logloss": loss_sum / max(seen, 1),
                   "train_samples_per_s": seen * ctx.world_size / seconds, "train_seconds": seconds,
                   **{f"valid_{k}": v for k, v in valid.items()}}
+        end_epoch(run, state, "best_auc", valid["auc"], valid, record, config.patience, model, model_config,
+                  optimizer, ctx.main)
         if ctx.main:
-            with open(run / "metrics.jsonl", "a") as handle:
-                handle.write(json.dumps(record) + "\n")
-            if improved:
-                save_checkpoint(run / "checkpoints" / "best", model, model_config, state)
-            save_checkpoint(run / "checkpoints" / "last", model, model_config, state, optimizer)
             _log(config, f"epoch {epoch}: train logloss {record['train_logloss']:.4f}, "
                          f"{record['train_samples_per_s']:,.0f} samples/s, valid AUC {valid['auc']:.4f} "
                          f"GAUC {valid['gauc']:.4f} logloss {valid['logloss']:.4f}")

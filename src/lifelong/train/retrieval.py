@@ -17,9 +17,7 @@ line per run), with the model's own training loss and exact full-ranking evaluat
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -33,7 +31,7 @@ from lifelong.dataset.store import PreparedDataset, load_dataset
 from lifelong.models import build_model
 from lifelong.models.retrieval import next_items
 from lifelong.protocols import InteractionIndex, sample_negatives, training_windows
-from lifelong.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from lifelong.train.checkpoint import load_weights
 from lifelong.train.ranking import evaluate_ranking, training_popularity
 
 SELECT_METRIC = "ndcg@20"
@@ -67,7 +65,7 @@ def add_negatives(batch: Batch, dataset: PreparedDataset, index: InteractionInde
 def train_retrieval(config, *, resume: bool = False, command: str | None = None,
                     on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
     """Train a retrieval model, select the epoch with the best validation NDCG@20, rank test."""
-    from lifelong.train.loop import Distributed, _log, _progress, model_config_for
+    from lifelong.train.loop import Distributed, _log, _progress, end_epoch, model_config_for, start_run
 
     config.validate()
     if Distributed().enabled:
@@ -92,19 +90,7 @@ def train_retrieval(config, *, resume: bool = False, command: str | None = None,
     needs_negatives = model.config.batch_needs().get("with_negatives", False)
     index = InteractionIndex.build(dataset.offsets, dataset.event_items, int(dataset.item_idx.shape[0])) if needs_negatives else None
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    state = {"epoch": 0, "best_score": -1.0, "best_epoch": 0, "bad_epochs": 0, "done": False}
-    if resume:
-        if not (run / "checkpoints" / "last").exists():
-            raise FileNotFoundError(f"--resume: {run}/checkpoints/last does not exist")
-        state = load_checkpoint(run / "checkpoints" / "last", model, optimizer)
-    else:
-        if run.exists() and any(run.iterdir()):
-            raise FileExistsError(f"{run} is not empty; use --resume to continue it or choose another --out")
-        run.mkdir(parents=True, exist_ok=True)
-        resolved = {"train": dataclasses.asdict(config), "model": model_config, "command": command,
-                    "dataset_manifest": dataset.manifest}
-        (run / "config.json").write_text(json.dumps(resolved, indent=2, default=str))
-        shutil.copyfile(Path(config.data) / "vocab.json", run / "vocab.json")
+    state = start_run(config, dataset, model_config, model, optimizer, "best_score", resume, command)
 
     while not state["done"] and state["epoch"] < config.epochs:
         epoch = state["epoch"] + 1
@@ -129,18 +115,10 @@ def train_retrieval(config, *, resume: bool = False, command: str | None = None,
                 advance(len(batch))
         seconds = time.perf_counter() - started
         valid = evaluate_ranking(model, collator, valid_samples, chunk)
-        improved = valid[SELECT_METRIC] > state["best_score"]
-        state.update(epoch=epoch, bad_epochs=0 if improved else state["bad_epochs"] + 1)
-        if improved:
-            state.update(best_score=valid[SELECT_METRIC], best_epoch=epoch, best_valid=valid)
-        state["done"] = state["bad_epochs"] >= config.patience
         record = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "train_targets_per_s": targets / seconds,
                   "train_seconds": seconds, **{f"valid_{k}": v for k, v in valid.items()}}
-        with open(run / "metrics.jsonl", "a") as handle:
-            handle.write(json.dumps(record) + "\n")
-        if improved:
-            save_checkpoint(run / "checkpoints" / "best", model, model_config, state)
-        save_checkpoint(run / "checkpoints" / "last", model, model_config, state, optimizer)
+        end_epoch(run, state, "best_score", valid[SELECT_METRIC], valid, record, config.patience, model,
+                  model_config, optimizer)
         _log(config, f"epoch {epoch}: train loss {record['train_loss']:.4f}, {record['train_targets_per_s']:,.0f} "
                      f"targets/s, valid HR@10 {valid['hr@10']:.4f} NDCG@10 {valid['ndcg@10']:.4f} "
                      f"NDCG@20 {valid['ndcg@20']:.4f}")
