@@ -295,21 +295,15 @@ class ICLRec(SASRec):
         torch.Size([10, 8])
     """
 
+    extra_input_rows = 1  # the mask token of the augmentations, index n_items; never scored
+
     def __init__(self, config: ICLRecConfig) -> None:
         super().__init__(config)
         self.config = config
         d = config.embedding_dim
-        # the input table gets one more row, the mask token (index n_items); outputs use the first n_items
-        self.mask_index = config.n_items
-        self.item = torch.nn.Embedding(config.n_items + 1, d, padding_idx=0)
-        torch.nn.init.normal_(self.item.weight, std=d ** -0.5)
-        with torch.no_grad():
-            self.item.weight[0].zero_()
+        self.mask_index = config.n_items  # the extra input row (see extra_input_rows)
         self.register_buffer("centroids", torch.zeros(config.intents, d))  # (K, D) raw k-means centroids
         self.register_buffer("clustered", torch.zeros((), dtype=torch.bool))  # centroids are set
-
-    def item_vectors(self) -> torch.Tensor:
-        return self.item.weight[: self.config.n_items]  # (n_items, D), never the mask token
 
     @torch.no_grad()
     def cluster(self, batches: Iterable[Batch]) -> torch.Tensor:

@@ -101,11 +101,13 @@ class CausalBlock(nn.Module):
 class SASRec(RetrievalModel):
     """Causal self-attention over the item sequence; the last position's output is the user vector."""
 
+    extra_input_rows = 0  # input-only item rows after the catalogue (ICLRec's mask token); never scored
+
     def __init__(self, config: SASRecConfig) -> None:
         super().__init__()
         self.config = config
         d = config.embedding_dim
-        self.item = nn.Embedding(config.n_items, d, padding_idx=0)
+        self.item = nn.Embedding(config.n_items + self.extra_input_rows, d, padding_idx=0)
         self.position = nn.Embedding(config.max_positions, d)
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(CausalBlock(d, config.heads, config.dropout) for _ in range(config.layers))
@@ -137,7 +139,7 @@ class SASRec(RetrievalModel):
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, D)
 
     def item_vectors(self) -> torch.Tensor:
-        return self.item.weight
+        return self.item.weight[: self.config.n_items]  # (n_items, D)
 
     def forward(self, batch: Batch) -> RetrievalOutput:
         batch.validate()
@@ -147,6 +149,6 @@ class SASRec(RetrievalModel):
             return RetrievalOutput(user_vectors=users)
         positives, mask = next_items(batch)
         negatives = batch.history_negative_items[mask] if batch.history_negative_items is not None else None
-        loss = next_item_loss(hidden[mask], positives[mask], self.item.weight, self.config.loss,
+        loss = next_item_loss(hidden[mask], positives[mask], self.item_vectors(), self.config.loss,
                               negatives=negatives, n_sampled=self.config.negatives)
         return RetrievalOutput(user_vectors=users, loss=loss)
