@@ -333,7 +333,7 @@ class SASRecPriors(SASRec):
         heads, _ = self.position_heads(batch)
         negatives = batch.history_negative_items[mask] if batch.history_negative_items is not None else None
         hidden, positives, heads = hidden[mask], positives[mask], heads[mask]  # (N, D), (N,), (N,)
-        backbone = next_item_loss(hidden, positives, self.item_vectors(), config.loss, negatives=negatives,
+        backbone = next_item_loss(hidden, positives, self.item.weight, config.loss, negatives=negatives,
                                   n_sampled=config.negatives)
         own = self.adapters(hidden)[torch.arange(heads.shape[0], device=heads.device), heads]  # (N, D)
         recent = self.recent_categories(batch)[mask]  # (N, S)
@@ -351,7 +351,7 @@ class SASRecPriors(SASRec):
             recent: (N, S) the position's recent categories (0 = none).
             negatives: (N,) one negative per position, for ``bce``.
         """
-        kind, items = self.config.loss, self.item_vectors()
+        kind, items = self.config.loss, self.item.weight
         if kind == "bce" or not self.config.in_group_negatives:
             return next_item_loss(hidden, positives, items, kind, negatives=negatives, n_sampled=self.config.negatives)
         rows = torch.arange(positives.shape[0], device=positives.device)
