@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lifelong.batch import Collator
+from lifelong.batch import Collator, length_bucketed_order
 from lifelong.data.schema import EventLog
 from lifelong.dataset.store import SampleTable, load_dataset
 from lifelong.metrics import ranking_metrics, target_ranks
@@ -82,6 +82,19 @@ def test_target_ranks_equal_a_stable_descending_sort():
             continue
         order = np.argsort(-scores[row].numpy(), kind="stable")
         assert ranks[row] == int(np.flatnonzero(order == targets[row].item())[0])
+
+
+def test_length_bucketed_batches_hold_every_row_once_and_similar_lengths():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 51, 1000)
+    order = length_bucketed_order(rng.permutation(1000), lengths, 64, np.random.default_rng(1))
+    assert sorted(order.tolist()) == list(range(1000))
+    blocks = [lengths[order[b : b + 64]] for b in range(0, 1000, 64)]
+    assert all(len(block) == 64 for block in blocks[:-1]) and len(blocks[-1]) == 1000 % 64  # the remainder last
+    spread = [int(block.max() - block.min()) for block in blocks]
+    assert max(spread) <= 5  # sorted by length: a block spans few lengths (a random block spans ~49)
+    firsts = [int(block.min()) for block in blocks[:-1]]
+    assert firsts != sorted(firsts)  # ... and the blocks come in random order
 
 
 def test_ranking_metrics_match_their_definitions():

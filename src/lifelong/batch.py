@@ -195,3 +195,25 @@ def iterate_batches(
     order = np.arange(n) if order is None else order
     for begin in range(0, order.shape[0], batch_size):
         yield collator(samples.subset(order[begin : begin + batch_size]))
+
+
+def length_bucketed_order(order: np.ndarray, lengths: np.ndarray, batch_size: int,
+                          rng: np.random.Generator) -> np.ndarray:
+    """Reorder ``order`` so that each consecutive block of ``batch_size`` rows has similar history
+    lengths (and is padded to little more than its own length), the blocks in random order.
+
+    The rows are sorted by length (stably, so rows of equal length keep the random order of
+    ``order``), cut into full blocks, the blocks shuffled with ``rng``; the remainder block comes
+    last, so :func:`iterate_batches` with the same ``batch_size`` yields exactly these blocks. Every
+    row appears once, as in ``order``.
+
+    Example:
+        >>> lengths = np.array([5, 1, 5, 1, 3, 3])
+        >>> o = length_bucketed_order(np.arange(6), lengths, 2, np.random.default_rng(0))
+        >>> sorted(o.tolist()), sorted(lengths[o].reshape(3, 2).tolist())
+        ([0, 1, 2, 3, 4, 5], [[1, 1], [3, 3], [5, 5]])
+    """
+    ranked = order[np.argsort(lengths[order], kind="stable")]
+    full = ranked.shape[0] // batch_size * batch_size
+    blocks = ranked[:full].reshape(-1, batch_size)[rng.permutation(full // batch_size)]
+    return np.concatenate([blocks.reshape(-1), ranked[full:]])

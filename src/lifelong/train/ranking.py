@@ -48,8 +48,11 @@ def rank_targets(model: torch.nn.Module, collator: Collator, samples: SampleTabl
     dataset = collator.dataset
     items = model.item_vectors()
     out, tops = [], []
+    # users in order of history length, so a chunk's batch is padded to similar lengths (the ranks are
+    # put back in table order at the end; each user's scores do not depend on the others in its chunk)
+    by_length = np.argsort(np.minimum(samples.end, collator.max_length), kind="stable")
     for begin in range(0, len(samples), chunk_users):
-        part = samples.subset(np.arange(begin, min(begin + chunk_users, len(samples))))
+        part = samples.subset(by_length[begin : begin + chunk_users])
         batch = collator(part)
         scores = model.score(model.user_vectors(batch), items).float()  # (b, n_items)
         scores[:, :FIRST_RANKED] = float("-inf")
@@ -59,9 +62,13 @@ def rank_targets(model: torch.nn.Module, collator: Collator, samples: SampleTabl
         out.append(target_ranks(scores, batch.target_items).numpy())
         if top_k:
             tops.append(scores.topk(top_k, dim=1).indices.numpy())
-    ranks = np.concatenate(out) if out else np.zeros(0, np.int64)
+    ranks = np.zeros(len(samples), np.int64)
+    ranks[by_length] = np.concatenate(out) if out else ranks
     if top_k:
-        return ranks, (np.concatenate(tops) if tops else np.zeros((0, top_k), np.int64))
+        top = np.zeros((len(samples), top_k), np.int64)
+        if tops:
+            top[by_length] = np.concatenate(tops)
+        return ranks, top
     return ranks
 
 
