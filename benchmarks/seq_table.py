@@ -11,8 +11,8 @@ runs are reused, so an interrupted table continues where it stopped.
         [--seeds 2024,2025,2026] [--epochs 200] [--patience 10] [--jobs 1] [--threads 2]
         [--workdir runs/seq-table] [--report-only]
 
-A SPEC is NAME or NAME:key=value:... (model options, or the training flags ``lr`` and ``batch_size``),
-e.g. ``sasrec:loss=bce:lr=0.003``.
+A SPEC is NAME or NAME:key=value:... (model options, or the training flags ``lr``, ``batch_size``,
+``epochs`` and ``patience``), e.g. ``sasrec:loss=bce:lr=0.003``.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ DATASETS = {
 }
 # L = 50, embedding 64, batch 256, Adam 1e-3: the S3-Rec / ICLRec / ICSRec settings
 SETTINGS = ["--batch-size", "256", "--max-length", "50", "--lr", "0.001", "--set", "embedding_dim=64"]
-TRAIN_FLAGS = {"lr": "--lr", "batch_size": "--batch-size"}  # spec options that are training flags, not model options
+TRAIN_FLAGS = {"lr": "--lr", "batch_size": "--batch-size", "epochs": "--epochs", "patience": "--patience"}  # spec options that are training flags, not model options
 DEFAULT_MODELS = "sasrec:loss=bce,sasrec:loss=sampled,sasrec:loss=full"
 METRICS = ("hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@20", "ndcg@20", "recall@50")
 
@@ -60,13 +60,13 @@ def label_of(spec: str) -> str:
 def train_command(work: Path, dataset: str, spec: str, seed: str, args) -> tuple[Path, list[str]]:
     name, *options = spec.split(":")
     out = work / "runs" / f"{dataset}-{spec.replace(':', '-').replace('=', '')}-{seed}"
-    settings = list(SETTINGS)
+    settings = ["--epochs", str(args.epochs), "--patience", str(args.patience), *SETTINGS]
     for option in [o for o in options if o.split("=")[0] in TRAIN_FLAGS]:  # e.g. lr=0.003 -> --lr 0.003
         key, value = option.split("=")
         settings[settings.index(TRAIN_FLAGS[key]) + 1] = value
     model_options = [o for o in options if o.split("=")[0] not in TRAIN_FLAGS]
     command = lifelong("train", "--data", str(work / "data" / dataset), "--model", name, "--out", str(out),
-                       "--seed", seed, "--epochs", str(args.epochs), "--patience", str(args.patience), *settings,
+                       "--seed", seed, *settings,
                        *[a for o in model_options for a in ("--set", o)], "--threads", args.threads, "--no-progress",
                        "--results-csv", str(work / "results.csv"), "--save-predictions")
     return out, command
