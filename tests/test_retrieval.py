@@ -248,3 +248,21 @@ def test_top_lists_are_the_highest_scored_unseen_items_and_popularity_counts_tra
     popularity = training_popularity(dataset, dataset.vocab_sizes["item"])
     counts = np.diff(dataset.offsets)
     assert popularity.sum() == (counts - 2).sum()
+
+
+def test_refit_with_valid_trains_through_the_validation_item_and_leaves_the_p2_test_alone(data, tmp_path):
+    dataset = load_dataset(data)
+    valid = dataset.samples("valid")
+    train_windows = training_windows(dataset.samples("train"), dataset.offsets, dataset.event_items, 4)
+    refit_windows = training_windows(valid, dataset.offsets, dataset.event_items, 4)
+    def last_trained(windows):  # user -> position of the last target a window trains
+        return {int(u): int(windows.end[windows.user == u].max()) for u in np.unique(windows.user)}
+
+    valid_position = {int(u): int(e) for u, e in zip(valid.user, valid.end)}  # position of i(n-1)
+    assert all(e < valid_position[u] for u, e in last_trained(train_windows).items())  # P2 never trains on i(n-1)
+    assert last_trained(refit_windows) == valid_position  # the refit does, for every user
+    plain = train(config(data, tmp_path / "plain"))
+    refit = train(config(data, tmp_path / "refit", refit_with_valid=True))
+    assert refit["test"] == plain["test"] and refit["best_epoch"] == plain["best_epoch"]  # selection untouched
+    assert refit["refit_epochs"] == refit["best_epoch"]
+    assert set(refit["test_refit"]) == set(refit["test"]) and refit["test_refit"] != refit["test"]

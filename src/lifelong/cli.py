@@ -122,6 +122,9 @@ def train(
     resume: bool = typer.Option(False, help="continue the interrupted run in --out with its saved options"),
     progress: bool = typer.Option(True, help="show a progress bar"),
     save_predictions: bool = typer.Option(False, help="also write test_predictions.npz (per-sample test logits)"),
+    refit_with_valid: bool = typer.Option(False, help="retrieval: after selection, retrain from scratch through the "
+                                          "validation item for the selected number of epochs and test that model too "
+                                          "(uSASRec's final fit; reported as test_refit, beside the P2 test)"),
 ) -> None:
     """Train a model (ranking or retrieval); the best validation epoch is evaluated on test."""
     from lifelong.train import TrainConfig, train as run_train
@@ -146,6 +149,8 @@ def train(
         values["progress"] = progress
         if save_predictions:
             values["save_predictions"] = True
+        if refit_with_valid:
+            values["refit_with_valid"] = True
         train_config = TrainConfig.from_dict(values)
         results = run_train(train_config, resume=resume, command=command)
     except (ValueError, FileNotFoundError, FileExistsError) as error:
@@ -159,7 +164,7 @@ def _print_metrics(title: str, results: dict) -> None:
         names = ("hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@20", "ndcg@20", "recall@50")
         for name in ("split", *names, "users"):
             table.add_column(name)
-        for split in ("valid", "test"):
+        for split in ("valid", "test", "test_refit"):
             if split in results:
                 m = results[split]
                 table.add_row(split, *(f"{m[k]:.4f}" for k in names), f"{m['n']:,}")

@@ -48,6 +48,7 @@ class TrainConfig:
     progress: bool = True
     results_csv: str | None = None
     save_predictions: bool = False
+    refit_with_valid: bool = False  # retrieval (P2): also refit through the validation item, test that too
     model_options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:

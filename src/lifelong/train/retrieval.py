@@ -70,7 +70,7 @@ def add_negatives(batch: Batch, dataset: PreparedDataset, index: InteractionInde
 def train_retrieval(config, *, resume: bool = False, command: str | None = None,
                     on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
     """Train a retrieval model, select the epoch with the best validation NDCG@20, rank test."""
-    from lifelong.train.loop import Distributed, _log, _progress, end_epoch, model_config_for, start_run
+    from lifelong.train.loop import Distributed, _log, end_epoch, model_config_for, start_run
 
     config.validate()
     if Distributed().enabled:
@@ -85,42 +85,16 @@ def train_retrieval(config, *, resume: bool = False, command: str | None = None,
                          f"got {protocol!r}")
     model_config = model_config_for(config, dataset)
     collator = Collator(dataset, config.max_length)
-    windows = training_windows(dataset.samples("train"), dataset.offsets, dataset.event_items, config.max_length)
-    window_lengths = np.minimum(windows.end, config.max_length)  # targets per window (batches by length)
-    windows_by_length = np.argsort(window_lengths, kind="stable")
     valid_samples = dataset.samples("valid")
     chunk = eval_chunk(config, model_config["n_items"])
-    torch.manual_seed(config.seed)
-    model = build_model(model_config)
-    if hasattr(model, "set_item_categories"):
-        model.set_item_categories(torch.from_numpy(item_categories(dataset, model_config["n_items"])))
-    needs_negatives = model.config.batch_needs().get("with_negatives", False)
-    index = InteractionIndex.build(dataset.offsets, dataset.event_items, int(dataset.item_idx.shape[0])) if needs_negatives else None
+    model, epoch_of = _trainer(config, dataset, collator, model_config, dataset.samples("train"))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     state = start_run(config, dataset, model_config, model, optimizer, "best_score", resume, command)
 
     while not state["done"] and state["epoch"] < config.epochs:
         epoch = state["epoch"] + 1
-        torch.manual_seed(config.seed * 1000 + epoch)  # dropout and sampled negatives restart exactly on resume
-        shuffle = np.random.default_rng([config.seed, epoch])
-        order = length_bucketed_order(shuffle.permutation(len(windows)), window_lengths, config.batch_size, shuffle)
-        negative_rng = np.random.default_rng([config.seed, epoch, 1])
-        if hasattr(model, "epoch_start"):
-            model.epoch_start(lambda: iterate_batches(collator, windows, config.batch_size, windows_by_length), epoch)
-        model.train()
-        loss_sum, seen, targets, started = 0.0, 0, 0, time.perf_counter()
-        with _progress(config.progress, f"epoch {epoch}", order.shape[0]) as advance:
-            for batch in iterate_batches(collator, windows, config.batch_size, order):
-                if needs_negatives:
-                    add_negatives(batch, dataset, index, negative_rng)
-                output = model(batch)
-                optimizer.zero_grad(set_to_none=True)
-                output.loss.backward()
-                optimizer.step()
-                loss_sum += output.loss.item() * len(batch)
-                seen += len(batch)
-                targets += int(batch.lengths.sum())
-                advance(len(batch))
+        started = time.perf_counter()
+        loss_sum, seen, targets = epoch_of(model, optimizer, epoch)
         seconds = time.perf_counter() - started
         valid = evaluate_ranking(model, collator, valid_samples, chunk)
         record = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "train_targets_per_s": targets / seconds,
@@ -153,6 +127,9 @@ def train_retrieval(config, *, resume: bool = False, command: str | None = None,
     }
     if config.save_predictions:
         np.savez_compressed(run / "test_ranks.npz", user=test.user, target=test.target, rank=ranks)
+    if config.refit_with_valid:
+        results["test_refit"], results["refit_epochs"] = refit_with_valid(config, dataset, collator, model_config,
+                                                                          state["best_epoch"], chunk, beyond)
     (run / "results.json").write_text(json.dumps(results, indent=2))
     if config.results_csv:
         append_retrieval_line(Path(config.results_csv), config, dataset, model_config, results, run, command)
@@ -182,3 +159,62 @@ def append_retrieval_line(path: Path, config, dataset: PreparedDataset, model_co
     from lifelong.train.loop import write_result_row
 
     write_result_row(path, row)
+
+
+def _trainer(config, dataset: PreparedDataset, collator: Collator, model_config: dict, rows):
+    """Build the model (seeded) and return it with ``epoch_of(model, optimizer, epoch)``, which trains
+    one epoch on the windows of ``rows`` (every prefix of each row's sequence up to its target) and
+    returns ``(loss sum, windows seen, targets trained)``."""
+    from lifelong.train.loop import _progress
+
+    windows = training_windows(rows, dataset.offsets, dataset.event_items, config.max_length)
+    window_lengths = np.minimum(windows.end, config.max_length)  # targets per window (batches by length)
+    windows_by_length = np.argsort(window_lengths, kind="stable")
+    torch.manual_seed(config.seed)
+    model = build_model(model_config)
+    if hasattr(model, "set_item_categories"):
+        model.set_item_categories(torch.from_numpy(item_categories(dataset, model_config["n_items"])))
+    needs_negatives = model.config.batch_needs().get("with_negatives", False)
+    index = InteractionIndex.build(dataset.offsets, dataset.event_items, int(dataset.item_idx.shape[0])) \
+        if needs_negatives else None
+
+    def epoch_of(model, optimizer, epoch: int) -> tuple[float, int, int]:
+        torch.manual_seed(config.seed * 1000 + epoch)  # dropout and sampled negatives restart exactly on resume
+        shuffle = np.random.default_rng([config.seed, epoch])
+        order = length_bucketed_order(shuffle.permutation(len(windows)), window_lengths, config.batch_size, shuffle)
+        negative_rng = np.random.default_rng([config.seed, epoch, 1])
+        if hasattr(model, "epoch_start"):
+            model.epoch_start(lambda: iterate_batches(collator, windows, config.batch_size, windows_by_length), epoch)
+        model.train()
+        loss_sum, seen, targets = 0.0, 0, 0
+        with _progress(config.progress, f"epoch {epoch}", order.shape[0]) as advance:
+            for batch in iterate_batches(collator, windows, config.batch_size, order):
+                if needs_negatives:
+                    add_negatives(batch, dataset, index, negative_rng)
+                output = model(batch)
+                optimizer.zero_grad(set_to_none=True)
+                output.loss.backward()
+                optimizer.step()
+                loss_sum += output.loss.item() * len(batch)
+                seen += len(batch)
+                targets += int(batch.lengths.sum())
+                advance(len(batch))
+        return loss_sum, seen, targets
+
+    return model, epoch_of
+
+
+def refit_with_valid(config, dataset: PreparedDataset, collator: Collator, model_config: dict, epochs: int,
+                     chunk: int, beyond: dict) -> tuple[dict, int]:
+    """uSASRec's final fit, a documented variant of P2 (never used for selection): a fresh model with
+    the same seed, trained for the selected number of ``epochs`` on every prefix of ``i1..i(n-1)`` (the
+    validation item is now a training target), then ranked on test exactly as the P2 model. Returns its
+    test metrics and the epochs trained."""
+    from lifelong.train.loop import _log
+
+    model, epoch_of = _trainer(config, dataset, collator, model_config, dataset.samples("valid"))
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    for epoch in range(1, epochs + 1):
+        loss_sum, seen, _ = epoch_of(model, optimizer, epoch)
+        _log(config, f"refit epoch {epoch}/{epochs}: train loss {loss_sum / max(seen, 1):.4f}")
+    return evaluate_ranking(model, collator, dataset.samples("test"), chunk, beyond=beyond), epochs
