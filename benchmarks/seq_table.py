@@ -59,7 +59,8 @@ def label_of(spec: str) -> str:
 
 def train_command(work: Path, dataset: str, spec: str, seed: str, args) -> tuple[Path, list[str]]:
     name, *options = spec.split(":")
-    out = work / "runs" / f"{dataset}-{spec.replace(':', '-').replace('=', '')}-{seed}"
+    plain = ":".join([name, *(o for o in options if o != "refit=1")])  # a refit run is also the P2 run of its spec
+    out = work / "runs" / f"{dataset}-{plain.replace(':', '-').replace('=', '')}-{seed}"
     settings = ["--epochs", str(args.epochs), "--patience", str(args.patience), *SETTINGS]
     for option in [o for o in options if o.split("=")[0] in TRAIN_FLAGS]:  # e.g. lr=0.003 -> --lr 0.003
         key, value = option.split("=")
@@ -81,12 +82,14 @@ def finished_with(out: Path, command: list[str]) -> bool:
     saved = json.loads((out / "config.json").read_text())["train"]
     wanted = {flag: command[command.index(flag) + 1] for flag in ("--epochs", "--patience", "--seed")}
     return saved["epochs"] == int(wanted["--epochs"]) and saved["patience"] == int(wanted["--patience"]) \
-        and saved["seed"] == int(wanted["--seed"])
+        and saved["seed"] == int(wanted["--seed"]) \
+        and ("--refit-with-valid" not in command or saved.get("refit_with_valid", False))
 
 
 def summarise(rows: list[dict], models: list[str], datasets: list[str]) -> str:
     lines = ["| dataset | model | loss | " + " | ".join(m.upper().replace("NDCG", "NDCG") for m in METRICS)
              + " | best epochs | runs |", "|---" * (len(METRICS) + 5) + "|"]
+    models = list(dict.fromkeys(":".join(o for o in spec.split(":") if o != "refit=1") for spec in models))
     for dataset in datasets:
         for spec in models:
             group = [r for r in rows if r["dataset"] == dataset and r["spec"] == spec]
@@ -156,7 +159,7 @@ def main() -> None:
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         outcomes = list(pool.map(one, jobs))
-    rows = [{"dataset": d, "spec": s, "seed": seed, "loss": r["loss"], "best_epoch": r["best_epoch"],
+    rows = [{"dataset": d, "spec": ":".join(o for o in s.split(":") if o != "refit=1"), "seed": seed, "loss": r["loss"], "best_epoch": r["best_epoch"],
              "test_seconds": r["test_seconds"], **{m: r["test"][m] for m in METRICS}, "command": shown(c),
              "refit": {m: r["test_refit"][m] for m in METRICS} if "test_refit" in r else None}
             for (d, s, seed), c, r in (o for o in outcomes if o is not None)]
