@@ -174,29 +174,42 @@ def test_p2_prepare_matches_the_benchmark_counts(tmp_path, recipe, folder, expec
     assert manifest["samples"] == {"train": users, "valid": users, "test": users}
 
 
+P2_SETS = {"ml100k": ("movielens", "movielens-100k", 943), "beauty": ("amazon-s3rec", "amazon-beauty", 22_363),
+           "sports": ("amazon-s3rec", "amazon-sports", 35_598)}
+
+
 @pytest.fixture(scope="module")
-def ml100k_p2(tmp_path_factory):
-    out = tmp_path_factory.mktemp("p2") / "ml100k"
-    result = runner.invoke(app, ["prepare", "--recipe", "movielens", "--input", str(SHARED_DATA / "movielens-100k"),
-                                 "--protocol", "seq-loo", "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    return out
+def p2_sets(tmp_path_factory):
+    """P2 datasets prepared on first use (recipe, shared folder, users)."""
+    root, prepared = tmp_path_factory.mktemp("p2"), {}
+
+    def get(name: str) -> Path:
+        if name not in prepared:
+            recipe, folder, _ = P2_SETS[name]
+            result = runner.invoke(app, ["prepare", "--recipe", recipe, "--input", str(SHARED_DATA / folder),
+                                         "--protocol", "seq-loo", "--out", str(root / name)])
+            assert result.exit_code == 0, result.output
+            prepared[name] = root / name
+        return prepared[name]
+
+    return get
 
 
 @pytest.mark.slow
 @needs_shared
+@pytest.mark.parametrize("dataset", ["ml100k", "beauty", "sports"])
 @pytest.mark.parametrize("model, options", [
     ("sasrec", ["--set", "loss=bce"]), ("sasrec", ["--set", "loss=sampled", "--set", "negatives=64"]),
     ("idnp", []), ("iclrec", ["--set", "intents=16"]), ("sasrec_priors", []),
 ])
-def test_every_retrieval_model_trains_from_the_cli_on_real_data(ml100k_p2, tmp_path, model, options):
-    """One epoch on P2 MovieLens-100K (small sizes): every user is ranked, the result names the loss and
+def test_every_retrieval_model_trains_from_the_cli_on_real_data(p2_sets, tmp_path, dataset, model, options):
+    """One epoch on each P2 dataset (small sizes): every user is ranked, the result names the loss and
     carries the beyond-accuracy metrics."""
-    result = runner.invoke(app, ["train", "--data", str(ml100k_p2), "--model", model, "--out", str(tmp_path / "run"),
+    result = runner.invoke(app, ["train", "--data", str(p2_sets(dataset)), "--model", model, "--out", str(tmp_path / "run"),
                                  "--epochs", "1", "--batch-size", "128", "--lr", "0.003", "--threads", "2",
                                  "--no-progress", "--set", "embedding_dim=16", *options])
     assert result.exit_code == 0, result.output
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["task"] == "retrieval" and results["loss"] in ("bce", "sampled", "full")
-    assert results["test"]["n"] == 943 and 0 <= results["test"]["hr@10"] <= 1
+    assert results["test"]["n"] == P2_SETS[dataset][2] and 0 <= results["test"]["hr@10"] <= 1
     assert "top10_novelty" in results["test"]
