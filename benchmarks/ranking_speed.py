@@ -33,7 +33,9 @@ def argsort_ranks(model, collator, samples, chunk):
     items = model.item_vectors()
     out = []
     # the same chunks as rank_targets (users by history length), so both rank the same score matrices
-    by_length = np.argsort(np.minimum(samples.end, collator.max_length), kind="stable")
+    from lifelong.batch import length_order
+
+    by_length = length_order(samples, collator.max_length)
     for begin in range(0, len(samples), chunk):
         part = samples.subset(by_length[begin : begin + chunk])
         batch = collator(part)

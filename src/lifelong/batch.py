@@ -217,3 +217,9 @@ def length_bucketed_order(order: np.ndarray, lengths: np.ndarray, batch_size: in
     full = ranked.shape[0] // batch_size * batch_size
     blocks = ranked[:full].reshape(-1, batch_size)[rng.permutation(full // batch_size)]
     return np.concatenate([blocks.reshape(-1), ranked[full:]])
+
+
+def length_order(samples: SampleTable, max_length: int) -> np.ndarray:
+    """Row indices of ``samples`` by kept history length ``min(end, L)`` (stable): batches cut from this
+    order are padded to little more than their own length."""
+    return np.argsort(np.minimum(samples.end, max_length), kind="stable")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lifelong.batch import Collator, iterate_batches
+from lifelong.batch import Collator, iterate_batches, length_order
 from lifelong.dataset.store import PreparedDataset, SampleTable
 from lifelong.metrics import ranking_metrics, target_ranks
 
@@ -50,7 +50,7 @@ def rank_targets(model: torch.nn.Module, collator: Collator, samples: SampleTabl
     out, tops = [], []
     # users in order of history length, so a chunk's batch is padded to similar lengths (the ranks are
     # put back in table order at the end; each user's scores do not depend on the others in its chunk)
-    by_length = np.argsort(np.minimum(samples.end, collator.max_length), kind="stable")
+    by_length = length_order(samples, collator.max_length)
     for begin in range(0, len(samples), chunk_users):
         part = samples.subset(by_length[begin : begin + chunk_users])
         batch = collator(part)

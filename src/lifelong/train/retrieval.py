@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from lifelong.batch import Batch, Collator, iterate_batches, length_bucketed_order
+from lifelong.batch import Batch, Collator, iterate_batches, length_bucketed_order, length_order
 from lifelong.dataset.store import PreparedDataset, load_dataset
 from lifelong.models import build_model
 from lifelong.models.retrieval import next_items
@@ -169,7 +169,7 @@ def _trainer(config, dataset: PreparedDataset, collator: Collator, model_config:
 
     windows = training_windows(rows, dataset.offsets, dataset.event_items, config.max_length)
     window_lengths = np.minimum(windows.end, config.max_length)  # targets per window (batches by length)
-    windows_by_length = np.argsort(window_lengths, kind="stable")
+    windows_by_length = length_order(windows, config.max_length)
     torch.manual_seed(config.seed)
     model = build_model(model_config)
     if hasattr(model, "set_item_categories"):
