@@ -16,4 +16,10 @@ TINY_CONFIGS: dict[str, dict] = {
                "kmeans_iterations": 5},
     "sasrec_priors": {"embedding_dim": 8, "heads": 2, "max_positions": 20, "dropout": 0.1, "loss": "full",
                       "priors": "category,term", "category_heads": 2, "short_window": 2},
+    "youtube_dnn": {"embedding_dim": 8, "hidden": (16,), "negatives": 8},
+    "knn_embed": {"embedding_dim": 8, "hidden": (16,), "negatives": 8, "clusters": 4, "interests": 2, "neighbors": 2},
+    "mind": {"embedding_dim": 8, "interests": 3, "hidden": (16,), "negatives": 8},
+    "comirec_dr": {"embedding_dim": 8, "max_positions": 7, "negatives": 8},
+    "comirec_sa": {"embedding_dim": 8, "max_positions": 7, "negatives": 8},
+    "hcn": {"embedding_dim": 8, "interests": 3, "short_interests": 1, "short_window": 3, "levels": 2, "negatives": 8},
 }

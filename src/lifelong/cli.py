@@ -61,14 +61,16 @@ def prepare(
     recipe: str = typer.Option(..., help="amazon-s3rec | amazon-reviews | movielens | taobao-userbehavior | csv"),
     input: Path = typer.Option(..., "--input", help="the raw file or folder"),
     out: Path = typer.Option(..., help="the prepared dataset folder to create"),
-    protocol: str = typer.Option("ctr-din", help="ctr-din (P1), ctr-time (P4) or seq-loo (P2)"),
-    seed: int = typer.Option(2024, help="negative sampling seed"),
+    protocol: str = typer.Option("ctr-din", help="ctr-din (P1), ctr-time (P4), seq-loo (P2) or mi-split (P3)"),
+    seed: int = typer.Option(2024, help="negative sampling seed (P3: the user split's seed)"),
     on_bad_rows: str = typer.Option("error", help="error: stop at the first bad row; skip: skip and write rejected.csv"),
     column: list[str] = typer.Option([], help="csv recipe: lifelong_name=source_column, repeatable"),
     max_train_per_user: Optional[int] = typer.Option(None, help="P1: keep each user's most recent N training targets"),
     t_valid: Optional[int] = typer.Option(None, help="P4: validation cut (unix seconds); default the 80% quantile"),
     t_test: Optional[int] = typer.Option(None, help="P4: test cut (unix seconds); default the 90% quantile"),
     positive_behaviors: Optional[str] = typer.Option(None, help="P4: comma-separated behaviors that are positives"),
+    user_order: str = typer.Option("random", help="P3: random (the protocol's user split) or time (shifted: "
+                                                  "users ordered by their last event, the latest are held out)"),
     overwrite: bool = typer.Option(False, help="replace an existing output folder"),
 ) -> None:
     """Validate a raw log and prepare it: one sequence per user, item table, vocabularies, samples."""
@@ -86,6 +88,7 @@ def prepare(
         protocol_options = ProtocolOptions(
             name=protocol, seed=seed, max_train_per_user=max_train_per_user, t_valid=t_valid, t_test=t_test,
             positive_behaviors=tuple(positive_behaviors.split(",")) if positive_behaviors else None,
+            user_order=user_order,
         )
         with warnings.catch_warnings(record=True) as skipped:  # shown below as one line per file
             warnings.simplefilter("always", BadRowsSkippedWarning)
@@ -125,6 +128,9 @@ def train(
     refit_with_valid: bool = typer.Option(False, help="retrieval: after selection, retrain from scratch through the "
                                           "validation item for the selected number of epochs and test that model too "
                                           "(uSASRec's final fit; reported as test_refit, beside the P2 test)"),
+    desmil: bool = typer.Option(False, help="multi-interest retrieval (P3): DESMIL's sample weighting, alternating "
+                                            "per-sample weights that minimise the interests' weighted HSIC with the "
+                                            "weighted model update"),
 ) -> None:
     """Train a model (ranking or retrieval); the best validation epoch is evaluated on test."""
     from lifelong.train import TrainConfig, train as run_train
@@ -151,6 +157,8 @@ def train(
             values["save_predictions"] = True
         if refit_with_valid:
             values["refit_with_valid"] = True
+        if desmil:
+            values["desmil"] = True
         train_config = TrainConfig.from_dict(values)
         results = run_train(train_config, resume=resume, command=command)
     except (ValueError, FileNotFoundError, FileExistsError) as error:
@@ -158,7 +166,25 @@ def train(
     _print_metrics(f"{train_config.model} (best epoch {results['best_epoch']})", results)
 
 
+SPLITS = ("train", "valid", "test")
+
+
 def _print_metrics(title: str, results: dict) -> None:
+    if results.get("protocol") == "mi-split":
+        table = Table(title=f"{title}, loss {results.get('loss')}{', DESMIL' if results.get('desmil') else ''}, "
+                            f"P3 mi-split, full catalogue")
+        names = ("recall@20", "ndcg@20", "hitrate@20", "recall@50", "ndcg@50", "hitrate@50")
+        for name in ("split", *names, "users"):
+            table.add_column(name)
+        shown = [split for split in SPLITS if split in results]
+        for split in shown:
+            m = results[split]
+            table.add_row(split, *(f"{m[k]:.4f}" for k in names), f"{m['n']:,}")
+        console.print(table)
+        extra = {k: v for k, v in results[shown[-1]].items() if k.startswith(("interest_", "top"))}
+        if extra:
+            console.print("test: " + ", ".join(f"{k} {v:.4f}" for k, v in extra.items()))
+        return
     if results.get("task") == "retrieval":
         table = Table(title=f"{title}, loss {results.get('loss')}, full ranking")
         names = ("hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@20", "ndcg@20", "recall@50")
@@ -193,6 +219,8 @@ def evaluate(
     except (ValueError, FileNotFoundError) as error:
         _fail(error)
     kind = {"task": "retrieval", "loss": "see config.json"} if "ndcg@10" in metrics else {}
+    if "recall@20" in metrics:
+        kind = {"task": "retrieval", "protocol": "mi-split", "loss": "see config.json"}
     _print_metrics(f"{run} ({split})", {split: metrics, **kind})
     console.print_json(json.dumps(metrics))
 

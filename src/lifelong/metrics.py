@@ -412,3 +412,48 @@ def ranking_metrics(ranks: ArrayLike, ks: tuple[int, ...] = (5, 10, 20), recall_
         out[f"recall@{k}"] = float((r < k).mean())
     out["n"] = int(r.size)
     return out
+
+
+def set_retrieval_metrics(tops: dict[int, ArrayLike], target_offsets: ArrayLike, target_items: ArrayLike) -> dict[str, float]:
+    """Recall@K, NDCG@K and HitRate@K of top-K lists against each user's *set* of target items (P3).
+
+    Args:
+        tops: ``{K: (N, K) item ids, best first}``; one list per K, since a budgeted merge's top 20 need
+            not be the first 20 of its top 50. Ids in a list are distinct.
+        target_offsets: (N+1,) CSR offsets into ``target_items``; each user's targets are distinct.
+        target_items: the targets of all users, concatenated.
+
+    Per user, with ``T`` its targets and ``hits`` the positions ``r`` (0-based) of the list that are
+    targets: Recall@K = ``|hits| / |T|``; HitRate@K = ``|hits| > 0``; NDCG@K = ``sum 1/log2(r+2) /
+    sum_{j < min(|T|, K)} 1/log2(j+2)`` (the ideal list puts targets first). Averaged over users.
+    ComiRec's code computes its DCG from the order of the *targets* instead of the rank in the list;
+    this is the standard rank-based NDCG.
+
+    Example:
+        >>> m = set_retrieval_metrics({2: [[5, 7], [1, 2]]}, [0, 2, 3], [7, 9, 4])
+        >>> m["recall@2"], m["hitrate@2"], round(m["ndcg@2"], 4)
+        (0.25, 0.5, 0.1934)
+    """
+    offsets = _flat("target_offsets", target_offsets).astype(np.int64)
+    targets = _flat("target_items", target_items).astype(np.int64)
+    n = offsets.shape[0] - 1
+    if n < 1:
+        raise ValueError("set retrieval metrics need at least one user")
+    sizes = np.diff(offsets)
+    if sizes.min() < 1:
+        raise ValueError("every user needs at least one target item")
+    span = int(max(targets.max(initial=0), max(int(np.max(t)) for t in tops.values())) + 1)
+    target_keys = np.repeat(np.arange(n, dtype=np.int64), sizes) * span + targets
+    out: dict[str, float] = {}
+    for k, top in sorted(tops.items()):
+        top = np.asarray(top, dtype=np.int64)
+        if top.shape != (n, k):
+            raise ValueError(f"tops[{k}] must have shape ({n}, {k}), got {top.shape}")
+        hits = np.isin(np.arange(n, dtype=np.int64)[:, None] * span + top, target_keys) & (top >= 0)  # (N, K); -1 = no item
+        discount = 1.0 / np.log2(np.arange(k) + 2.0)  # (K,)
+        ideal = np.cumsum(discount)[np.minimum(sizes, k) - 1]  # (N,)
+        out[f"recall@{k}"] = float((hits.sum(1) / sizes).mean())
+        out[f"ndcg@{k}"] = float(((hits * discount).sum(1) / ideal).mean())
+        out[f"hitrate@{k}"] = float(hits.any(1).mean())
+    out["n"] = n
+    return out

@@ -20,8 +20,8 @@ import lifelong
 from lifelong.data.schema import EventLog
 from lifelong.dataset.prepare import prepare_dataset
 from lifelong.dataset.store import SPLITS, load_dataset
-from lifelong.protocols import (PROTOCOLS, P2_MIN_EVENTS, InteractionIndex, ctr_din_samples, ctr_time_samples,
-                                seq_loo_samples, time_cuts)
+from lifelong.protocols import (PROTOCOLS, P2_MIN_EVENTS, P3_MIN_EVENTS, USER_ORDERS, InteractionIndex,
+                                ctr_din_samples, ctr_time_samples, mi_split_samples, seq_loo_samples, time_cuts)
 from lifelong.protocols.ctr import P1_MIN_EVENTS
 
 
@@ -35,12 +35,15 @@ class ProtocolOptions:
     t_valid: int | None = None  # P4: cut points (unix seconds); default the 80% / 90% quantiles
     t_test: int | None = None
     positive_behaviors: tuple[str, ...] | None = None  # P4: behaviors that are positive targets (default all)
+    user_order: str = "random"  # P3: random user split (the protocol) or "time" (the shifted split)
 
     def __post_init__(self) -> None:
         if self.name not in PROTOCOLS:
             raise ValueError(f"unknown protocol {self.name!r}; expected one of {PROTOCOLS}")
         if self.max_train_per_user is not None and self.max_train_per_user < 1:
             raise ValueError("max_train_per_user must be at least 1")
+        if self.user_order not in USER_ORDERS:
+            raise ValueError(f"user_order must be one of {USER_ORDERS}, got {self.user_order!r}")
 
 
 def file_md5(path: Path) -> str:
@@ -83,13 +86,16 @@ def _prepare_into(log: EventLog, folder: Path, protocol: ProtocolOptions) -> Non
             cuts = (protocol.t_valid or auto[0], protocol.t_test or auto[1])
     summary = prepare_dataset(
         log.events, log.items, folder,
-        min_events={"ctr-din": P1_MIN_EVENTS, "seq-loo": P2_MIN_EVENTS}.get(protocol.name, 1),
+        min_events={"ctr-din": P1_MIN_EVENTS, "seq-loo": P2_MIN_EVENTS, "mi-split": P3_MIN_EVENTS}.get(protocol.name, 1),
         vocab_cutoff=cuts[0] if cuts else None,
     )
     dataset = load_dataset_arrays(folder, summary)
     index = InteractionIndex.build(dataset.offsets, dataset.event_items, summary["n_item_rows"])
     if protocol.name == "seq-loo":
         samples = seq_loo_samples(dataset.offsets, dataset.event_items)
+    elif protocol.name == "mi-split":
+        samples = mi_split_samples(dataset.offsets, dataset.event_items, protocol.seed, protocol.user_order,
+                                   dataset.event_timestamps)
     elif protocol.name == "ctr-din":
         samples = ctr_din_samples(
             dataset.offsets, dataset.event_items, summary["n_item_rows"],

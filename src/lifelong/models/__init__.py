@@ -1,6 +1,6 @@
 """Models: one file each, registered by ``model_type``. Importing this package registers them all."""
 
 from lifelong.models.registry import MODELS, ModelConfig, ModelOutput, build_model, config_from_dict, register
-from lifelong.models import bst, dien, diffumin, din, iclrec, idnp, priors, sasrec, sumpool, tin  # noqa: F401  (registration)
+from lifelong.models import bst, comirec, dien, diffumin, din, hcn, iclrec, idnp, knn_embed, mind, priors, sasrec, sumpool, tin, youtube_dnn  # noqa: F401  (registration)
 
 __all__ = ["MODELS", "ModelConfig", "ModelOutput", "build_model", "config_from_dict", "register"]

@@ -90,8 +90,9 @@ class RetrievalModel(nn.Module):
 
 
 def next_item_loss(hidden: torch.Tensor, positives: torch.Tensor, items: torch.Tensor, kind: str,
-                   negatives: torch.Tensor | None = None, n_sampled: int = 256) -> torch.Tensor:
-    """The next-item training loss of sequence positions, averaged over them.
+                   negatives: torch.Tensor | None = None, n_sampled: int = 256, reduction: str = "mean") -> torch.Tensor:
+    """The next-item training loss of sequence positions, averaged over them (``reduction="none"``:
+    (N,) one loss per position, for per-sample weights).
 
     Args:
         hidden: (N, D) sequence representations of the N training positions.
@@ -112,18 +113,19 @@ def next_item_loss(hidden: torch.Tensor, positives: torch.Tensor, items: torch.T
             raise ValueError("the bce loss needs one negative per position")
         pos = (hidden * items[positives]).sum(-1)
         neg = (hidden * items[negatives]).sum(-1)
-        return F.softplus(-pos).mean() + F.softplus(neg).mean()
+        losses = F.softplus(-pos) + F.softplus(neg)
+        return losses if reduction == "none" else losses.mean()
     if kind == "sampled":
         sampled = torch.randint(2, items.shape[0], (n_sampled,), device=hidden.device)  # (S,)
         pos = (hidden * items[positives]).sum(-1, keepdim=True)  # (N, 1)
         neg = hidden @ items[sampled].T  # (N, S)
         neg = neg.masked_fill(sampled.unsqueeze(0) == positives.unsqueeze(1), float("-inf"))
         logits = torch.cat([pos, neg], dim=1)
-        return F.cross_entropy(logits, torch.zeros_like(positives))
+        return F.cross_entropy(logits, torch.zeros_like(positives), reduction=reduction)
     if kind == "full":
         logits = hidden @ items.T  # (N, n_items)
         logits[:, :2] = float("-inf")  # padding and unknown are never the answer
-        return F.cross_entropy(logits, positives)
+        return F.cross_entropy(logits, positives, reduction=reduction)
     raise ValueError(f"unknown loss {kind!r}; expected one of {LOSSES}")
 
 

@@ -7,13 +7,18 @@ from lifelong.protocols.ctr import (
     sample_negatives,
     time_cuts,
 )
+from lifelong.protocols.mi import P3_MIN_EVENTS, USER_ORDERS, mi_split_samples, target_sets
 from lifelong.protocols.seq import P2_MIN_EVENTS, seq_loo_samples, training_windows
 
-PROTOCOLS = ("ctr-din", "ctr-time", "seq-loo")
-RETRIEVAL_PROTOCOLS = ("seq-loo",)
+PROTOCOLS = ("ctr-din", "ctr-time", "seq-loo", "mi-split")
+RETRIEVAL_PROTOCOLS = ("seq-loo", "mi-split")
 
 __all__ = [
     "P2_MIN_EVENTS",
+    "P3_MIN_EVENTS",
+    "USER_ORDERS",
+    "mi_split_samples",
+    "target_sets",
     "PROTOCOLS",
     "RETRIEVAL_PROTOCOLS",
     "seq_loo_samples",

@@ -49,6 +49,7 @@ class TrainConfig:
     results_csv: str | None = None
     save_predictions: bool = False
     refit_with_valid: bool = False  # retrieval (P2): also refit through the validation item, test that too
+    desmil: bool = False  # multi-interest retrieval (P3): DESMIL's sample weighting against the interests' HSIC
     model_options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -323,6 +324,12 @@ def write_result_row(path: Path, row: dict) -> None:
     """Append ``row`` to the CSV at ``path`` (with a header when the file is new)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.exists()
+    if not new:
+        with open(path, newline="") as handle:
+            header = next(csv.reader(handle), [])
+        if header and header != list(row):
+            raise ValueError(f"{path} holds result lines of another kind (its columns differ, e.g. another "
+                             f"protocol); pass another --results-csv")
     with open(path, "a", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(row))
         if new:
@@ -378,6 +385,12 @@ def evaluate_run(run: str | Path, split: str = "test", batch_size: int = 8192) -
     model_config = json.loads((run / "checkpoints" / "best" / "config.json").read_text())
     model = build_model(model_config)
     load_weights(run / "checkpoints" / "best", model)
+    if dataset.manifest.get("protocol", {}).get("name") == "mi-split":
+        from lifelong.train.retrieval import evaluate_mi
+
+        metrics = evaluate_mi(model, config, dataset, dataset.samples(split))
+        (run / f"eval_{split}.json").write_text(json.dumps(metrics, indent=2))
+        return metrics
     if getattr(model, "task", "ctr") == "retrieval":
         from lifelong.train.ranking import evaluate_ranking, training_popularity
         from lifelong.train.retrieval import eval_chunk, item_categories

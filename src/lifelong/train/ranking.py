@@ -99,3 +99,101 @@ def training_popularity(dataset: PreparedDataset, n_items: int) -> np.ndarray:
     position = np.arange(dataset.n_events) - np.repeat(dataset.offsets[:-1], counts)
     training = position < np.repeat(counts - 2, counts)
     return np.bincount(dataset.item_idx[dataset.event_items[training]], minlength=n_items)[:n_items]
+
+
+SET_KS = (20, 50)  # P3 reports Recall / NDCG / HitRate at 20 and 50
+
+
+@torch.no_grad()
+def retrieve_lists(model: torch.nn.Module, collator: Collator, samples: SampleTable, chunk_users: int = 2048,
+                   ks: tuple[int, ...] = SET_KS, interests: bool = False):
+    """Every sample's top-K item lists (vocabulary indices, best first) for each K, from the model's
+    ``retrieve(users, items, k)`` (the base multi-interest merge, or a model's own), else its scores'
+    top K. Users are scored in chunks ordered by history length; nothing is masked (P3 ranks the full
+    catalogue, as ComiRec). With ``interests``, also each user's interest redundancy (mean pairwise
+    cosine of its valid interests; NaN with one interest).
+
+    Returns:
+        ``{K: (N, K)}`` (and the (N,) redundancies with ``interests``).
+    """
+    from lifelong.models.multi_interest import interest_redundancy
+
+    model.eval()
+    items = model.item_vectors()
+    order = length_order(samples, collator.max_length)
+    parts: dict[int, list[np.ndarray]] = {k: [] for k in ks}
+    redundancy = []
+    for begin in range(0, len(samples), chunk_users):
+        batch = collator(samples.subset(order[begin : begin + chunk_users]))
+        users = model.user_vectors(batch)
+        for k in ks:
+            reachable = min(k, items.shape[0] - FIRST_RANKED)  # a catalogue smaller than K: the rest is -1
+            if hasattr(model, "retrieve"):
+                top = model.retrieve(users, items, reachable)
+            else:
+                scores = model.score(users, items).float()
+                scores[:, :FIRST_RANKED] = float("-inf")
+                top = scores.topk(reachable, dim=1).indices
+            parts[k].append(np.pad(top.numpy(), ((0, 0), (0, k - reachable)), constant_values=-1))
+        if interests:
+            if hasattr(model, "interests"):
+                redundancy.append(interest_redundancy(*model.interests(batch)).numpy())
+            else:
+                redundancy.append(np.full(len(batch), np.nan))
+    tops = {}
+    for k in ks:
+        tops[k] = np.zeros((len(samples), k), np.int64)
+        if parts[k]:
+            tops[k][order] = np.concatenate(parts[k])
+    if interests:
+        out = np.full(len(samples), np.nan)
+        if redundancy:
+            out[order] = np.concatenate(redundancy)
+        return tops, out
+    return tops
+
+
+def evaluate_sets(model: torch.nn.Module, collator: Collator, samples: SampleTable, chunk_users: int = 2048,
+                  ks: tuple[int, ...] = SET_KS, keep_tops: bool = False, details: bool = False):
+    """P3 metrics: Recall / NDCG / HitRate at each K against every held-out user's target set (the
+    distinct items after its input, :func:`lifelong.protocols.target_sets`). With ``details`` also the
+    mean interest redundancy (``interest_redundancy``, over users with two or more interests) and the
+    category diversity of the top-K lists (``top{K}_category_diversity``: share of item pairs of a
+    list in different categories, averaged over users)."""
+    from lifelong.metrics import set_retrieval_metrics
+    from lifelong.protocols import target_sets
+
+    dataset = collator.dataset
+    target_offsets, target_rows = target_sets(samples, dataset.offsets, dataset.event_items)
+    if details:
+        tops, redundancy = retrieve_lists(model, collator, samples, chunk_users, ks, interests=True)
+    else:
+        tops = retrieve_lists(model, collator, samples, chunk_users, ks)
+    metrics = set_retrieval_metrics(tops, target_offsets, dataset.item_idx[target_rows])
+    if details:
+        finite = redundancy[np.isfinite(redundancy)]
+        if finite.size:  # only models with several interests (NaN is no JSON number and never equals itself)
+            metrics["interest_redundancy"] = float(finite.mean())
+        cates = item_category_index(dataset)
+        for k, top in tops.items():
+            metrics[f"top{k}_category_diversity"] = category_diversity(top, cates)
+    return (metrics, tops) if keep_tops else metrics
+
+
+def item_category_index(dataset: PreparedDataset) -> np.ndarray:
+    """(n_item_rows,) category of every item vocabulary index (0 for padding / unknown)."""
+    n = int(dataset.item_idx.max()) + 1 if dataset.item_idx.size else 2
+    cates = np.zeros(max(n, 2), dtype=np.int64)
+    known = dataset.item_idx >= FIRST_RANKED
+    cates[dataset.item_idx[known]] = dataset.item_cate[known]
+    return cates
+
+
+def category_diversity(top: np.ndarray, cates: np.ndarray) -> float:
+    """Mean over lists of the share of item pairs in different categories (ComiRec's diversity)."""
+    c = cates[np.clip(top, 0, cates.shape[0] - 1)]  # (N, K)
+    k = c.shape[1]
+    if k < 2:
+        return 0.0
+    same = (c[:, :, None] == c[:, None, :]).sum(axis=(1, 2)) - k  # ordered same-category pairs, self excluded
+    return float((1.0 - same / (k * (k - 1))).mean())

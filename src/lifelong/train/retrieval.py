@@ -1,6 +1,15 @@
-"""The training loop of retrieval models (P2 ``seq-loo``): the same shape as the CTR loop (Adam,
-early stopping on a validation metric, atomic checkpoints, exact resume, per-epoch metrics, one result
-line per run), with the model's own training loss and exact full-ranking evaluation.
+"""The training loop of retrieval models (P2 ``seq-loo`` and P3 ``mi-split``): the same shape as the CTR
+loop (Adam, early stopping on a validation metric, atomic checkpoints, exact resume, per-epoch metrics,
+one result line per run), with the model's own training loss and exact full-catalogue evaluation.
+
+- P3: every training row ``(user, end, target)`` is one sample (the history before ``end`` predicts the
+  item at ``end``), batched by length as below; evaluation retrieves each held-out user's top 20 / 50
+  and scores them against the user's target set (:func:`lifelong.train.ranking.evaluate_sets`);
+  selection on validation Recall@50 (ComiRec's). With ``desmil`` the step is DESMIL's
+  (:mod:`lifelong.train.desmil`: per-sample weights that minimise the weighted HSIC between the
+  interests, alternating with the weighted model update). A model's ``prepare_retrieval(user_batches)``
+  hook is called before every evaluation with one batch row per training user (its most recent L
+  training events), e.g. kNN-Embed's clusters and neighbour bank.
 
 - Training rows are the windows of :func:`lifelong.protocols.training_windows`: every prefix of
   every training sequence is trained once per epoch. Batches are drawn by length
@@ -16,8 +25,8 @@ line per run), with the model's own training loss and exact full-ranking evaluat
   ``epoch_start(batches, epoch)`` (called before each epoch, after the epoch's seeding, with a function
   that yields every training window once, as batches in a fixed order (by length, for little padding);
   e.g. ICLRec re-clusters its intents there).
-- Model selection: validation NDCG@20 (the S3-Rec / ICLRec / ICSRec selection metric); the best
-  epoch's weights are evaluated on test.
+- Model selection: validation NDCG@20 on P2 (the S3-Rec / ICLRec / ICSRec selection metric), Recall@50
+  on P3; the best epoch's weights are evaluated on test.
 """
 
 from __future__ import annotations
@@ -32,14 +41,15 @@ import numpy as np
 import torch
 
 from lifelong.batch import Batch, Collator, iterate_batches, length_bucketed_order, length_order
-from lifelong.dataset.store import PreparedDataset, load_dataset
+from lifelong.dataset.store import PreparedDataset, SampleTable, load_dataset
 from lifelong.models import build_model
 from lifelong.models.retrieval import next_items
 from lifelong.protocols import InteractionIndex, sample_negatives, training_windows
 from lifelong.train.checkpoint import load_weights
-from lifelong.train.ranking import evaluate_ranking, training_popularity
+from lifelong.train.ranking import evaluate_ranking, evaluate_sets, training_popularity
 
 SELECT_METRIC = "ndcg@20"
+SELECT_METRIC_P3 = "recall@50"
 SCORE_CELLS = 1 << 25  # at most 33.5M user x item scores per evaluation chunk (128 MB of float32)
 
 
@@ -80,9 +90,13 @@ def train_retrieval(config, *, resume: bool = False, command: str | None = None,
     run = Path(config.out)
     dataset = load_dataset(config.data)
     protocol = dataset.manifest.get("protocol", {}).get("name")
-    if protocol != "seq-loo":
-        raise ValueError(f"{config.model} is a retrieval model: it needs a dataset prepared with --protocol seq-loo, "
-                         f"got {protocol!r}")
+    if protocol not in ("seq-loo", "mi-split"):
+        raise ValueError(f"{config.model} is a retrieval model: it needs a dataset prepared with --protocol seq-loo "
+                         f"or mi-split, got {protocol!r}")
+    if protocol == "mi-split":
+        return train_mi(config, dataset, resume=resume, command=command, on_epoch_end=on_epoch_end)
+    if config.desmil:
+        raise ValueError("--desmil is a training option of multi-interest models under P3 (mi-split)")
     model_config = model_config_for(config, dataset)
     collator = Collator(dataset, config.max_length)
     valid_samples = dataset.samples("valid")
@@ -151,9 +165,10 @@ def append_retrieval_line(path: Path, config, dataset: PreparedDataset, model_co
         "max_length": config.max_length,
         "embedding_dim": model_config.get("embedding_dim"),
         "best_epoch": results["best_epoch"],
-        "valid_ndcg@20": round(results["valid"]["ndcg@20"], 5),
-        **{f"test_{k}": round(test[k], 5) for k in ("hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@20", "ndcg@20", "recall@50")},
-        "train_targets_per_s": round(results["train_targets_per_s"], 1),
+        **(p3_columns(results) if results.get("protocol") == "mi-split" else {
+            "valid_ndcg@20": round(results["valid"]["ndcg@20"], 5),
+            **{f"test_{k}": round(test[k], 5) for k in ("hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@20", "ndcg@20", "recall@50")},
+            "train_targets_per_s": round(results["train_targets_per_s"], 1)}),
         "command": command or " ".join(sys.argv),
     }
     from lifelong.train.loop import write_result_row
@@ -161,13 +176,25 @@ def append_retrieval_line(path: Path, config, dataset: PreparedDataset, model_co
     write_result_row(path, row)
 
 
-def _trainer(config, dataset: PreparedDataset, collator: Collator, model_config: dict, rows):
+def p3_columns(results: dict) -> dict:
+    """The P3 part of a result line: options, validation Recall@50, the test set metrics and reports."""
+    test = results["test"]
+    names = ("recall@20", "ndcg@20", "hitrate@20", "recall@50", "ndcg@50", "hitrate@50", "interest_redundancy",
+             "interest_hsic", "top50_category_diversity")
+    return {"desmil": results["desmil"], "user_order": results["user_order"],
+            "valid_recall@50": round(results["valid"]["recall@50"], 5),
+            **{f"test_{k}": round(test[k], 5) if k in test else "" for k in names},
+            "train_samples_per_s": round(results["train_samples_per_s"], 1)}
+
+
+def _trainer(config, dataset: PreparedDataset, collator: Collator, model_config: dict, rows, windowed: bool = True):
     """Build the model (seeded) and return it with ``epoch_of(model, optimizer, epoch)``, which trains
-    one epoch on the windows of ``rows`` (every prefix of each row's sequence up to its target) and
-    returns ``(loss sum, windows seen, targets trained)``."""
+    one epoch on the windows of ``rows`` (every prefix of each row's sequence up to its target; with
+    ``windowed = False`` the rows themselves, one target each: P3) and returns ``(loss sum, windows seen,
+    targets trained)``."""
     from lifelong.train.loop import _progress
 
-    windows = training_windows(rows, dataset.offsets, dataset.event_items, config.max_length)
+    windows = training_windows(rows, dataset.offsets, dataset.event_items, config.max_length) if windowed else rows
     window_lengths = np.minimum(windows.end, config.max_length)  # targets per window (batches by length)
     windows_by_length = length_order(windows, config.max_length)
     torch.manual_seed(config.seed)
@@ -177,6 +204,13 @@ def _trainer(config, dataset: PreparedDataset, collator: Collator, model_config:
     needs_negatives = model.config.batch_needs().get("with_negatives", False)
     index = InteractionIndex.build(dataset.offsets, dataset.event_items, int(dataset.item_idx.shape[0])) \
         if needs_negatives else None
+    weighting = None
+    if config.desmil:
+        from lifelong.train.desmil import SampleWeighting, desmil_step
+
+        if not getattr(model, "multi_interest", False):
+            raise ValueError(f"--desmil needs a multi-interest model; {config.model} is not one")
+        weighting = SampleWeighting(seed=config.seed)
 
     def epoch_of(model, optimizer, epoch: int) -> tuple[float, int, int]:
         torch.manual_seed(config.seed * 1000 + epoch)  # dropout and sampled negatives restart exactly on resume
@@ -191,13 +225,16 @@ def _trainer(config, dataset: PreparedDataset, collator: Collator, model_config:
             for batch in iterate_batches(collator, windows, config.batch_size, order):
                 if needs_negatives:
                     add_negatives(batch, dataset, index, negative_rng)
-                output = model(batch)
-                optimizer.zero_grad(set_to_none=True)
-                output.loss.backward()
-                optimizer.step()
-                loss_sum += output.loss.item() * len(batch)
+                if weighting is not None:
+                    loss = desmil_step(model, optimizer, batch, weighting)[0]
+                else:
+                    loss = model(batch).loss
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                loss_sum += float(loss.detach() if torch.is_tensor(loss) else loss) * len(batch)
                 seen += len(batch)
-                targets += int(batch.lengths.sum())
+                targets += int(batch.lengths.sum()) if windowed else len(batch)
                 advance(len(batch))
         return loss_sum, seen, targets
 
@@ -218,3 +255,116 @@ def refit_with_valid(config, dataset: PreparedDataset, collator: Collator, model
         loss_sum, seen, _ = epoch_of(model, optimizer, epoch)
         _log(config, f"refit epoch {epoch}/{epochs}: train loss {loss_sum / max(seen, 1):.4f}")
     return evaluate_ranking(model, collator, dataset.samples("test"), chunk, beyond=beyond), epochs
+
+
+def training_user_rows(dataset: PreparedDataset, train: SampleTable) -> SampleTable:
+    """One row per training user: its last training position (history = its most recent L training
+    events before the last; target = its last event)."""
+    last = np.flatnonzero(np.r_[train.user[1:] != train.user[:-1], True]) if len(train) else np.zeros(0, np.int64)
+    return train.subset(last)
+
+
+def prepare_retrieval(model, dataset: PreparedDataset, collator: Collator, chunk: int) -> None:
+    """Call a model's ``prepare_retrieval(user_batches)`` hook (if it has one) with one row per training
+    user (its most recent L training events), in eval mode."""
+    if hasattr(model, "prepare_retrieval"):
+        users = training_user_rows(dataset, dataset.samples("train"))
+        order = length_order(users, collator.max_length)
+        model.eval()
+        model.prepare_retrieval(lambda: iterate_batches(collator, users, chunk, order))
+
+
+def evaluate_mi(model, config, dataset: PreparedDataset, samples: SampleTable, keep_tops: bool = False):
+    """The P3 test report of a trained model: set metrics at 20 / 50, interest redundancy, category
+    diversity of the lists and (models with several interests) the interests' HSIC."""
+    collator = Collator(dataset, config.max_length)
+    chunk = eval_chunk(config, int(model.item_vectors().shape[0]))
+    prepare_retrieval(model, dataset, collator, chunk)
+    metrics, tops = evaluate_sets(model, collator, samples, chunk, keep_tops=True, details=True)
+    if getattr(model, "multi_interest", False) and model.config.interests > 1:
+        metrics["interest_hsic"] = interest_hsic_of(model, collator, samples, chunk, seed=config.seed)
+    return (metrics, tops) if keep_tops else metrics
+
+
+def train_mi(config, dataset: PreparedDataset, *, resume: bool = False, command: str | None = None,
+             on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
+    """P3 ``mi-split``: train on every next-item position of the training users, select the epoch with
+    the best validation Recall@50, retrieve the test users' top 20 / 50 (see the module docstring)."""
+    from lifelong.train.loop import _log, end_epoch, model_config_for, start_run
+
+    run = Path(config.out)
+    if config.refit_with_valid:
+        raise ValueError("--refit-with-valid is a P2 option (the held-out users of P3 never train)")
+    model_config = model_config_for(config, dataset)
+    collator = Collator(dataset, config.max_length)
+    train = dataset.samples("train")
+    valid_samples, test = dataset.samples("valid"), dataset.samples("test")
+    chunk = eval_chunk(config, model_config["n_items"])
+    model, epoch_of = _trainer(config, dataset, collator, model_config, train, windowed=False)
+
+    def prepare():  # e.g. kNN-Embed's item clusters and neighbour bank, from the current weights
+        prepare_retrieval(model, dataset, collator, chunk)
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    state = start_run(config, dataset, model_config, model, optimizer, "best_score", resume, command)
+    while not state["done"] and state["epoch"] < config.epochs:
+        epoch = state["epoch"] + 1
+        started = time.perf_counter()
+        loss_sum, seen, targets = epoch_of(model, optimizer, epoch)
+        seconds = time.perf_counter() - started
+        prepare()
+        valid = evaluate_sets(model, collator, valid_samples, chunk)
+        record = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "train_targets_per_s": targets / seconds,
+                  "train_seconds": seconds, **{f"valid_{k}": v for k, v in valid.items()}}
+        end_epoch(run, state, "best_score", valid[SELECT_METRIC_P3], valid, record, config.patience, model,
+                  model_config, optimizer)
+        _log(config, f"epoch {epoch}: train loss {record['train_loss']:.4f}, {record['train_targets_per_s']:,.0f} "
+                     f"samples/s, valid Recall@20 {valid['recall@20']:.4f} Recall@50 {valid['recall@50']:.4f} "
+                     f"NDCG@50 {valid['ndcg@50']:.4f}")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, record)
+
+    load_weights(run / "checkpoints" / "best", model)
+    speeds = [json.loads(line)["train_targets_per_s"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    started = time.perf_counter()
+    test_metrics, tops = evaluate_mi(model, config, dataset, test, keep_tops=True)
+    results = {
+        "task": "retrieval",
+        "protocol": "mi-split",
+        "user_order": dataset.manifest.get("protocol", {}).get("user_order", "random"),
+        "loss": model_config.get("loss"),
+        "desmil": bool(config.desmil),
+        "select": SELECT_METRIC_P3,
+        "best_epoch": state["best_epoch"],
+        "epochs_run": state["epoch"],
+        "train_samples_per_s": float(np.median(speeds[1:] or speeds)),
+        "valid": state["best_valid"],
+        "test": test_metrics,
+        "test_seconds": time.perf_counter() - started,
+    }
+    if config.save_predictions:
+        np.savez_compressed(run / "test_top50.npz", user=test.user, top=tops[max(tops)])
+    (run / "results.json").write_text(json.dumps(results, indent=2))
+    if config.results_csv:
+        append_retrieval_line(Path(config.results_csv), config, dataset, model_config, results, run, command)
+    return results
+
+
+HSIC_USERS = 2048  # held-out users whose interests measure the HSIC (the RFF estimate is per batch)
+
+
+@torch.no_grad()
+def interest_hsic_of(model, collator: Collator, samples: SampleTable, chunk: int, seed: int) -> float:
+    """HSIC between a trained model's interest vectors (summed over interest pairs, random Fourier
+    features, uniform weights) on up to ``HSIC_USERS`` rows of ``samples`` drawn with the seed:
+    DESMIL's measure of how dependent the interests are."""
+    from lifelong.train.desmil import interest_hsic
+
+    model.eval()
+    rows = np.random.default_rng([seed, 7]).permutation(len(samples))[:HSIC_USERS]
+    vectors, valid = [], []
+    for begin in range(0, rows.shape[0], chunk):
+        v, m = model.interests(collator(samples.subset(np.sort(rows[begin : begin + chunk]))))
+        vectors.append(v)
+        valid.append(m)
+    return float(interest_hsic(torch.cat(vectors), torch.cat(valid), generator=torch.Generator().manual_seed(seed)))
