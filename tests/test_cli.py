@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -179,20 +180,31 @@ P2_SETS = {"ml100k": ("movielens", "movielens-100k", 943), "beauty": ("amazon-s3
 
 
 @pytest.fixture(scope="module")
-def p2_sets(tmp_path_factory):
-    """P2 datasets prepared on first use (recipe, shared folder, users)."""
-    root, prepared = tmp_path_factory.mktemp("p2"), {}
+def real_sets(tmp_path_factory):
+    """Real datasets prepared on first use under a retrieval protocol (P2 seq-loo or P3 mi-split)."""
+    root, prepared = tmp_path_factory.mktemp("sets"), {}
 
-    def get(name: str) -> Path:
-        if name not in prepared:
+    def get(name: str, protocol: str) -> Path:
+        if (name, protocol) not in prepared:
             recipe, folder, _ = P2_SETS[name]
+            out = root / f"{name}-{protocol}"
             result = runner.invoke(app, ["prepare", "--recipe", recipe, "--input", str(SHARED_DATA / folder),
-                                         "--protocol", "seq-loo", "--out", str(root / name)])
+                                         "--protocol", protocol, "--out", str(out)])
             assert result.exit_code == 0, result.output
-            prepared[name] = root / name
-        return prepared[name]
+            prepared[name, protocol] = out
+        return prepared[name, protocol]
 
     return get
+
+
+@pytest.fixture(scope="module")
+def p2_sets(real_sets):
+    return lambda name: real_sets(name, "seq-loo")
+
+
+@pytest.fixture(scope="module")
+def p3_sets(real_sets):
+    return lambda name: real_sets(name, "mi-split")
 
 
 @pytest.mark.slow
@@ -213,3 +225,26 @@ def test_every_retrieval_model_trains_from_the_cli_on_real_data(p2_sets, tmp_pat
     assert results["task"] == "retrieval" and results["loss"] in ("bce", "sampled", "full")
     assert results["test"]["n"] == P2_SETS[dataset][2] and 0 <= results["test"]["hr@10"] <= 1
     assert "top10_novelty" in results["test"]
+
+
+@pytest.mark.slow
+@needs_shared
+@pytest.mark.parametrize("dataset", ["ml100k", "beauty", "sports"])
+@pytest.mark.parametrize("model, options", [
+    ("youtube_dnn", []), ("mind", []), ("comirec_dr", ["--set", "diversity=0.1"]), ("comirec_sa", ["--desmil"]),
+    ("hcn", []), ("knn_embed", ["--set", "clusters=16"]),
+])
+def test_every_multi_interest_model_trains_from_the_cli_on_real_data(p3_sets, tmp_path, dataset, model, options):
+    """One epoch on each P3 dataset (small sizes, large batches): every held-out test user (10% of the
+    users) gets its lists, and the multi-interest reports are there."""
+    result = runner.invoke(app, ["train", "--data", str(p3_sets(dataset)), "--model", model, "--out", str(tmp_path / "run"),
+                                 "--epochs", "1", "--batch-size", "512", "--lr", "0.003", "--threads", "2",
+                                 "--no-progress", "--set", "embedding_dim=16", "--set", "negatives=256", *options])
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    users = P2_SETS[dataset][2]
+    assert results["protocol"] == "mi-split" and results["test"]["n"] == users - round(0.8 * users) - round(0.1 * users)
+    assert 0 < results["test"]["recall@50"] <= 1 and results["test"]["recall@20"] <= results["test"]["recall@50"]
+    assert results["desmil"] == ("--desmil" in options)
+    if model != "youtube_dnn":
+        assert "interest_hsic" in results["test"] and "interest_redundancy" in results["test"]

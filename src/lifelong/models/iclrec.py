@@ -74,10 +74,10 @@ from lifelong.batch import Batch
 from lifelong.models.registry import register
 from lifelong.models.retrieval import RetrievalOutput, next_item_loss, next_items
 from lifelong.models.sasrec import SASRec, SASRecConfig
+from lifelong.nn.cluster import lloyd, nearest_centroid
 
 log = logging.getLogger(__name__)
 
-DISTANCE_ROWS = 8192  # k-means distance chunks: at most 8192 x K distances at once
 
 
 @dataclass
@@ -233,18 +233,6 @@ def nt_xent(first: torch.Tensor, second: torch.Tensor, temperature: float, posit
 # K-means.
 
 
-def nearest_centroid(points: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """points (N, D), centroids (K, D) -> (index (N,), squared distance (N,)) of the nearest centroid."""
-    indices, distances = [], []
-    centroid_norms = (centroids * centroids).sum(1)  # (K,)
-    for chunk in points.split(DISTANCE_ROWS):
-        d = (chunk * chunk).sum(1, keepdim=True) - 2 * chunk @ centroids.T + centroid_norms  # (n, K)
-        best, index = d.min(1)
-        indices.append(index)
-        distances.append(best.clamp(min=0))
-    return torch.cat(indices), torch.cat(distances)
-
-
 def kmeans(points: torch.Tensor, k: int, iterations: int,
            generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Lloyd's k-means.
@@ -268,18 +256,7 @@ def kmeans(points: torch.Tensor, k: int, iterations: int,
     if n < k:
         raise ValueError(f"iclrec: k-means needs at least intents={k} points, got {n}; lower intents")
     first = torch.randperm(n, generator=generator)[:k].to(points.device)
-    centroids = points[first].clone()  # (k, D)
-    for _ in range(iterations):
-        assignment, distance = nearest_centroid(points, centroids)
-        counts = torch.bincount(assignment, minlength=k)  # (k,)
-        sums = torch.zeros_like(centroids).index_add_(0, assignment, points)
-        centroids = sums / counts.clamp(min=1).unsqueeze(1).to(points.dtype)
-        empty = counts == 0
-        if bool(empty.any()):
-            farthest = distance.topk(int(empty.sum())).indices
-            centroids[empty] = points[farthest]
-    assignment, _ = nearest_centroid(points, centroids)
-    return centroids, assignment
+    return lloyd(points, points[first], iterations)
 
 
 # ---------------------------------------------------------------------------------------------------

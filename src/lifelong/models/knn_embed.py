@@ -85,10 +85,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from lifelong.batch import Batch
-from lifelong.models.multi_interest import (FIRST_RANKED, MultiInterestConfig, MultiInterestModel,
-                                            label_aware_attention)
+from lifelong.models.multi_interest import FIRST_RANKED, MultiInterestConfig, MultiInterestModel
 from lifelong.models.registry import register
-from lifelong.models.retrieval import next_item_loss
+from lifelong.nn.cluster import lloyd
+from lifelong.nn.layers import mean_pool, relu_tower
 
 log = logging.getLogger(__name__)
 
@@ -168,21 +168,15 @@ def budget_split(weights: torch.Tensor, k: int) -> torch.Tensor:
         >>> budget_split(torch.tensor([[0.5, 0.3, 0.2]]), 7)
         tensor([[4, 2, 1]])
     """
+    from lifelong.index import interest_budgets  # the same split the faiss budgeted search uses
+
     if weights.dim() != 2:
         raise ValueError(f"budget_split: weights must be (B, C), got shape {tuple(weights.shape)}")
     if k < 0:
         raise ValueError(f"budget_split: k must be >= 0, got {k}")
-    w = weights.double()
-    total = w.sum(dim=1, keepdim=True)
-    if bool((w < 0).any()) or bool((total <= 0).any()):
-        raise ValueError("budget_split: weights must be non-negative with a positive sum in every row")
-    quota = w / total * k  # (B, C)
-    budget = quota.floor()
-    left = (k - budget.sum(dim=1)).round().long()  # (B,) items still to hand out, < C
-    fraction = quota - budget
-    order = fraction.argsort(dim=1, descending=True, stable=True)  # (B, C) largest remainder first
-    rank = torch.empty_like(order).scatter_(1, order, torch.arange(w.shape[1], device=w.device).expand_as(order))
-    return budget.long() + (rank < left.unsqueeze(1)).long()
+    if k == 0:
+        return torch.zeros(weights.shape, dtype=torch.long, device=weights.device)
+    return torch.from_numpy(interest_budgets(weights.detach().double().cpu().numpy(), k)).to(weights.device)
 
 
 def component_weights(users: torch.Tensor) -> torch.Tensor:
@@ -256,13 +250,6 @@ def distinct_clusters(top: torch.Tensor, item_cluster: torch.Tensor) -> torch.Te
 # K-means over the item embeddings
 
 
-def _nearest(points: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, D), (C, D) -> nearest centroid (N,) and its squared distance (N,)."""
-    distance = (points * points).sum(1, keepdim=True) - 2 * points @ centroids.T + (centroids * centroids).sum(1)
-    best, index = distance.clamp(min=0).min(dim=1)
-    return index, best
-
-
 def kmeans(points: torch.Tensor, k: int, iterations: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Lloyd's k-means with k-means++ seeding (deterministic given ``seed``).
 
@@ -293,17 +280,7 @@ def kmeans(points: torch.Tensor, k: int, iterations: int, seed: int) -> tuple[to
             int(torch.randint(n, (1,), generator=generator))
         chosen.append(nxt)
         closest = torch.minimum(closest, ((points - points[nxt]) ** 2).sum(1))
-    centroids = points[torch.tensor(chosen, device=points.device)].clone()  # (k, D)
-    for _ in range(iterations):
-        assignment, distance = _nearest(points, centroids)
-        counts = torch.bincount(assignment, minlength=k)  # (k,)
-        sums = torch.zeros_like(centroids).index_add_(0, assignment, points)
-        centroids = sums / counts.clamp(min=1).unsqueeze(1).to(points.dtype)
-        empty = counts == 0
-        if bool(empty.any()):
-            centroids[empty] = points[distance.topk(int(empty.sum())).indices]
-    assignment, _ = _nearest(points, centroids)
-    return centroids, assignment
+    return lloyd(points, points[torch.tensor(chosen, device=points.device)], iterations)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -328,11 +305,7 @@ class KNNEmbed(MultiInterestModel):
         self.config = config
         d, c = config.embedding_dim, config.clusters
         self.item = nn.Embedding(config.n_items, d, padding_idx=0)
-        layers, width = [], d
-        for size in config.hidden:
-            layers += [nn.Linear(width, size), nn.ReLU()]
-            width = size
-        self.tower = nn.Sequential(*layers, nn.Linear(width, d))
+        self.tower = relu_tower(d, config.hidden)
         nn.init.normal_(self.item.weight, std=d ** -0.5)
         with torch.no_grad():
             self.item.weight[0].zero_()
@@ -349,25 +322,13 @@ class KNNEmbed(MultiInterestModel):
     def base_embedding(self, batch: Batch) -> torch.Tensor:
         """(B, D) the single user vector: the mean history embedding through the tower."""
         batch.validate()
-        mask = batch.history_mask.unsqueeze(-1).float()  # (B, T, 1)
-        pooled = (self.item(batch.history_items) * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (B, D)
+        pooled = mean_pool(self.item(batch.history_items), batch.history_mask)  # (B, D)
         return self.tower(pooled)
 
-    def training_terms(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """The base class's next-item terms on the single user vector (training never uses the mixture)."""
+    def training_interests(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training uses the single base vector (K = 1), never the mixture."""
         vectors = self.base_embedding(batch).unsqueeze(1)  # (B, 1, D)
-        valid = torch.ones(vectors.shape[:2], dtype=torch.bool, device=vectors.device)
-        items = self.item_vectors()
-        chosen = label_aware_attention(vectors, valid, items[batch.target_items], self.config.label_power)  # (B, D)
-        negatives = None
-        if self.config.loss == "bce":
-            if batch.history_negative_items is None:
-                raise ValueError("the bce loss needs batch.history_negative_items (one negative per position)")
-            last = (batch.lengths - 1).clamp(min=0)
-            negatives = batch.history_negative_items[torch.arange(len(batch)), last]
-        losses = next_item_loss(chosen, batch.target_items, items, self.config.loss, negatives=negatives,
-                                n_sampled=self.config.negatives, reduction="none")
-        return losses, vectors, valid, {}
+        return vectors, torch.ones(vectors.shape[:2], dtype=torch.bool, device=vectors.device)
 
     # ---- fitting the mixture ------------------------------------------------------------------------
 

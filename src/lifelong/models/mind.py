@@ -61,6 +61,7 @@ from torch import nn
 from lifelong.batch import Batch
 from lifelong.models.multi_interest import MultiInterestConfig, MultiInterestModel
 from lifelong.models.registry import register
+from lifelong.nn.layers import relu_tower
 
 CACHED_POSITIONS = 64  # initial routing logits drawn at construction; more are drawn on first use
 
@@ -131,11 +132,7 @@ class MIND(MultiInterestModel):
         d = config.embedding_dim
         self.item = nn.Embedding(config.n_items, d, padding_idx=0)
         self.bilinear = nn.Linear(d, d, bias=False)  # S, shared by every behavior and interest
-        layers, width = [], d
-        for size in config.hidden:
-            layers += [nn.Linear(width, size), nn.ReLU()]
-            width = size
-        self.tower = nn.Sequential(*layers, nn.Linear(width, d))  # the H layers
+        self.tower = relu_tower(d, config.hidden)  # the H layers
         # (positions, K) fixed initial routing logits; rebuilt from the config, so not saved
         self.register_buffer("routing_init", self._draw_initial_logits(0, CACHED_POSITIONS), persistent=False)
         nn.init.normal_(self.item.weight, std=d ** -0.5)

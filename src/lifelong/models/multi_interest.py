@@ -101,6 +101,10 @@ class MultiInterestModel(RetrievalModel):
     def interests(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:  # (B, K, D), (B, K) bool
         raise NotImplementedError
 
+    def training_interests(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The interests the training loss selects from (by default those of retrieval)."""
+        return self.interests(batch)
+
     def extra_losses(self, batch: Batch, interests: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
         """Named, weighted extra training terms (none by default)."""
         return {}
@@ -117,7 +121,7 @@ class MultiInterestModel(RetrievalModel):
         """Per-sample next-item losses (B,), the interests (B, K, D) and their validity (B, K), and the
         model's extra losses."""
         batch.validate()
-        vectors, valid = self.interests(batch)
+        vectors, valid = self.training_interests(batch)
         items = self.item_vectors()
         chosen = label_aware_attention(vectors, valid, items[batch.target_items], self.config.label_power)  # (B, D)
         negatives = None

@@ -31,6 +31,7 @@ from torch import nn
 from lifelong.batch import Batch
 from lifelong.models.multi_interest import MultiInterestConfig, MultiInterestModel
 from lifelong.models.registry import register
+from lifelong.nn.layers import mean_pool, relu_tower
 
 
 @dataclass
@@ -62,17 +63,12 @@ class YouTubeDNN(MultiInterestModel):
         self.config = config
         d = config.embedding_dim
         self.item = nn.Embedding(config.n_items, d, padding_idx=0)
-        layers, width = [], d
-        for size in config.hidden:
-            layers += [nn.Linear(width, size), nn.ReLU()]
-            width = size
-        self.tower = nn.Sequential(*layers, nn.Linear(width, d))
+        self.tower = relu_tower(d, config.hidden)
         nn.init.normal_(self.item.weight, std=d ** -0.5)
         with torch.no_grad():
             self.item.weight[0].zero_()
 
     def interests(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        mask = batch.history_mask.unsqueeze(-1).float()  # (B, T, 1)
-        pooled = (self.item(batch.history_items) * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (B, D)
+        pooled = mean_pool(self.item(batch.history_items), batch.history_mask)  # (B, D)
         user = self.tower(pooled)  # (B, D)
         return user.unsqueeze(1), torch.ones(user.shape[0], 1, dtype=torch.bool, device=user.device)

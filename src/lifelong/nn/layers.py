@@ -217,3 +217,25 @@ def relative_positions(mask: torch.Tensor) -> torch.Tensor:
     lengths = mask.sum(dim=1, keepdim=True)  # (B, 1)
     steps = torch.arange(mask.shape[1], device=mask.device)[None, :]  # (1, T)
     return torch.where(mask, lengths - steps, torch.zeros_like(steps))
+
+
+def relu_tower(dim: int, hidden: tuple[int, ...]) -> nn.Sequential:
+    """``hidden`` ReLU layers then a linear map back to ``dim`` (a user-vector tower: YouTube DNN's,
+    MIND's H layers). The last layer is linear, so vectors scored by inner product can be negative.
+
+    Example:
+        >>> relu_tower(8, (16,))(torch.zeros(2, 8)).shape
+        torch.Size([2, 8])
+    """
+    layers: list[nn.Module] = []
+    width = dim
+    for size in hidden:
+        layers += [nn.Linear(width, size), nn.ReLU()]
+        width = size
+    return nn.Sequential(*layers, nn.Linear(width, dim))
+
+
+def mean_pool(embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, D) embeddings, (B, T) bool mask -> (B, D) mean over the real positions (0 when none)."""
+    weights = mask.unsqueeze(-1).to(embeddings.dtype)  # (B, T, 1)
+    return (embeddings * weights).sum(1) / weights.sum(1).clamp(min=1.0)

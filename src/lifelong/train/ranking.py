@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lifelong.batch import Collator, iterate_batches, length_order
+from lifelong.batch import Collator, length_order
 from lifelong.dataset.store import PreparedDataset, SampleTable
 from lifelong.metrics import ranking_metrics, target_ranks
 

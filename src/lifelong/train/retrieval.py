@@ -80,7 +80,7 @@ def add_negatives(batch: Batch, dataset: PreparedDataset, index: InteractionInde
 def train_retrieval(config, *, resume: bool = False, command: str | None = None,
                     on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
     """Train a retrieval model, select the epoch with the best validation NDCG@20, rank test."""
-    from lifelong.train.loop import Distributed, _log, end_epoch, model_config_for, start_run
+    from lifelong.train.loop import Distributed, model_config_for, start_run
 
     config.validate()
     if Distributed().enabled:
@@ -105,24 +105,9 @@ def train_retrieval(config, *, resume: bool = False, command: str | None = None,
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     state = start_run(config, dataset, model_config, model, optimizer, "best_score", resume, command)
 
-    while not state["done"] and state["epoch"] < config.epochs:
-        epoch = state["epoch"] + 1
-        started = time.perf_counter()
-        loss_sum, seen, targets = epoch_of(model, optimizer, epoch)
-        seconds = time.perf_counter() - started
-        valid = evaluate_ranking(model, collator, valid_samples, chunk)
-        record = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "train_targets_per_s": targets / seconds,
-                  "train_seconds": seconds, **{f"valid_{k}": v for k, v in valid.items()}}
-        end_epoch(run, state, "best_score", valid[SELECT_METRIC], valid, record, config.patience, model,
-                  model_config, optimizer)
-        _log(config, f"epoch {epoch}: train loss {record['train_loss']:.4f}, {record['train_targets_per_s']:,.0f} "
-                     f"targets/s, valid HR@10 {valid['hr@10']:.4f} NDCG@10 {valid['ndcg@10']:.4f} "
-                     f"NDCG@20 {valid['ndcg@20']:.4f}")
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, record)
-
-    load_weights(run / "checkpoints" / "best", model)
-    speeds = [json.loads(line)["train_targets_per_s"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    speeds = run_epochs(config, state, model, model_config, optimizer, epoch_of,
+                        lambda: evaluate_ranking(model, collator, valid_samples, chunk), SELECT_METRIC,
+                        ("hr@10", "ndcg@10", "ndcg@20"), on_epoch_end)
     test = dataset.samples("test")
     started = time.perf_counter()
     beyond = {"item_cates": item_categories(dataset, model_config["n_items"]),
@@ -185,6 +170,31 @@ def p3_columns(results: dict) -> dict:
             "valid_recall@50": round(results["valid"]["recall@50"], 5),
             **{f"test_{k}": round(test[k], 5) if k in test else "" for k in names},
             "train_samples_per_s": round(results["train_samples_per_s"], 1)}
+
+
+def run_epochs(config, state: dict, model, model_config: dict, optimizer, epoch_of, validate: Callable[[], dict],
+               select: str, shown: tuple[str, ...], on_epoch_end: Callable[[int, dict], None] | None) -> list[float]:
+    """The epochs of a run (both protocols): train one epoch, validate, record, checkpoint and stop early
+    on ``select``; then load the best weights. Returns every epoch's training targets per second."""
+    from lifelong.train.loop import _log, end_epoch
+
+    run = Path(config.out)
+    while not state["done"] and state["epoch"] < config.epochs:
+        epoch = state["epoch"] + 1
+        started = time.perf_counter()
+        loss_sum, seen, targets = epoch_of(model, optimizer, epoch)
+        seconds = time.perf_counter() - started
+        valid = validate()
+        record = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "train_targets_per_s": targets / seconds,
+                  "train_seconds": seconds, **{f"valid_{k}": v for k, v in valid.items()}}
+        end_epoch(run, state, "best_score", valid[select], valid, record, config.patience, model, model_config,
+                  optimizer)
+        _log(config, f"epoch {epoch}: train loss {record['train_loss']:.4f}, {record['train_targets_per_s']:,.0f} "
+                     f"targets/s, valid " + ", ".join(f"{k} {valid[k]:.4f}" for k in shown))
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, record)
+    load_weights(run / "checkpoints" / "best", model)
+    return [json.loads(line)["train_targets_per_s"] for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def _trainer(config, dataset: PreparedDataset, collator: Collator, model_config: dict, rows, windowed: bool = True):
@@ -290,7 +300,7 @@ def train_mi(config, dataset: PreparedDataset, *, resume: bool = False, command:
              on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
     """P3 ``mi-split``: train on every next-item position of the training users, select the epoch with
     the best validation Recall@50, retrieve the test users' top 20 / 50 (see the module docstring)."""
-    from lifelong.train.loop import _log, end_epoch, model_config_for, start_run
+    from lifelong.train.loop import model_config_for, start_run
 
     run = Path(config.out)
     if config.refit_with_valid:
@@ -302,30 +312,15 @@ def train_mi(config, dataset: PreparedDataset, *, resume: bool = False, command:
     chunk = eval_chunk(config, model_config["n_items"])
     model, epoch_of = _trainer(config, dataset, collator, model_config, train, windowed=False)
 
-    def prepare():  # e.g. kNN-Embed's item clusters and neighbour bank, from the current weights
-        prepare_retrieval(model, dataset, collator, chunk)
-
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     state = start_run(config, dataset, model_config, model, optimizer, "best_score", resume, command)
-    while not state["done"] and state["epoch"] < config.epochs:
-        epoch = state["epoch"] + 1
-        started = time.perf_counter()
-        loss_sum, seen, targets = epoch_of(model, optimizer, epoch)
-        seconds = time.perf_counter() - started
-        prepare()
-        valid = evaluate_sets(model, collator, valid_samples, chunk)
-        record = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "train_targets_per_s": targets / seconds,
-                  "train_seconds": seconds, **{f"valid_{k}": v for k, v in valid.items()}}
-        end_epoch(run, state, "best_score", valid[SELECT_METRIC_P3], valid, record, config.patience, model,
-                  model_config, optimizer)
-        _log(config, f"epoch {epoch}: train loss {record['train_loss']:.4f}, {record['train_targets_per_s']:,.0f} "
-                     f"samples/s, valid Recall@20 {valid['recall@20']:.4f} Recall@50 {valid['recall@50']:.4f} "
-                     f"NDCG@50 {valid['ndcg@50']:.4f}")
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, record)
 
-    load_weights(run / "checkpoints" / "best", model)
-    speeds = [json.loads(line)["train_targets_per_s"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    def validate() -> dict:  # kNN-Embed-like models refit their retrieval state from the current weights first
+        prepare_retrieval(model, dataset, collator, chunk)
+        return evaluate_sets(model, collator, valid_samples, chunk)
+
+    speeds = run_epochs(config, state, model, model_config, optimizer, epoch_of, validate, SELECT_METRIC_P3,
+                        ("recall@20", "recall@50", "ndcg@50"), on_epoch_end)
     started = time.perf_counter()
     test_metrics, tops = evaluate_mi(model, config, dataset, test, keep_tops=True)
     results = {
