@@ -335,3 +335,17 @@ def test_the_fitted_state_round_trips_through_a_checkpoint(tmp_path):
 def test_config_rejects_out_of_range_values(overrides, message):
     with pytest.raises(ValueError, match=message):
         build_model({**TINY, **overrides})
+
+
+def test_single_query_retrieves_with_the_base_embedding_and_keeps_the_fitted_mixture():
+    model = fitted()
+    batch = held_out_batch()
+    items = model.item_vectors()
+    mixture = model.retrieve(model.user_vectors(batch), items, 5)
+    with model.single_query():
+        single = model.retrieve(model.user_vectors(batch), items, 5)
+        assert model.user_vectors(batch).shape[1] == 1
+    base = model.base_embedding(batch) @ items.T
+    base[:, :2] = float("-inf")
+    assert torch.equal(single, base.topk(5, dim=1).indices)
+    assert bool(model.fitted) and torch.equal(model.retrieve(model.user_vectors(batch), items, 5), mixture)

@@ -233,3 +233,28 @@ def test_p3_training_learns_the_users_item_groups(tmp_path):
 def test_desmil_and_refit_are_refused_where_they_do_not_apply(data, tmp_path):
     with pytest.raises(ValueError, match="P2 option"):
         train(config(data, tmp_path / "a", refit_with_valid=True))
+    with pytest.raises(ValueError, match="multi-interest"):
+        train(config(data, tmp_path / "b", model="sasrec", desmil=True, model_options={"embedding_dim": 8}))
+
+
+def test_a_desmil_run_reweights_toward_lower_hsic_and_reports_the_interests_hsic(tmp_path):
+    events, items = grouped_log()
+    data = prepare(EventLog(events=events, items=items, recipe="test"), tmp_path / "d", ProtocolOptions(name="mi-split"))
+    options = {"embedding_dim": 8, "max_positions": 8, "negatives": 6}
+    plain = train(config(data, tmp_path / "plain", model="comirec_sa", epochs=2, model_options=options))
+    desmil = train(config(data, tmp_path / "desmil", model="comirec_sa", epochs=2, desmil=True, model_options=options))
+    assert desmil["desmil"] and not plain["desmil"]
+    assert desmil["train_hsic_weighted"] < desmil["train_hsic_uniform"]
+    assert desmil["test"]["interest_hsic"] >= 0 and plain["test"]["interest_hsic"] >= 0
+    assert desmil["test"] != plain["test"]  # the weighted updates train another model
+
+
+def test_evaluating_through_an_exact_faiss_index_retrieves_the_exact_lists(tmp_path):
+    events, items = grouped_log()
+    data = prepare(EventLog(events=events, items=items, recipe="test"), tmp_path / "d", ProtocolOptions(name="mi-split"))
+    options = {"embedding_dim": 8, "max_positions": 8, "negatives": 6}
+    results = train(config(data, tmp_path / "run", model="comirec_dr", epochs=2, model_options=options))
+    exact = evaluate_run(tmp_path / "run", "test", index={"kind": "exact"})
+    assert exact["index_overlap@50"] > 0.99 and exact["recall@50"] == pytest.approx(results["test"]["recall@50"], abs=0.02)
+    approximate = evaluate_run(tmp_path / "run", "test", index={"kind": "ivf", "nlist": 8, "nprobe": 2})
+    assert 0 < approximate["index_overlap@50"] <= 1 and (tmp_path / "run" / "eval_test_ivf.json").exists()

@@ -210,12 +210,18 @@ def _print_metrics(title: str, results: dict) -> None:
 def evaluate(
     run: Path = typer.Argument(..., help="a run folder written by `lifelong train`"),
     split: str = typer.Option("test", help="train | valid | test"),
+    index: Optional[str] = typer.Option(None, help="P3 runs: retrieve through a faiss index: exact | ivf | hnsw"),
+    index_param: list[str] = typer.Option([], help="index parameter key=value (ivf: nlist, nprobe; hnsw: M, "
+                                                   "ef_search, ef_construction), repeatable"),
 ) -> None:
-    """Evaluate a run's best checkpoint; print the metrics and write eval_<split>.json."""
+    """Evaluate a run's best checkpoint; print the metrics and write eval_<split>[_<index>].json."""
     from lifelong.train import evaluate_run
 
     try:
-        metrics = evaluate_run(run, split)
+        spec = None
+        if index is not None:
+            spec = {"kind": index, **{k: int(v) for k, v in parse_assignments(index_param, "--index-param").items()}}
+        metrics = evaluate_run(run, split, index=spec)
     except (ValueError, FileNotFoundError) as error:
         _fail(error)
     kind = {"task": "retrieval", "loss": "see config.json"} if "ndcg@10" in metrics else {}

@@ -77,8 +77,9 @@ Example:
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -476,6 +477,25 @@ class KNNEmbed(MultiInterestModel):
         return budgeted_union(users, items, component_weights(users), k)
 
     @torch.no_grad()
+    def index_search(self, index, users: torch.Tensor, k: int):
+        """The budgeted retrieval through a faiss :class:`lifelong.index.ItemIndex` (approximate when the
+        index is): the same budgets as :meth:`retrieve`, each component's items from the index. Returns
+        (B, k) numpy item ids."""
+        if users.shape[1] == 1:
+            return index.search(users[:, 0], k)[1]
+        return index.search_budgeted(users, budget_split(component_weights(users), k).numpy())
+
+    @contextmanager
+    def single_query(self) -> Iterator[None]:
+        """Inside: retrieval with the single base embedding (one query, the whole budget), the
+        comparison the paper reports against; the fitted mixture is restored on exit."""
+        fitted = bool(self.fitted)
+        self.fitted.fill_(False)
+        try:
+            yield
+        finally:
+            self.fitted.fill_(fitted)
+
     def cluster_diversity(self, batch: Batch, k: int) -> dict[str, torch.Tensor]:
         """Distinct item clusters in each user's top-``k`` (B,) for the mixture query (``mixture``) and
         for the single base embedding at the same ``k`` (``single``)."""

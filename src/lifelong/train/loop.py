@@ -376,8 +376,9 @@ class _progress:
             self.bar.__exit__(*exc)
 
 
-def evaluate_run(run: str | Path, split: str = "test", batch_size: int = 8192) -> dict:
-    """Evaluate a finished run's best checkpoint on a split of its dataset."""
+def evaluate_run(run: str | Path, split: str = "test", batch_size: int = 8192, index: dict | None = None) -> dict:
+    """Evaluate a finished run's best checkpoint on a split of its dataset (P3 runs: optionally through
+    a faiss ``index``, ``{"kind": ..., **params}``; see :func:`lifelong.train.retrieval.evaluate_mi`)."""
     run = Path(run)
     resolved = json.loads((run / "config.json").read_text())
     config = TrainConfig.from_dict(resolved["train"])
@@ -388,9 +389,12 @@ def evaluate_run(run: str | Path, split: str = "test", batch_size: int = 8192) -
     if dataset.manifest.get("protocol", {}).get("name") == "mi-split":
         from lifelong.train.retrieval import evaluate_mi
 
-        metrics = evaluate_mi(model, config, dataset, dataset.samples(split))
-        (run / f"eval_{split}.json").write_text(json.dumps(metrics, indent=2))
+        metrics = evaluate_mi(model, config, dataset, dataset.samples(split), index=index)
+        name = f"eval_{split}" + (f"_{index['kind']}" if index else "")
+        (run / f"{name}.json").write_text(json.dumps(metrics, indent=2))
         return metrics
+    if index is not None:
+        raise ValueError("--index evaluates multi-interest retrieval runs (P3 mi-split) through faiss")
     if getattr(model, "task", "ctr") == "retrieval":
         from lifelong.train.ranking import evaluate_ranking, training_popularity
         from lifelong.train.retrieval import eval_chunk, item_categories

@@ -106,12 +106,14 @@ SET_KS = (20, 50)  # P3 reports Recall / NDCG / HitRate at 20 and 50
 
 @torch.no_grad()
 def retrieve_lists(model: torch.nn.Module, collator: Collator, samples: SampleTable, chunk_users: int = 2048,
-                   ks: tuple[int, ...] = SET_KS, interests: bool = False):
+                   ks: tuple[int, ...] = SET_KS, interests: bool = False, index=None):
     """Every sample's top-K item lists (vocabulary indices, best first) for each K, from the model's
     ``retrieve(users, items, k)`` (the base multi-interest merge, or a model's own), else its scores'
     top K. Users are scored in chunks ordered by history length; nothing is masked (P3 ranks the full
     catalogue, as ComiRec). With ``interests``, also each user's interest redundancy (mean pairwise
-    cosine of its valid interests; NaN with one interest).
+    cosine of its valid interests; NaN with one interest). With ``index`` (a :class:`lifelong.index.ItemIndex`
+    over the model's item vectors) the lists come from faiss: each interest searched and the lists merged
+    by score, or the model's own ``index_search(index, users, k)`` (kNN-Embed's budgets).
 
     Returns:
         ``{K: (N, K)}`` (and the (N,) redundancies with ``interests``).
@@ -128,7 +130,11 @@ def retrieve_lists(model: torch.nn.Module, collator: Collator, samples: SampleTa
         users = model.user_vectors(batch)
         for k in ks:
             reachable = min(k, items.shape[0] - FIRST_RANKED)  # a catalogue smaller than K: the rest is -1
-            if hasattr(model, "retrieve"):
+            if index is not None:
+                top = torch.from_numpy(model.index_search(index, users, reachable) if hasattr(model, "index_search")
+                                       else index.search_interests(users if users.dim() == 3 else users[:, None],
+                                                                   reachable))
+            elif hasattr(model, "retrieve"):
                 top = model.retrieve(users, items, reachable)
             else:
                 scores = model.score(users, items).float()
@@ -154,7 +160,7 @@ def retrieve_lists(model: torch.nn.Module, collator: Collator, samples: SampleTa
 
 
 def evaluate_sets(model: torch.nn.Module, collator: Collator, samples: SampleTable, chunk_users: int = 2048,
-                  ks: tuple[int, ...] = SET_KS, keep_tops: bool = False, details: bool = False):
+                  ks: tuple[int, ...] = SET_KS, keep_tops: bool = False, details: bool = False, index=None):
     """P3 metrics: Recall / NDCG / HitRate at each K against every held-out user's target set (the
     distinct items after its input, :func:`lifelong.protocols.target_sets`). With ``details`` also the
     mean interest redundancy (``interest_redundancy``, over users with two or more interests) and the
@@ -166,9 +172,9 @@ def evaluate_sets(model: torch.nn.Module, collator: Collator, samples: SampleTab
     dataset = collator.dataset
     target_offsets, target_rows = target_sets(samples, dataset.offsets, dataset.event_items)
     if details:
-        tops, redundancy = retrieve_lists(model, collator, samples, chunk_users, ks, interests=True)
+        tops, redundancy = retrieve_lists(model, collator, samples, chunk_users, ks, interests=True, index=index)
     else:
-        tops = retrieve_lists(model, collator, samples, chunk_users, ks)
+        tops = retrieve_lists(model, collator, samples, chunk_users, ks, index=index)
     metrics = set_retrieval_metrics(tops, target_offsets, dataset.item_idx[target_rows])
     if details:
         finite = redundancy[np.isfinite(redundancy)]

@@ -182,11 +182,11 @@ def run_epochs(config, state: dict, model, model_config: dict, optimizer, epoch_
     while not state["done"] and state["epoch"] < config.epochs:
         epoch = state["epoch"] + 1
         started = time.perf_counter()
-        loss_sum, seen, targets = epoch_of(model, optimizer, epoch)
+        loss_sum, seen, targets, extra = epoch_of(model, optimizer, epoch)
         seconds = time.perf_counter() - started
         valid = validate()
         record = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "train_targets_per_s": targets / seconds,
-                  "train_seconds": seconds, **{f"valid_{k}": v for k, v in valid.items()}}
+                  "train_seconds": seconds, **extra, **{f"valid_{k}": v for k, v in valid.items()}}
         end_epoch(run, state, "best_score", valid[select], valid, record, config.patience, model, model_config,
                   optimizer)
         _log(config, f"epoch {epoch}: train loss {record['train_loss']:.4f}, {record['train_targets_per_s']:,.0f} "
@@ -201,7 +201,8 @@ def _trainer(config, dataset: PreparedDataset, collator: Collator, model_config:
     """Build the model (seeded) and return it with ``epoch_of(model, optimizer, epoch)``, which trains
     one epoch on the windows of ``rows`` (every prefix of each row's sequence up to its target; with
     ``windowed = False`` the rows themselves, one target each: P3) and returns ``(loss sum, windows seen,
-    targets trained)``."""
+    targets trained, extra)``; ``extra`` holds DESMIL's batch-mean HSIC of the interests under uniform
+    weights (``train_hsic_uniform``) and under the learned weights (``train_hsic_weighted``)."""
     from lifelong.train.loop import _progress
 
     windows = training_windows(rows, dataset.offsets, dataset.event_items, config.max_length) if windowed else rows
@@ -231,12 +232,14 @@ def _trainer(config, dataset: PreparedDataset, collator: Collator, model_config:
             model.epoch_start(lambda: iterate_batches(collator, windows, config.batch_size, windows_by_length), epoch)
         model.train()
         loss_sum, seen, targets = 0.0, 0, 0
+        hsic = np.zeros(2)
         with _progress(config.progress, f"epoch {epoch}", order.shape[0]) as advance:
             for batch in iterate_batches(collator, windows, config.batch_size, order):
                 if needs_negatives:
                     add_negatives(batch, dataset, index, negative_rng)
                 if weighting is not None:
-                    loss = desmil_step(model, optimizer, batch, weighting)[0]
+                    loss, _, before, after = desmil_step(model, optimizer, batch, weighting)
+                    hsic += (before, after)
                 else:
                     loss = model(batch).loss
                     optimizer.zero_grad(set_to_none=True)
@@ -246,7 +249,9 @@ def _trainer(config, dataset: PreparedDataset, collator: Collator, model_config:
                 seen += len(batch)
                 targets += int(batch.lengths.sum()) if windowed else len(batch)
                 advance(len(batch))
-        return loss_sum, seen, targets
+        batches = -(-len(windows) // config.batch_size)
+        extra = {"train_hsic_uniform": hsic[0] / batches, "train_hsic_weighted": hsic[1] / batches} if weighting else {}
+        return loss_sum, seen, targets, extra
 
     return model, epoch_of
 
@@ -262,7 +267,7 @@ def refit_with_valid(config, dataset: PreparedDataset, collator: Collator, model
     model, epoch_of = _trainer(config, dataset, collator, model_config, dataset.samples("valid"))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     for epoch in range(1, epochs + 1):
-        loss_sum, seen, _ = epoch_of(model, optimizer, epoch)
+        loss_sum, seen, _, _ = epoch_of(model, optimizer, epoch)
         _log(config, f"refit epoch {epoch}/{epochs}: train loss {loss_sum / max(seen, 1):.4f}")
     return evaluate_ranking(model, collator, dataset.samples("test"), chunk, beyond=beyond), epochs
 
@@ -284,13 +289,32 @@ def prepare_retrieval(model, dataset: PreparedDataset, collator: Collator, chunk
         model.prepare_retrieval(lambda: iterate_batches(collator, users, chunk, order))
 
 
-def evaluate_mi(model, config, dataset: PreparedDataset, samples: SampleTable, keep_tops: bool = False):
+def evaluate_mi(model, config, dataset: PreparedDataset, samples: SampleTable, keep_tops: bool = False,
+                index: dict | None = None):
     """The P3 test report of a trained model: set metrics at 20 / 50, interest redundancy, category
-    diversity of the lists and (models with several interests) the interests' HSIC."""
+    diversity of the lists and (models with several interests) the interests' HSIC. With ``index``
+    (``{"kind": "exact" | "ivf" | "hnsw", **params}``) the lists come from a faiss index over the item
+    vectors (:mod:`lifelong.index`), and ``index_overlap@K`` is the share of the exact lists it returns."""
     collator = Collator(dataset, config.max_length)
     chunk = eval_chunk(config, int(model.item_vectors().shape[0]))
     prepare_retrieval(model, dataset, collator, chunk)
     metrics, tops = evaluate_sets(model, collator, samples, chunk, keep_tops=True, details=True)
+    if index is not None:
+        from lifelong.index import ItemIndex
+
+        params = {k: v for k, v in index.items() if k != "kind"}
+        built = ItemIndex.build(model.item_vectors().detach(), index["kind"], threads=config.threads, **params)
+        exact = tops
+        metrics, tops = evaluate_sets(model, collator, samples, chunk, keep_tops=True, details=True, index=built)
+        for k in exact:
+            found = [len(set(a.tolist()) & set(b.tolist()) - {-1}) / max(1, len(set(a.tolist()) - {-1}))
+                     for a, b in zip(exact[k], tops[k])]
+            metrics[f"index_overlap@{k}"] = float(np.mean(found))
+        metrics["index"] = index["kind"]
+    if hasattr(model, "single_query"):  # kNN-Embed: the same model's single-embedding query at the same K
+        with model.single_query():
+            single = evaluate_sets(model, collator, samples, chunk, details=True)
+        metrics.update({f"single_{k}": v for k, v in single.items() if k != "n"})
     if getattr(model, "multi_interest", False) and model.config.interests > 1:
         metrics["interest_hsic"] = interest_hsic_of(model, collator, samples, chunk, seed=config.seed)
     return (metrics, tops) if keep_tops else metrics
@@ -337,6 +361,10 @@ def train_mi(config, dataset: PreparedDataset, *, resume: bool = False, command:
         "test": test_metrics,
         "test_seconds": time.perf_counter() - started,
     }
+    if config.desmil:  # DESMIL's reweighting during training: batch HSIC with uniform vs learned weights
+        lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        results["train_hsic_uniform"] = float(np.mean([line["train_hsic_uniform"] for line in lines]))
+        results["train_hsic_weighted"] = float(np.mean([line["train_hsic_weighted"] for line in lines]))
     if config.save_predictions:
         np.savez_compressed(run / "test_top50.npz", user=test.user, top=tops[max(tops)])
     (run / "results.json").write_text(json.dumps(results, indent=2))
