@@ -42,7 +42,8 @@ SOURCES = {
 # ComiRec's settings: D = 64, K = 4, batch 128, Adam 1e-3, truncation 50 (its Taobao setting)
 SETTINGS = ["--batch-size", "128", "--max-length", "50", "--lr", "0.001", "--set", "embedding_dim=64"]
 TRAIN_FLAGS = {"lr": "--lr", "batch_size": "--batch-size", "epochs": "--epochs", "patience": "--patience"}
-DEFAULT_MODELS = "youtube_dnn,mind,comirec_dr,comirec_sa,hcn,knn_embed,comirec_sa:desmil=1"
+# ComiRec-DR at lr 0.005, the default of ComiRec's code for DR (../shared/reference/papers.md)
+DEFAULT_MODELS = "youtube_dnn,mind,comirec_dr:lr=0.005,comirec_sa,hcn,knn_embed,comirec_sa:desmil=1"
 DEFAULT_SHIFTED = "comirec_sa,comirec_sa:desmil=1"
 METRICS = ("recall@20", "ndcg@20", "hitrate@20", "recall@50", "ndcg@50", "hitrate@50")
 REPORTS = ("interest_redundancy", "interest_hsic", "top50_category_diversity")
@@ -69,12 +70,15 @@ def train_command(work: Path, dataset: str, spec: str, seed: str, args) -> tuple
 
 
 def finished_with(out: Path, command: list[str]) -> bool:
+    """A finished run of the same command; a run that stopped early (patience) before its epoch cap is
+    also the run of any larger cap (training is deterministic given the seed)."""
     if not (out / "results.json").exists():
         return False
     saved = json.loads((out / "config.json").read_text())["train"]
-    wanted = {flag: command[command.index(flag) + 1] for flag in ("--epochs", "--patience", "--seed")}
-    return saved["epochs"] == int(wanted["--epochs"]) and saved["patience"] == int(wanted["--patience"]) \
-        and saved["seed"] == int(wanted["--seed"])
+    wanted = {flag: int(command[command.index(flag) + 1]) for flag in ("--epochs", "--patience", "--seed")}
+    epochs_run = json.loads((out / "results.json").read_text())["epochs_run"]
+    same_cap = saved["epochs"] == wanted["--epochs"] or epochs_run < saved["epochs"] <= wanted["--epochs"]
+    return same_cap and saved["patience"] == wanted["--patience"] and saved["seed"] == wanted["--seed"]
 
 
 def cell(values: list[float]) -> str:
