@@ -100,6 +100,16 @@ def summarise(rows: list[dict], specs: list[str], datasets: list[str]) -> str:
             cells = [cell([r[m] for r in group]) for m in (*METRICS, *REPORTS)]
             lines.append(f"| {dataset} | {label_of(spec)} | " + " | ".join(cells)
                          + f" | {', '.join(str(r['best_epoch']) for r in group)} | {len(group)} |")
+            single = [r["single"] for r in group if r.get("single")]
+            if single:  # kNN-Embed: the same models' single-embedding query at the same K
+                cells = [cell([s[m] for s in single]) for m in METRICS] + ["", "", cell(
+                    [s["top50_category_diversity"] for s in single])]
+                lines.append(f"| {dataset} | {label_of(spec)}, *single-embedding query* | " + " | ".join(cells)
+                             + f" | | {len(single)} |")
+            hsic = [r["train_hsic"] for r in group if r.get("train_hsic")]
+            if hsic:  # DESMIL: batch HSIC in training under uniform and under the learned sample weights
+                lines.append(f"| {dataset} | {label_of(spec)}, *training batch HSIC: uniform {cell([h[0] for h in hsic])}"
+                             f" → reweighted {cell([h[1] for h in hsic])}* |" + " |" * (len(METRICS) + 5))
     return "\n".join(lines)
 
 
@@ -149,15 +159,24 @@ def main() -> None:
                 print(error, flush=True)
                 return None
         result = json.loads((out / "results.json").read_text())
+        if spec.startswith("knn_embed") and "single_recall@50" not in result["test"]:  # a run from before the report
+            if not (out / "eval_test.json").exists():
+                run(lifelong("evaluate", str(out), "--split", "test"))
+            evaluated = json.loads((out / "eval_test.json").read_text())
+            result["test"].update({k: v for k, v in evaluated.items() if k.startswith("single_")})
         print(f"[{(time.time() - started) / 60:6.1f} min] {dataset} {label_of(spec)} seed {seed}: test Recall@50 "
               f"{result['test']['recall@50']:.4f} NDCG@50 {result['test']['ndcg@50']:.4f} (best epoch "
               f"{result['best_epoch']})", flush=True)
-        return job, command, result
+        saved = json.loads((out / "config.json").read_text())["command"]  # as run (threads, paths)
+        return job, saved.replace(str(SHARED), "../shared/data").replace(str(ROOT) + "/", ""), result
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         outcomes = list(pool.map(one, jobs))
     rows = [{"dataset": d, "spec": s, "seed": seed, "loss": r["loss"], "best_epoch": r["best_epoch"],
-             **{m: r["test"].get(m) for m in (*METRICS, *REPORTS)}, "command": shown(c)}
+             **{m: r["test"].get(m) for m in (*METRICS, *REPORTS)}, "command": c,
+             "single": {m: r["test"][f"single_{m}"] for m in (*METRICS, "top50_category_diversity")}
+             if "single_recall@50" in r["test"] else None,
+             "train_hsic": [r["train_hsic_uniform"], r["train_hsic_weighted"]] if "train_hsic_uniform" in r else None}
             for (d, s, seed), c, r in (o for o in outcomes if o is not None)]
     (work / "table.json").write_text(json.dumps(rows, indent=2))
     header = (f"P3 mi-split (users 8:1:1; a held-out user's first 80% of behaviors retrieve the rest; full "
