@@ -1,0 +1,71 @@
+"""The common contract of multi-interest retrieval models (every registered model built on
+``MultiInterestModel``): what P3 evaluation and DESMIL rely on."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lifelong.models import MODELS, build_model
+
+from helpers import random_batch
+from model_configs import TINY_CONFIGS, TINY_VOCAB
+
+NAMES = sorted(name for name, (config_class, _) in MODELS.items() if getattr(config_class, "multi_interest", False))
+
+
+def tiny(name: str, **overrides):
+    torch.manual_seed(0)
+    return build_model({"model_type": name, **TINY_VOCAB, **TINY_CONFIGS[name], **overrides})
+
+
+def test_the_multi_interest_models_are_registered():
+    assert {"youtube_dnn", "mind", "comirec_dr", "comirec_sa", "hcn", "knn_embed"} <= set(NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_user_has_a_valid_interest_and_switched_off_ones_never_change_the_merged_list(name):
+    model = tiny(name).eval()
+    batch = random_batch(batch_size=8, seed=3)
+    vectors, valid = model.interests(batch)
+    assert vectors.shape[:2] == valid.shape and valid.any(dim=1).all()
+    users = model.user_vectors(batch)
+    assert torch.equal(users[valid], vectors[valid])
+    only_valid = torch.stack([model.score(vectors[i][valid[i]][None], model.item_vectors())[0] for i in range(8)])
+    torch.testing.assert_close(model.score(users, model.item_vectors()), only_valid)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("k", [1, 5, TINY_VOCAB["n_items"] - 2])
+def test_retrieve_returns_k_distinct_rankable_items(name, k):
+    model = tiny(name).eval()
+    batch = random_batch(batch_size=6, seed=4)
+    top = model.retrieve(model.user_vectors(batch), model.item_vectors(), k)
+    assert top.shape == (6, k) and (top >= 2).all() and (top < TINY_VOCAB["n_items"]).all()
+    assert all(len(set(row.tolist())) == k for row in top)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_training_loss_is_the_sample_weighted_mean_of_the_per_sample_losses_plus_the_extra_terms(name):
+    model = tiny(name, loss="full").train()
+    batch = random_batch(batch_size=8, seed=5)
+    losses, vectors, valid, extra = model.training_terms(batch)
+    assert losses.shape == (8,) and (losses > 0).all()
+    rest = sum(extra.values()) if extra else 0.0
+    torch.testing.assert_close(model(batch).loss, losses.mean() + rest)
+    weights = torch.arange(1.0, 9.0) / 4.5  # positive, mean one
+    torch.testing.assert_close(model(batch, weights).loss, (losses * weights).mean() + rest)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_chosen_interest_is_the_one_nearest_the_target_under_hard_label_attention(name):
+    model = tiny(name, loss="full").train()
+    batch = random_batch(batch_size=8, seed=6)
+    vectors, valid = model.training_interests(batch)
+    target = model.item_vectors()[batch.target_items]
+    best = torch.einsum("bkd,bd->bk", vectors, target).masked_fill(~valid, float("-inf")).argmax(1)
+    chosen = vectors[torch.arange(8), best]
+    logits = chosen @ model.item_vectors().T
+    logits[:, :2] = float("-inf")
+    expected = torch.nn.functional.cross_entropy(logits, batch.target_items, reduction="none")
+    torch.testing.assert_close(model.training_terms(batch)[0], expected)
