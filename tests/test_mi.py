@@ -5,6 +5,7 @@ and the chunked retrieval against brute force, label-aware attention, and the P3
 from __future__ import annotations
 
 import csv
+import json
 import math
 
 import numpy as np
@@ -22,7 +23,8 @@ from lifelong.models.multi_interest import fill_switched_off, interest_redundanc
 from lifelong.pipeline import ProtocolOptions, prepare
 from lifelong.protocols import mi_split_samples, target_sets
 from lifelong.train import TrainConfig, evaluate_run, train
-from lifelong.train.ranking import category_diversity, evaluate_sets, retrieve_lists
+from lifelong.beyond import category_diversity
+from lifelong.train.ranking import evaluate_sets, retrieve_lists
 
 import polars as pl
 
@@ -109,8 +111,9 @@ def test_set_metrics_equal_their_definition(n_users, k, seed):
 
 
 def test_set_metrics_never_count_missing_entries_as_hits():
-    got = set_retrieval_metrics({2: [[-1, 3]]}, [0, 1], [-1 + 0])
-    assert got["recall@2"] == 0.0
+    # user 0's target is the largest id (span - 1); user 1's missing entry -1 must not match it
+    got = set_retrieval_metrics({2: [[2, 3], [-1, 5]]}, [0, 1, 2], [9, 7])
+    assert got["recall@2"] == 0.0 and got["hitrate@2"] == 0.0
 
 
 def model_for(dataset, name="youtube_dnn", **options):
@@ -233,8 +236,38 @@ def test_p3_training_learns_the_users_item_groups(tmp_path):
 def test_desmil_and_refit_are_refused_where_they_do_not_apply(data, tmp_path):
     with pytest.raises(ValueError, match="P2 option"):
         train(config(data, tmp_path / "a", refit_with_valid=True))
-    with pytest.raises(ValueError, match="multi-interest"):
+    with pytest.raises(ValueError, match="several"):
         train(config(data, tmp_path / "b", model="sasrec", desmil=True, model_options={"embedding_dim": 8}))
+    with pytest.raises(ValueError, match="several"):  # one interest: nothing to decorrelate
+        train(config(data, tmp_path / "c", desmil=True))
+    train(config(data, tmp_path / "d", epochs=1))
+    with pytest.raises(ValueError, match="held-out"):
+        evaluate_run(tmp_path / "d", "train")
+
+
+def test_a_sequence_model_under_p3_trains_every_training_target_once_per_epoch(data, tmp_path):
+    options = {"embedding_dim": 8, "max_positions": 8, "dropout": 0.1, "loss": "full"}
+    train(config(data, tmp_path / "run", model="sasrec", epochs=1, model_options=options))
+    line = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    rows = len(load_dataset(data).samples("train"))  # one row per (training user, position)
+    assert line["train_targets_per_s"] * line["train_seconds"] == pytest.approx(rows)
+
+
+def test_a_desmil_run_resumes_exactly(tmp_path):
+    events, items = grouped_log(n_users=60)
+    data = prepare(EventLog(events=events, items=items, recipe="test"), tmp_path / "d", ProtocolOptions(name="mi-split"))
+    options = {"embedding_dim": 8, "max_positions": 8, "negatives": 6}
+    straight = train(config(data, tmp_path / "straight", model="comirec_sa", desmil=True, model_options=options))
+
+    def stop_after_first(epoch, record):
+        if epoch == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(config(data, tmp_path / "resumed", model="comirec_sa", desmil=True, model_options=options),
+              on_epoch_end=stop_after_first)
+    resumed = train(config(data, tmp_path / "resumed", model="comirec_sa", desmil=True, model_options=options), resume=True)
+    assert resumed["test"] == straight["test"] and resumed["train_hsic_weighted"] == straight["train_hsic_weighted"]
 
 
 def test_a_desmil_run_reweights_toward_lower_hsic_and_reports_the_interests_hsic(tmp_path):
@@ -255,6 +288,6 @@ def test_evaluating_through_an_exact_faiss_index_retrieves_the_exact_lists(tmp_p
     options = {"embedding_dim": 8, "max_positions": 8, "negatives": 6}
     results = train(config(data, tmp_path / "run", model="comirec_dr", epochs=2, model_options=options))
     exact = evaluate_run(tmp_path / "run", "test", index={"kind": "exact"})
-    assert exact["index_overlap@50"] > 0.99 and exact["recall@50"] == pytest.approx(results["test"]["recall@50"], abs=0.02)
+    assert exact["index_overlap@50"] == 1.0 and exact["recall@50"] == pytest.approx(results["test"]["recall@50"])
     approximate = evaluate_run(tmp_path / "run", "test", index={"kind": "ivf", "nlist": 8, "nprobe": 2})
     assert 0 < approximate["index_overlap@50"] <= 1 and (tmp_path / "run" / "eval_test_ivf.json").exists()

@@ -91,6 +91,25 @@ def novelty(top_items, popularity) -> float:
     return float(-np.log2(share).mean())
 
 
+def category_diversity(top_items, item_cates) -> float:
+    """ComiRec's diversity of retrieved lists: the share of item pairs of a list in different categories,
+    averaged over the lists (0 for lists shorter than 2; an id outside ``item_cates``, e.g. -1 for a
+    missing entry, counts as category 0).
+
+    Example:
+        >>> round(category_diversity(np.array([[2, 3, 4]]), np.array([0, 0, 1, 1, 2])), 4)
+        0.6667
+    """
+    top = np.asarray(top_items, dtype=np.int64)
+    cates = np.asarray(item_cates)
+    c = cates[np.clip(top, 0, cates.shape[0] - 1)]  # (N, K)
+    k = c.shape[1]
+    if k < 2:
+        return 0.0
+    same = (c[:, :, None] == c[:, None, :]).sum(axis=(1, 2)) - k  # ordered same-category pairs, self excluded
+    return float((1.0 - same / (k * (k - 1))).mean())
+
+
 def beyond_accuracy(top_items, item_cates, popularity) -> dict[str, float]:
     """All of the above in one dict (``category_coverage``, ``catalogue_category_coverage``,
     ``category_entropy``, ``novelty``)."""

@@ -426,8 +426,9 @@ def set_retrieval_metrics(tops: dict[int, ArrayLike], target_offsets: ArrayLike,
     Per user, with ``T`` its targets and ``hits`` the positions ``r`` (0-based) of the list that are
     targets: Recall@K = ``|hits| / |T|``; HitRate@K = ``|hits| > 0``; NDCG@K = ``sum 1/log2(r+2) /
     sum_{j < min(|T|, K)} 1/log2(j+2)`` (the ideal list puts targets first). Averaged over users.
-    ComiRec's code computes its DCG from the order of the *targets* instead of the rank in the list;
-    this is the standard rank-based NDCG.
+    ComiRec's code computes its DCG from the order of the *targets* instead of the rank in the list,
+    and divides by the ideal DCG of the number of *hits* (close to an NDCG given a hit), so its NDCG
+    numbers are not comparable with these; this is the standard rank-based NDCG.
 
     Example:
         >>> m = set_retrieval_metrics({2: [[5, 7], [1, 2]]}, [0, 2, 3], [7, 9, 4])

@@ -67,6 +67,7 @@ from torch import nn
 from lifelong.batch import Batch
 from lifelong.models.multi_interest import FIRST_RANKED, MultiInterestConfig, MultiInterestModel
 from lifelong.models.registry import register
+from lifelong.nn.layers import squash
 
 
 @dataclass
@@ -182,23 +183,16 @@ def aggregate(users: torch.Tensor, items: torch.Tensor, k: int, diversity: float
 
 
 def category_diversity(top: torch.Tensor, cates: torch.Tensor) -> float:
-    """ComiRec's diversity of retrieved lists: the share of item pairs of a list in different categories,
-    averaged over the lists.
-
-    Args:
-        top: (B, k) item indices.
-        cates: (N,) category of every item index.
+    """ComiRec's diversity of retrieved lists (:func:`lifelong.beyond.category_diversity`) on tensors:
+    the share of item pairs of a list in different categories, averaged over the lists.
 
     Example:
-        >>> category_diversity(torch.tensor([[2, 3, 4]]), torch.tensor([0, 1, 5, 5, 6]))
-        0.6666666865348816
+        >>> round(category_diversity(torch.tensor([[2, 3, 4]]), torch.tensor([0, 1, 5, 5, 6])), 4)
+        0.6667
     """
-    c = cates.to(top.device)[top]  # (B, k)
-    k = c.shape[1]
-    if k < 2:
-        return 0.0
-    different = (c.unsqueeze(1) != c.unsqueeze(2)).sum(dim=(1, 2)).float()  # ordered pairs
-    return float((different / (k * (k - 1))).mean())
+    from lifelong.beyond import category_diversity as numpy_diversity
+
+    return numpy_diversity(top.cpu().numpy(), cates.cpu().numpy())
 
 
 # --- the models ---------------------------------------------------------------------------------------
@@ -251,12 +245,6 @@ class ComiRecModel(MultiInterestModel):
             raise ValueError(f"{self.config.model_type}: diversity = {diversity} needs the item categories; "
                              "call set_item_categories(cates) first")
         return aggregate(users, items, k, diversity, self.item_cate)
-
-
-def squash(s: torch.Tensor) -> torch.Tensor:
-    """CapsNet's squash along the last dim: ``|s|^2 / (1 + |s|^2) * s / |s|`` (0 stays 0)."""
-    norm2 = s.pow(2).sum(-1, keepdim=True)
-    return norm2 / (1 + norm2) / torch.sqrt(norm2 + 1e-9) * s
 
 
 def dynamic_routing(predictions: torch.Tensor, mask: torch.Tensor, iterations: int) -> tuple[torch.Tensor, torch.Tensor]:

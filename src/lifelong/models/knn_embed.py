@@ -298,6 +298,8 @@ class KNNEmbed(MultiInterestModel):
         False
     """
 
+    trains_one_vector = True  # training never uses the mixture (DESMIL has no interests to decorrelate)
+
     # the bank's size is the number of training users: taken from a checkpoint when one is loaded
     _SIZED_BY_DATA = ("bank_users", "bank_vectors", "bank_mixtures")
 
@@ -480,7 +482,8 @@ class KNNEmbed(MultiInterestModel):
     def index_search(self, index, users: torch.Tensor, k: int):
         """The budgeted retrieval through a faiss :class:`lifelong.index.ItemIndex` (approximate when the
         index is): the same budgets as :meth:`retrieve`, each component's items from the index. Returns
-        (B, k) numpy item ids."""
+        (B, k) numpy item ids. With an exact index the *set* equals :meth:`retrieve`'s; the order differs
+        (the index orders the list by score, :meth:`retrieve` interleaves the components), so NDCG may."""
         if users.shape[1] == 1:
             return index.search(users[:, 0], k)[1]
         return index.search_budgeted(users, budget_split(component_weights(users), k).numpy())

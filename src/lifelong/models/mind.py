@@ -61,7 +61,7 @@ from torch import nn
 from lifelong.batch import Batch
 from lifelong.models.multi_interest import MultiInterestConfig, MultiInterestModel
 from lifelong.models.registry import register
-from lifelong.nn.layers import relu_tower
+from lifelong.nn.layers import relu_tower, squash
 
 CACHED_POSITIONS = 64  # initial routing logits drawn at construction; more are drawn on first use
 
@@ -109,17 +109,6 @@ def dynamic_interest_count(lengths: torch.Tensor, max_interests: int) -> torch.T
     """
     powers = 2 ** torch.arange(1, max_interests + 1, device=lengths.device)  # (K,) 2, 4, ..., 2^K
     return (lengths.unsqueeze(1) >= powers).sum(dim=1).clamp(min=1)
-
-
-def squash(z: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:
-    """Capsule non-linearity over the last dim: ``|z|^2 / (1 + |z|^2) * z / |z|`` (0 at z = 0).
-
-    Example:
-        >>> round(float(squash(torch.tensor([3.0, 4.0])).norm()), 4)  # 25 / 26
-        0.9615
-    """
-    n2 = (z * z).sum(dim=-1, keepdim=True)
-    return z * (n2 / (1.0 + n2) / torch.sqrt(n2 + eps))
 
 
 @register(MINDConfig)

@@ -23,6 +23,10 @@ and gets from this base:
   greedy merge without diversity). Models with another merge (ComiRec's aggregation with a diversity
   factor, kNN-Embed's interest-weighted budget) override it.
 
+Deviation shared by every model here: the sampled softmax draws its negatives uniformly over the
+catalogue (no correction); ComiRec's ``tf.nn.sampled_softmax_loss`` draws them log-uniformly over ids
+(a Zipf prior for frequency-sorted ids) with the log-probability correction.
+
 Model-specific extra losses (e.g. a term that keeps interests apart) are returned by ``extra_losses``
 (named, already weighted) and added to the training loss.
 """

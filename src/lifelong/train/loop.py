@@ -389,6 +389,9 @@ def evaluate_run(run: str | Path, split: str = "test", batch_size: int = 8192, i
     if dataset.manifest.get("protocol", {}).get("name") == "mi-split":
         from lifelong.train.retrieval import evaluate_mi
 
+        if split == "train":
+            raise ValueError("P3 evaluates held-out users (valid, test); its train rows are next-item positions")
+
         metrics = evaluate_mi(model, config, dataset, dataset.samples(split), index=index)
         name = f"eval_{split}" + (f"_{index['kind']}" if index else "")
         (run / f"{name}.json").write_text(json.dumps(metrics, indent=2))
@@ -396,8 +399,8 @@ def evaluate_run(run: str | Path, split: str = "test", batch_size: int = 8192, i
     if index is not None:
         raise ValueError("--index evaluates multi-interest retrieval runs (P3 mi-split) through faiss")
     if getattr(model, "task", "ctr") == "retrieval":
-        from lifelong.train.ranking import evaluate_ranking, training_popularity
-        from lifelong.train.retrieval import eval_chunk, item_categories
+        from lifelong.train.ranking import evaluate_ranking, item_categories, training_popularity
+        from lifelong.train.retrieval import eval_chunk
 
         n_items = model_config["n_items"]
         beyond = {"item_cates": item_categories(dataset, n_items), "popularity": training_popularity(dataset, n_items)}

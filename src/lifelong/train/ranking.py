@@ -118,7 +118,7 @@ def retrieve_lists(model: torch.nn.Module, collator: Collator, samples: SampleTa
     Returns:
         ``{K: (N, K)}`` (and the (N,) redundancies with ``interests``).
     """
-    from lifelong.models.multi_interest import interest_redundancy
+    from lifelong.models.multi_interest import MultiInterestModel, interest_redundancy
 
     model.eval()
     items = model.item_vectors()
@@ -128,8 +128,11 @@ def retrieve_lists(model: torch.nn.Module, collator: Collator, samples: SampleTa
     for begin in range(0, len(samples), chunk_users):
         batch = collator(samples.subset(order[begin : begin + chunk_users]))
         users = model.user_vectors(batch)
+        nested = index is None and getattr(type(model), "retrieve", None) in (None, MultiInterestModel.retrieve)
         for k in ks:
             reachable = min(k, items.shape[0] - FIRST_RANKED)  # a catalogue smaller than K: the rest is -1
+            if nested and k != max(ks):  # a plain top-K by score: the shorter lists are prefixes of the longest
+                continue
             if index is not None:
                 top = torch.from_numpy(model.index_search(index, users, reachable) if hasattr(model, "index_search")
                                        else index.search_interests(users if users.dim() == 3 else users[:, None],
@@ -141,6 +144,10 @@ def retrieve_lists(model: torch.nn.Module, collator: Collator, samples: SampleTa
                 scores[:, :FIRST_RANKED] = float("-inf")
                 top = scores.topk(reachable, dim=1).indices
             parts[k].append(np.pad(top.numpy(), ((0, 0), (0, k - reachable)), constant_values=-1))
+        if nested:
+            for k in ks:
+                if k != max(ks):
+                    parts[k].append(parts[max(ks)][-1][:, :k])
         if interests:
             if hasattr(model, "interests"):
                 redundancy.append(interest_redundancy(*model.interests(batch)).numpy())
@@ -180,26 +187,17 @@ def evaluate_sets(model: torch.nn.Module, collator: Collator, samples: SampleTab
         finite = redundancy[np.isfinite(redundancy)]
         if finite.size:  # only models with several interests (NaN is no JSON number and never equals itself)
             metrics["interest_redundancy"] = float(finite.mean())
-        cates = item_category_index(dataset)
+        from lifelong.beyond import category_diversity
+
+        cates = item_categories(dataset, int(model.item_vectors().shape[0]))
         for k, top in tops.items():
             metrics[f"top{k}_category_diversity"] = category_diversity(top, cates)
     return (metrics, tops) if keep_tops else metrics
 
 
-def item_category_index(dataset: PreparedDataset) -> np.ndarray:
-    """(n_item_rows,) category of every item vocabulary index (0 for padding / unknown)."""
-    n = int(dataset.item_idx.max()) + 1 if dataset.item_idx.size else 2
-    cates = np.zeros(max(n, 2), dtype=np.int64)
+def item_categories(dataset: PreparedDataset, n_items: int) -> np.ndarray:
+    """(n_items,) category vocabulary index of every item vocabulary index (0 for padding/unknown)."""
+    cates = np.zeros(n_items, dtype=np.int64)
     known = dataset.item_idx >= FIRST_RANKED
     cates[dataset.item_idx[known]] = dataset.item_cate[known]
     return cates
-
-
-def category_diversity(top: np.ndarray, cates: np.ndarray) -> float:
-    """Mean over lists of the share of item pairs in different categories (ComiRec's diversity)."""
-    c = cates[np.clip(top, 0, cates.shape[0] - 1)]  # (N, K)
-    k = c.shape[1]
-    if k < 2:
-        return 0.0
-    same = (c[:, :, None] == c[:, None, :]).sum(axis=(1, 2)) - k  # ordered same-category pairs, self excluded
-    return float((1.0 - same / (k * (k - 1))).mean())

@@ -7,7 +7,10 @@ one result line per run), with the model's own training loss and exact full-cata
   and scores them against the user's target set (:func:`lifelong.train.ranking.evaluate_sets`);
   selection on validation Recall@50 (ComiRec's). With ``desmil`` the step is DESMIL's
   (:mod:`lifelong.train.desmil`: per-sample weights that minimise the weighted HSIC between the
-  interests, alternating with the weighted model update). A model's ``prepare_retrieval(user_batches)``
+  interests, alternating with the weighted model update); its batches are drawn at random, not by
+  length (a batch of one-event histories has identical interests: nothing to reweight). A sequence
+  model (SASRec...) under P3 trains on the windows of each training user's sequence, so every target is
+  trained once per epoch as under P2. A model's ``prepare_retrieval(user_batches)``
   hook is called before every evaluation with one batch row per training user (its most recent L
   training events), e.g. kNN-Embed's clusters and neighbour bank.
 
@@ -42,27 +45,20 @@ import torch
 
 from lifelong.batch import Batch, Collator, iterate_batches, length_bucketed_order, length_order
 from lifelong.dataset.store import PreparedDataset, SampleTable, load_dataset
-from lifelong.models import build_model
+from lifelong.models import MODELS, build_model
 from lifelong.models.retrieval import next_items
 from lifelong.protocols import InteractionIndex, sample_negatives, training_windows
 from lifelong.train.checkpoint import load_weights
-from lifelong.train.ranking import evaluate_ranking, evaluate_sets, training_popularity
+from lifelong.train.ranking import evaluate_ranking, evaluate_sets, item_categories, training_popularity
 
 SELECT_METRIC = "ndcg@20"
 SELECT_METRIC_P3 = "recall@50"
 SCORE_CELLS = 1 << 25  # at most 33.5M user x item scores per evaluation chunk (128 MB of float32)
 
 
-def eval_chunk(config, n_items: int) -> int:
-    return max(1, min(config.eval_batch_size, SCORE_CELLS // max(n_items, 1)))
-
-
-def item_categories(dataset: PreparedDataset, n_items: int) -> np.ndarray:
-    """(n_items,) category vocabulary index of every item vocabulary index (0 for padding/unknown)."""
-    cates = np.zeros(n_items, dtype=np.int64)
-    known = dataset.item_idx >= 2
-    cates[dataset.item_idx[known]] = dataset.item_cate[known]
-    return cates
+def eval_chunk(config, n_items: int, interests: int = 1) -> int:
+    """Users per evaluation chunk: at most ``SCORE_CELLS`` scores (users x interests x items) at once."""
+    return max(1, min(config.eval_batch_size, SCORE_CELLS // max(n_items * interests, 1)))
 
 
 def add_negatives(batch: Batch, dataset: PreparedDataset, index: InteractionIndex, rng: np.random.Generator) -> None:
@@ -219,14 +215,20 @@ def _trainer(config, dataset: PreparedDataset, collator: Collator, model_config:
     if config.desmil:
         from lifelong.train.desmil import SampleWeighting, desmil_step
 
-        if not getattr(model, "multi_interest", False):
-            raise ValueError(f"--desmil needs a multi-interest model; {config.model} is not one")
+        if not getattr(model, "multi_interest", False) or model.config.interests < 2 \
+                or getattr(model, "trains_one_vector", False):
+            raise ValueError(f"--desmil reweights samples against the dependence of several interests; {config.model} "
+                             f"does not train several")
         weighting = SampleWeighting(seed=config.seed)
 
     def epoch_of(model, optimizer, epoch: int) -> tuple[float, int, int]:
         torch.manual_seed(config.seed * 1000 + epoch)  # dropout and sampled negatives restart exactly on resume
         shuffle = np.random.default_rng([config.seed, epoch])
-        order = length_bucketed_order(shuffle.permutation(len(windows)), window_lengths, config.batch_size, shuffle)
+        order = shuffle.permutation(len(windows))
+        if weighting is None:  # DESMIL learns its weights on batches that mix lengths (a batch of one-event
+            order = length_bucketed_order(order, window_lengths, config.batch_size, shuffle)  # histories has no spread)
+        else:
+            weighting.generator.manual_seed(config.seed * 1000 + epoch)  # its RFF draws restart exactly on resume
         negative_rng = np.random.default_rng([config.seed, epoch, 1])
         if hasattr(model, "epoch_start"):
             model.epoch_start(lambda: iterate_batches(collator, windows, config.batch_size, windows_by_length), epoch)
@@ -296,11 +298,15 @@ def evaluate_mi(model, config, dataset: PreparedDataset, samples: SampleTable, k
     (``{"kind": "exact" | "ivf" | "hnsw", **params}``) the lists come from a faiss index over the item
     vectors (:mod:`lifelong.index`), and ``index_overlap@K`` is the share of the exact lists it returns."""
     collator = Collator(dataset, config.max_length)
-    chunk = eval_chunk(config, int(model.item_vectors().shape[0]))
+    chunk = eval_chunk(config, int(model.item_vectors().shape[0]), getattr(model.config, "interests", 1))
     prepare_retrieval(model, dataset, collator, chunk)
     metrics, tops = evaluate_sets(model, collator, samples, chunk, keep_tops=True, details=True)
     if index is not None:
         from lifelong.index import ItemIndex
+
+        if getattr(model.config, "diversity", 0) > 0:
+            raise ValueError("--index merges the per-interest lists by score; ComiRec's aggregation (diversity > 0) "
+                             "runs on the exact lists only")
 
         params = {k: v for k, v in index.items() if k != "kind"}
         built = ItemIndex.build(model.item_vectors().detach(), index["kind"], threads=config.threads, **params)
@@ -333,8 +339,11 @@ def train_mi(config, dataset: PreparedDataset, *, resume: bool = False, command:
     collator = Collator(dataset, config.max_length)
     train = dataset.samples("train")
     valid_samples, test = dataset.samples("valid"), dataset.samples("test")
-    chunk = eval_chunk(config, model_config["n_items"])
-    model, epoch_of = _trainer(config, dataset, collator, model_config, train, windowed=False)
+    chunk = eval_chunk(config, model_config["n_items"], model_config.get("interests", 1))
+    if getattr(MODELS[config.model][0], "multi_interest", False):
+        model, epoch_of = _trainer(config, dataset, collator, model_config, train, windowed=False)
+    else:  # a sequence model (SASRec...) trains every position of its window: each target once per epoch
+        model, epoch_of = _trainer(config, dataset, collator, model_config, training_user_rows(dataset, train))
 
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     state = start_run(config, dataset, model_config, model, optimizer, "best_score", resume, command)
