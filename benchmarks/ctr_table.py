@@ -80,6 +80,21 @@ def run(command: list[str]) -> None:
         raise RunFailed(f"failed: {shown(command)}\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
 
 
+def results_of(out: Path, command: list[str], finished: bool, report_only: bool) -> dict | None:
+    """A run's ``results.json``: trained first (in an emptied folder) unless ``finished``; None when it is
+    missing under ``report_only`` or its training failed (the failure is printed)."""
+    if not finished:
+        if report_only:
+            return None
+        subprocess.run(["rm", "-rf", str(out)], check=True)
+        try:
+            run(command)
+        except RunFailed as error:
+            print(error, flush=True)
+            return None
+    return json.loads((out / "results.json").read_text())
+
+
 def train_command(work: Path, dataset: str, spec: str, seed: str, attempt: int, args) -> tuple[Path, list[str]]:
     name, *options = spec.split(":")
     out = work / "runs" / f"{dataset}-{spec.replace(':', '-').replace('=', '')}-{seed}" / f"try{attempt}"

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ctr_table import SHARED, RunFailed, lifelong, run, shown  # noqa: E402  (same runner as the CTR table)
+from ctr_table import SHARED, lifelong, results_of, run, shown  # noqa: E402  (same runner as the CTR table)
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = {
@@ -149,16 +148,9 @@ def main() -> None:
     def one(job):
         dataset, spec, seed = job
         out, command = train_command(work, dataset, spec, seed, args)
-        if not finished_with(out, command):
-            if args.report_only:
-                return None
-            subprocess.run(["rm", "-rf", str(out)], check=True)
-            try:
-                run(command)
-            except RunFailed as error:
-                print(error, flush=True)
-                return None
-        result = json.loads((out / "results.json").read_text())
+        result = results_of(out, command, finished_with(out, command), args.report_only)
+        if result is None:
+            return None
         if spec.startswith("knn_embed") and "single_recall@50" not in result["test"]:  # a run from before the report
             if not (out / "eval_test.json").exists():
                 run(lifelong("evaluate", str(out), "--split", "test"))

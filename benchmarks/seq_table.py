@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ctr_table import SHARED, RunFailed, lifelong, run, shown  # noqa: E402  (same runner as the CTR table)
+from ctr_table import SHARED, lifelong, results_of, run, shown  # noqa: E402  (same runner as the CTR table)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = {
@@ -147,16 +146,9 @@ def main() -> None:
     def one(job):
         dataset, spec, seed = job
         out, command = train_command(work, dataset, spec, seed, args)
-        if not finished_with(out, command, require_refit=not args.report_only):
-            if args.report_only:
-                return None
-            subprocess.run(["rm", "-rf", str(out)], check=True)
-            try:
-                run(command)
-            except RunFailed as error:
-                print(error, flush=True)
-                return None
-        result = json.loads((out / "results.json").read_text())
+        result = results_of(out, command, finished_with(out, command, require_refit=not args.report_only), args.report_only)
+        if result is None:
+            return None
         print(f"[{(time.time() - started) / 60:6.1f} min] {dataset} {label_of(spec)} seed {seed}: test HR@10 "
               f"{result['test']['hr@10']:.4f} NDCG@10 {result['test']['ndcg@10']:.4f} (best epoch "
               f"{result['best_epoch']}, test ranking {result['test_seconds']:.1f} s)", flush=True)

@@ -113,3 +113,22 @@ def overfit_losses(model, batch: Batch, steps: int = 60, lr: float = 1e-2) -> li
         optimizer.step()
         losses.append(value.item())
     return losses
+
+
+class Interrupt(Exception):
+    """Raised from ``on_epoch_end`` to stop a run as a crash would."""
+
+
+def interrupt_after_first_epoch(config) -> None:
+    """Start ``lifelong.train.train(config)`` and stop it when its first epoch has ended (checkpoint
+    written), so that the test can resume it."""
+    import pytest
+
+    from lifelong.train import train
+
+    def stop(epoch, record):
+        if epoch == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(config, on_epoch_end=stop)

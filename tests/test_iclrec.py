@@ -17,7 +17,7 @@ from lifelong.pipeline import ProtocolOptions, prepare
 from lifelong.train import TrainConfig, train
 from lifelong.train.checkpoint import load_weights, save_checkpoint
 
-from helpers import overfit_losses, random_batch, random_log
+from helpers import interrupt_after_first_epoch, overfit_losses, random_batch, random_log
 
 N_ITEMS = 30
 
@@ -293,10 +293,6 @@ def test_invalid_config_is_rejected(field, value):
 # --- the loop -----------------------------------------------------------------------------------
 
 
-class Interrupt(Exception):
-    pass
-
-
 def test_the_loop_clusters_every_epoch_and_resumes_exactly(tmp_path, monkeypatch):
     events, items = random_log(n_users=30, n_items=40, max_events=12, seed=9)
     data = prepare(EventLog(events=events, items=items, recipe="test"), tmp_path / "d", ProtocolOptions(name="seq-loo"))
@@ -319,11 +315,6 @@ def test_the_loop_clusters_every_epoch_and_resumes_exactly(tmp_path, monkeypatch
     monkeypatch.undo()
     assert calls == [1, 2]
 
-    def stop_after_first(epoch, record):
-        if epoch == 1:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train(config(tmp_path / "resumed"), on_epoch_end=stop_after_first)
+    interrupt_after_first_epoch(config(tmp_path / "resumed"))
     resumed = train(config(tmp_path / "resumed"), resume=True)
     assert resumed["test"] == straight["test"]

@@ -28,7 +28,7 @@ from lifelong.train.ranking import evaluate_sets, retrieve_lists
 
 import polars as pl
 
-from helpers import event_frame, random_log
+from helpers import event_frame, interrupt_after_first_epoch, random_log
 
 
 @pytest.fixture(scope="module")
@@ -187,20 +187,11 @@ def config(data, out, **kw):
     return TrainConfig(**values)
 
 
-class Interrupt(Exception):
-    pass
-
-
 def test_p3_loop_resumes_exactly_and_writes_a_result_line(data, tmp_path):
     results_csv = tmp_path / "results.csv"
     straight = train(config(data, tmp_path / "straight", results_csv=str(results_csv), save_predictions=True))
 
-    def stop_after_first(epoch, record):
-        if epoch == 1:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train(config(data, tmp_path / "resumed"), on_epoch_end=stop_after_first)
+    interrupt_after_first_epoch(config(data, tmp_path / "resumed"))
     resumed = train(config(data, tmp_path / "resumed"), resume=True)
     assert resumed["test"] == straight["test"] and resumed["best_epoch"] == straight["best_epoch"]
     assert straight["protocol"] == "mi-split" and straight["select"] == "recall@50"
@@ -259,13 +250,8 @@ def test_a_desmil_run_resumes_exactly(tmp_path):
     options = {"embedding_dim": 8, "max_positions": 8, "negatives": 6}
     straight = train(config(data, tmp_path / "straight", model="comirec_sa", desmil=True, model_options=options))
 
-    def stop_after_first(epoch, record):
-        if epoch == 1:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train(config(data, tmp_path / "resumed", model="comirec_sa", desmil=True, model_options=options),
-              on_epoch_end=stop_after_first)
+    interrupt_after_first_epoch(config(data, tmp_path / "resumed", model="comirec_sa", desmil=True,
+                                       model_options=options))
     resumed = train(config(data, tmp_path / "resumed", model="comirec_sa", desmil=True, model_options=options), resume=True)
     assert resumed["test"] == straight["test"] and resumed["train_hsic_weighted"] == straight["train_hsic_weighted"]
 

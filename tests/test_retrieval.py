@@ -23,7 +23,7 @@ from lifelong.protocols import seq_loo_samples, training_windows
 from lifelong.train import TrainConfig, evaluate_run, train
 from lifelong.train.ranking import rank_targets
 
-from helpers import random_batch, random_log
+from helpers import interrupt_after_first_epoch, random_batch, random_log
 
 
 @pytest.fixture(scope="module")
@@ -185,21 +185,12 @@ def config(data, out, **kw):
     return TrainConfig(**values)
 
 
-class Interrupt(Exception):
-    pass
-
-
 @pytest.mark.parametrize("loss", ["bce", "sampled", "full"])
 def test_retrieval_loop_resumes_exactly_under_every_loss(data, tmp_path, loss):
     options = {"embedding_dim": 8, "max_positions": 8, "dropout": 0.2, "loss": loss, "negatives": 5}
     straight = train(config(data, tmp_path / "straight", model_options=options))
 
-    def stop_after_first(epoch, record):
-        if epoch == 1:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train(config(data, tmp_path / "resumed", model_options=options), on_epoch_end=stop_after_first)
+    interrupt_after_first_epoch(config(data, tmp_path / "resumed", model_options=options))
     resumed = train(config(data, tmp_path / "resumed", model_options=options), resume=True)
     assert resumed["test"] == straight["test"] and resumed["loss"] == loss
     assert resumed["best_epoch"] == straight["best_epoch"]

@@ -16,7 +16,7 @@ from lifelong.data.schema import EventLog
 from lifelong.pipeline import ProtocolOptions, prepare
 from lifelong.train import TrainConfig, evaluate_run, train
 
-from helpers import random_log
+from helpers import interrupt_after_first_epoch, random_log
 
 
 @pytest.fixture(scope="module")
@@ -32,19 +32,10 @@ def config(data, out, **kw):
     return TrainConfig(**values)
 
 
-class Interrupt(Exception):
-    pass
-
-
 def test_resume_reaches_the_same_final_metrics_as_an_uninterrupted_run(data, tmp_path):
     straight = train(config(data, tmp_path / "straight"))
 
-    def stop_after_first(epoch, record):
-        if epoch == 1:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train(config(data, tmp_path / "resumed"), on_epoch_end=stop_after_first)
+    interrupt_after_first_epoch(config(data, tmp_path / "resumed"))
     resumed = train(config(data, tmp_path / "resumed"), resume=True)
     assert resumed["test"] == straight["test"]
     assert resumed["best_epoch"] == straight["best_epoch"]
@@ -122,10 +113,5 @@ def test_new_ctr_models_train_and_resume_exactly_through_the_loop(data, tmp_path
 
     straight = train(make(tmp_path / "straight"))
 
-    def stop_after_first(epoch, record):
-        if epoch == 1:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train(make(tmp_path / "resumed"), on_epoch_end=stop_after_first)
+    interrupt_after_first_epoch(make(tmp_path / "resumed"))
     assert train(make(tmp_path / "resumed"), resume=True)["test"] == straight["test"]

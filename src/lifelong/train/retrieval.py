@@ -49,7 +49,8 @@ from lifelong.models import MODELS, build_model
 from lifelong.models.retrieval import next_items
 from lifelong.protocols import InteractionIndex, sample_negatives, training_windows
 from lifelong.train.checkpoint import load_weights
-from lifelong.train.ranking import evaluate_ranking, evaluate_sets, item_categories, training_popularity
+from lifelong.train.ranking import (evaluate_ranking, evaluate_sets, item_categories, retrieve_lists,
+                                    training_popularity)
 
 SELECT_METRIC = "ndcg@20"
 SELECT_METRIC_P3 = "recall@50"
@@ -101,7 +102,7 @@ def train_retrieval(config, *, resume: bool = False, command: str | None = None,
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     state = start_run(config, dataset, model_config, model, optimizer, "best_score", resume, command)
 
-    speeds = run_epochs(config, state, model, model_config, optimizer, epoch_of,
+    records = run_epochs(config, state, model, model_config, optimizer, epoch_of,
                         lambda: evaluate_ranking(model, collator, valid_samples, chunk), SELECT_METRIC,
                         ("hr@10", "ndcg@10", "ndcg@20"), on_epoch_end)
     test = dataset.samples("test")
@@ -115,7 +116,7 @@ def train_retrieval(config, *, resume: bool = False, command: str | None = None,
         "select": SELECT_METRIC,
         "best_epoch": state["best_epoch"],
         "epochs_run": state["epoch"],
-        "train_targets_per_s": float(np.median(speeds[1:] or speeds)),
+        "train_targets_per_s": median_speed(records),
         "valid": state["best_valid"],
         "test": test_metrics,
         "test_seconds": time.perf_counter() - started,
@@ -168,10 +169,17 @@ def p3_columns(results: dict) -> dict:
             "train_samples_per_s": round(results["train_samples_per_s"], 1)}
 
 
+def median_speed(records: list[dict]) -> float:
+    """Median training targets per second over the epochs after the first (warm-up) one."""
+    speeds = [r["train_targets_per_s"] for r in records]
+    return float(np.median(speeds[1:] or speeds))
+
+
 def run_epochs(config, state: dict, model, model_config: dict, optimizer, epoch_of, validate: Callable[[], dict],
                select: str, shown: tuple[str, ...], on_epoch_end: Callable[[int, dict], None] | None) -> list[float]:
     """The epochs of a run (both protocols): train one epoch, validate, record, checkpoint and stop early
-    on ``select``; then load the best weights. Returns every epoch's training targets per second."""
+    on ``select``; then load the best weights. Returns every epoch's record (``metrics.jsonl``, resumed
+    epochs included)."""
     from lifelong.train.loop import _log, end_epoch
 
     run = Path(config.out)
@@ -190,7 +198,7 @@ def run_epochs(config, state: dict, model, model_config: dict, optimizer, epoch_
         if on_epoch_end is not None:
             on_epoch_end(epoch, record)
     load_weights(run / "checkpoints" / "best", model)
-    return [json.loads(line)["train_targets_per_s"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def _trainer(config, dataset: PreparedDataset, collator: Collator, model_config: dict, rows, windowed: bool = True):
@@ -300,8 +308,9 @@ def evaluate_mi(model, config, dataset: PreparedDataset, samples: SampleTable, k
     collator = Collator(dataset, config.max_length)
     chunk = eval_chunk(config, int(model.item_vectors().shape[0]), getattr(model.config, "interests", 1))
     prepare_retrieval(model, dataset, collator, chunk)
-    metrics, tops = evaluate_sets(model, collator, samples, chunk, keep_tops=True, details=True)
-    if index is not None:
+    if index is None:
+        metrics, tops = evaluate_sets(model, collator, samples, chunk, keep_tops=True, details=True)
+    else:
         from lifelong.index import ItemIndex
 
         if getattr(model.config, "diversity", 0) > 0:
@@ -310,7 +319,7 @@ def evaluate_mi(model, config, dataset: PreparedDataset, samples: SampleTable, k
 
         params = {k: v for k, v in index.items() if k != "kind"}
         built = ItemIndex.build(model.item_vectors().detach(), index["kind"], threads=config.threads, **params)
-        exact = tops
+        exact = retrieve_lists(model, collator, samples, chunk)  # the lists only: the overlap's reference
         metrics, tops = evaluate_sets(model, collator, samples, chunk, keep_tops=True, details=True, index=built)
         for k in exact:
             found = [len(set(a.tolist()) & set(b.tolist()) - {-1}) / max(1, len(set(a.tolist()) - {-1}))
@@ -352,7 +361,7 @@ def train_mi(config, dataset: PreparedDataset, *, resume: bool = False, command:
         prepare_retrieval(model, dataset, collator, chunk)
         return evaluate_sets(model, collator, valid_samples, chunk)
 
-    speeds = run_epochs(config, state, model, model_config, optimizer, epoch_of, validate, SELECT_METRIC_P3,
+    records = run_epochs(config, state, model, model_config, optimizer, epoch_of, validate, SELECT_METRIC_P3,
                         ("recall@20", "recall@50", "ndcg@50"), on_epoch_end)
     started = time.perf_counter()
     test_metrics, tops = evaluate_mi(model, config, dataset, test, keep_tops=True)
@@ -365,15 +374,14 @@ def train_mi(config, dataset: PreparedDataset, *, resume: bool = False, command:
         "select": SELECT_METRIC_P3,
         "best_epoch": state["best_epoch"],
         "epochs_run": state["epoch"],
-        "train_samples_per_s": float(np.median(speeds[1:] or speeds)),
+        "train_samples_per_s": median_speed(records),
         "valid": state["best_valid"],
         "test": test_metrics,
         "test_seconds": time.perf_counter() - started,
     }
     if config.desmil:  # DESMIL's reweighting during training: batch HSIC with uniform vs learned weights
-        lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        results["train_hsic_uniform"] = float(np.mean([line["train_hsic_uniform"] for line in lines]))
-        results["train_hsic_weighted"] = float(np.mean([line["train_hsic_weighted"] for line in lines]))
+        results["train_hsic_uniform"] = float(np.mean([r["train_hsic_uniform"] for r in records]))
+        results["train_hsic_weighted"] = float(np.mean([r["train_hsic_weighted"] for r in records]))
     if config.save_predictions:
         np.savez_compressed(run / "test_top50.npz", user=test.user, top=tops[max(tops)])
     (run / "results.json").write_text(json.dumps(results, indent=2))
