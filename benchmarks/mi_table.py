@@ -42,14 +42,18 @@ SOURCES = {
 SETTINGS = ["--batch-size", "128", "--max-length", "50", "--lr", "0.001", "--set", "embedding_dim=64"]
 TRAIN_FLAGS = {"lr": "--lr", "batch_size": "--batch-size", "epochs": "--epochs", "patience": "--patience"}
 # ComiRec-DR at lr 0.005, the default of ComiRec's code for DR (../shared/reference/papers.md)
-DEFAULT_MODELS = "youtube_dnn,mind,comirec_dr:lr=0.005,comirec_sa,hcn,knn_embed,comirec_sa:desmil=1"
+# then every model again with its own history items as extra negatives of the sampled softmax
+# (``history_negatives``, an option of ours, not of the papers), and ComiRec's linear baseline tower
+PLAIN = "youtube_dnn,youtube_dnn:hidden=[],mind,comirec_dr:lr=0.005,comirec_sa,hcn,knn_embed"
+HN = ":history_negatives=true"
+DEFAULT_MODELS = ",".join([PLAIN, "comirec_sa:desmil=1", *(spec + HN for spec in PLAIN.split(","))])
 DEFAULT_SHIFTED = "comirec_sa,comirec_sa:desmil=1"
 METRICS = ("recall@20", "ndcg@20", "hitrate@20", "recall@50", "ndcg@50", "hitrate@50")
-REPORTS = ("interest_redundancy", "interest_hsic", "top50_category_diversity")
+REPORTS = ("interest_redundancy", "interest_hsic", "top50_category_diversity", "top50_history_items")
 
 
 def label_of(spec: str) -> str:
-    return spec.replace(":", " ").replace("desmil=1", "+ DESMIL")
+    return spec.replace(HN, " + history negatives").replace(":", " ").replace("desmil=1", "+ DESMIL")
 
 
 def train_command(work: Path, dataset: str, spec: str, seed: str, args) -> tuple[Path, list[str]]:
@@ -90,25 +94,25 @@ def cell(values: list[float]) -> str:
 def summarise(rows: list[dict], specs: list[str], datasets: list[str]) -> str:
     names = [m.replace("hitrate", "HR").replace("recall", "R").replace("ndcg", "N") for m in METRICS]
     lines = ["| dataset | model | " + " | ".join(names) + " | redundancy | HSIC | top-50 cat. diversity "
-             "| best epochs | runs |", "|---" * (len(METRICS) + 7) + "|"]
+             "| history items in top 50 | valid R@50 | best epochs | runs |", "|---" * (len(METRICS) + 9) + "|"]
     for dataset in datasets:
         for spec in specs:
             group = [r for r in rows if r["dataset"] == dataset and r["spec"] == spec]
             if not group:
                 continue
-            cells = [cell([r[m] for r in group]) for m in (*METRICS, *REPORTS)]
+            cells = [cell([r[m] for r in group]) for m in (*METRICS, *REPORTS, "valid_recall@50")]
             lines.append(f"| {dataset} | {label_of(spec)} | " + " | ".join(cells)
                          + f" | {', '.join(str(r['best_epoch']) for r in group)} | {len(group)} |")
             single = [r["single"] for r in group if r.get("single")]
             if single:  # kNN-Embed: the same models' single-embedding query at the same K
                 cells = [cell([s[m] for s in single]) for m in METRICS] + ["", "", cell(
-                    [s["top50_category_diversity"] for s in single])]
+                    [s["top50_category_diversity"] for s in single]), "", ""]
                 lines.append(f"| {dataset} | {label_of(spec)}, *single-embedding query* | " + " | ".join(cells)
                              + f" | | {len(single)} |")
             hsic = [r["train_hsic"] for r in group if r.get("train_hsic")]
             if hsic:  # DESMIL: batch HSIC in training under uniform and under the learned sample weights
                 lines.append(f"| {dataset} | {label_of(spec)}, *training batch HSIC: uniform {cell([h[0] for h in hsic])}"
-                             f" → reweighted {cell([h[1] for h in hsic])}* |" + " |" * (len(METRICS) + 5))
+                             f" → reweighted {cell([h[1] for h in hsic])}* |" + " |" * (len(METRICS) + 7))
     return "\n".join(lines)
 
 
@@ -151,11 +155,13 @@ def main() -> None:
         result = results_of(out, command, finished_with(out, command), args.report_only)
         if result is None:
             return None
-        if spec.startswith("knn_embed") and "single_recall@50" not in result["test"]:  # a run from before the report
+        late = spec.startswith("knn_embed") and "single_recall@50" not in result["test"]
+        if late or "top50_history_items" not in result["test"]:  # a run from before these reports
             if not (out / "eval_test.json").exists():
                 run(lifelong("evaluate", str(out), "--split", "test"))
             evaluated = json.loads((out / "eval_test.json").read_text())
-            result["test"].update({k: v for k, v in evaluated.items() if k.startswith("single_")})
+            result["test"].update({k: v for k, v in evaluated.items()
+                                   if k.startswith("single_") or k == "top50_history_items"})
         print(f"[{(time.time() - started) / 60:6.1f} min] {dataset} {label_of(spec)} seed {seed}: test Recall@50 "
               f"{result['test']['recall@50']:.4f} NDCG@50 {result['test']['ndcg@50']:.4f} (best epoch "
               f"{result['best_epoch']})", flush=True)
@@ -165,7 +171,8 @@ def main() -> None:
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         outcomes = list(pool.map(one, jobs))
     rows = [{"dataset": d, "spec": s, "seed": seed, "loss": r["loss"], "best_epoch": r["best_epoch"],
-             **{m: r["test"].get(m) for m in (*METRICS, *REPORTS)}, "command": c,
+             **{m: r["test"].get(m) for m in (*METRICS, *REPORTS)}, "valid_recall@50": r["valid"]["recall@50"],
+             "command": c,
              "single": {m: r["test"][f"single_{m}"] for m in (*METRICS, "top50_category_diversity")}
              if "single_recall@50" in r["test"] else None,
              "train_hsic": [r["train_hsic_uniform"], r["train_hsic_weighted"]] if "train_hsic_uniform" in r else None}
@@ -177,7 +184,10 @@ def main() -> None:
               f"sampled softmax (1,280 shared uniform negatives), at most {args.epochs} epochs, patience "
               f"{args.patience}, unless the row names others. Redundancy: mean pairwise cosine of a user's "
               f"interests; HSIC: summed over interest pairs (random Fourier features) on up to 2,048 test users; "
-              f"diversity: share of top-50 item pairs in different categories.")
+              f"diversity: share of top-50 item pairs in different categories; valid R@50: the selection metric at "
+              f"the best epoch; history items: how many of the user's own input items its top 50 holds (the "
+              f"targets are the items after the input). *+ history negatives*: each training sample's own history items are also "
+              f"negatives of its softmax (`--set history_negatives=true`, our option, not the papers').")
     table = summarise(rows, models, datasets)
     text = header + "\n\n" + table + "\n"
     if shifted:

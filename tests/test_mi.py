@@ -145,6 +145,23 @@ def test_chunked_retrieval_and_metrics_equal_a_brute_force_pass_over_the_catalog
         assert metrics[name] == pytest.approx(value)
 
 
+def test_history_items_in_the_lists_are_counted_against_each_users_own_input(data):
+    dataset = load_dataset(data)
+    model = model_for(dataset, "comirec_sa", max_positions=16)
+    test = dataset.samples("test")
+    collator = Collator(dataset, 6)
+    metrics, tops = evaluate_sets(model, collator, test, 4, ks=(5, 20), keep_tops=True, details=True)
+    for k in (5, 20):
+        counts = []
+        for i in range(len(test)):
+            user, end = int(test.user[i]), int(test.end[i])
+            rows = dataset.event_items[dataset.offsets[user] : dataset.offsets[user] + end]
+            seen = set(dataset.item_idx[rows].tolist())
+            counts.append(sum(int(item) in seen for item in tops[k][i]))
+        assert metrics[f"top{k}_history_items"] == pytest.approx(np.mean(counts))
+    assert metrics["top20_history_items"] > 0  # a list of 20 of ~40 items repeats some input items
+
+
 def test_label_aware_attention_softens_to_hard_selection_and_ignores_switched_off_interests():
     torch.manual_seed(0)
     interests, target = 4 * torch.randn(4, 3, 5), torch.randn(4, 5)  # inner products well above 1: pow sharpens

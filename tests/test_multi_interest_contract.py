@@ -69,3 +69,33 @@ def test_the_chosen_interest_is_the_one_nearest_the_target_under_hard_label_atte
     logits[:, :2] = float("-inf")
     expected = torch.nn.functional.cross_entropy(logits, batch.target_items, reduction="none")
     torch.testing.assert_close(model.training_terms(batch)[0], expected)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_history_negatives_contrast_the_target_with_the_samples_own_history_items(name):
+    batch = random_batch(batch_size=8, seed=7)
+    plain, with_history = tiny(name).train(), tiny(name, history_negatives=True).train()
+    torch.manual_seed(3)
+    base = plain.training_terms(batch)[0]
+    torch.manual_seed(3)
+    losses, vectors, valid, _ = with_history.training_terms(batch)
+    items = with_history.item_vectors()
+    target = items[batch.target_items]
+    best = torch.einsum("bkd,bd->bk", vectors, target).masked_fill(~valid, float("-inf")).argmax(1)
+    chosen = vectors[torch.arange(8), best]
+    torch.manual_seed(3)
+    drawn = torch.randint(2, items.shape[0], (with_history.config.negatives,))
+    for row in range(8):
+        negatives = set(drawn.tolist()) | set(batch.history_items[row][batch.history_mask[row]].tolist())
+        negatives.discard(int(batch.target_items[row]))
+        # shared draws may repeat (each copy counts); the row's own items count once, and not again if drawn
+        own = sorted(negatives - set(drawn.tolist()))
+        shared = [j for j in drawn.tolist() if j != int(batch.target_items[row])]
+        logits = chosen[row] @ items[[int(batch.target_items[row])] + shared + own].T
+        torch.testing.assert_close(losses[row], -logits.log_softmax(0)[0])
+    assert (losses >= base - 1e-6).all()
+
+
+def test_history_negatives_need_the_sampled_loss():
+    with pytest.raises(ValueError, match="history_negatives needs loss=sampled"):
+        tiny("comirec_sa", loss="full", history_negatives=True)

@@ -178,6 +178,32 @@ def test_losses_full_is_cross_entropy_and_sampled_masks_accidental_hits():
     torch.testing.assert_close(bce, manual_bce)
 
 
+def test_sampled_loss_with_row_negatives_adds_each_rows_own_items_once():
+    torch.manual_seed(0)
+    hidden, items = torch.randn(3, 4), torch.randn(12, 4)
+    positives = torch.tensor([2, 3, 4])
+    # row 0: 5 and 6 (6 twice, padding 0 ignored); row 1: its own positive 3 (dropped) and 7;
+    # row 2: 8, plus whatever the shared draw also holds (dropped from the extra columns)
+    extra = torch.tensor([[5, 6, 6, 0], [3, 7, 0, 0], [8, 0, 0, 0]])
+    torch.manual_seed(1)
+    loss = next_item_loss(hidden, positives, items, "sampled", n_sampled=4, reduction="none", row_negatives=extra)
+    torch.manual_seed(1)
+    drawn = [int(j) for j in torch.randint(2, 12, (4,))]
+    logits = hidden @ items.T
+    for row in range(3):
+        shared = [j for j in drawn if j != int(positives[row])]
+        own = []
+        for j in extra[row].tolist():
+            if j not in (0, int(positives[row])) and j not in drawn and j not in own:
+                own.append(j)
+        row_logits = torch.cat([logits[row, positives[row]].view(1), logits[row, shared + own]])
+        torch.testing.assert_close(loss[row], -row_logits.log_softmax(0)[0])
+    # without extra negatives the loss is the plain sampled softmax of the same draw
+    torch.manual_seed(1)
+    plain = next_item_loss(hidden, positives, items, "sampled", n_sampled=4, reduction="none")
+    assert (loss >= plain - 1e-6).all() and bool((loss > plain + 1e-6).any())
+
+
 def config(data, out, **kw):
     values = dict(data=str(data), model="sasrec", out=str(out), epochs=3, batch_size=16, patience=5, progress=False,
                   max_length=8, lr=5e-3, model_options={"embedding_dim": 8, "max_positions": 8, "dropout": 0.2})

@@ -54,6 +54,11 @@ class MultiInterestConfig(RetrievalConfig):
         label_power: ``p`` of the label-aware attention in training; ``inf`` = hard selection.
         loss, negatives: see :class:`lifelong.models.retrieval.RetrievalConfig` (ComiRec: sampled
             softmax; its code draws 10 negatives per sample of a batch of 128, 1280 in all).
+        history_negatives: (``sampled`` only; not in the papers) each sample's own history items are
+            negatives of its softmax besides the shared ones. P3 masks nothing at evaluation, so an
+            interest that scores the user's own past items highly fills its list with them; when the
+            training targets never repeat a history item (true of the Amazon sets), this teaches the
+            model so. Off by default.
     """
 
     multi_interest: ClassVar[bool] = True
@@ -62,6 +67,7 @@ class MultiInterestConfig(RetrievalConfig):
     label_power: float = math.inf
     loss: str = "sampled"
     negatives: int = 1280
+    history_negatives: bool = False
 
     def validate(self) -> None:
         super().validate()
@@ -69,6 +75,9 @@ class MultiInterestConfig(RetrievalConfig):
             raise ValueError(f"{self.model_type}: interests must be at least 1, got {self.interests}")
         if not self.label_power > 0:
             raise ValueError(f"{self.model_type}: label_power must be positive (inf = hard), got {self.label_power}")
+        if self.history_negatives and self.loss != "sampled":
+            raise ValueError(f"{self.model_type}: history_negatives needs loss=sampled (full already "
+                             f"contrasts every item; bce has one negative), got loss={self.loss!r}")
 
 
 def label_aware_attention(interests: torch.Tensor, valid: torch.Tensor, target: torch.Tensor,
@@ -135,7 +144,8 @@ class MultiInterestModel(RetrievalModel):
             last = (batch.lengths - 1).clamp(min=0)  # the negative drawn for the item after the last event
             negatives = batch.history_negative_items[torch.arange(len(batch)), last]
         losses = next_item_loss(chosen, batch.target_items, items, self.config.loss, negatives=negatives,
-                                n_sampled=self.config.negatives, reduction="none")
+                                n_sampled=self.config.negatives, reduction="none",
+                                row_negatives=batch.history_items if self.config.history_negatives else None)
         return losses, vectors, valid, self.extra_losses(batch, vectors, valid)
 
     def forward(self, batch: Batch, sample_weights: torch.Tensor | None = None) -> RetrievalOutput:

@@ -90,7 +90,8 @@ class RetrievalModel(nn.Module):
 
 
 def next_item_loss(hidden: torch.Tensor, positives: torch.Tensor, items: torch.Tensor, kind: str,
-                   negatives: torch.Tensor | None = None, n_sampled: int = 256, reduction: str = "mean") -> torch.Tensor:
+                   negatives: torch.Tensor | None = None, n_sampled: int = 256, reduction: str = "mean",
+                   row_negatives: torch.Tensor | None = None) -> torch.Tensor:
     """The next-item training loss of sequence positions, averaged over them (``reduction="none"``:
     (N,) one loss per position, for per-sample weights).
 
@@ -102,6 +103,10 @@ def next_item_loss(hidden: torch.Tensor, positives: torch.Tensor, items: torch.T
         negatives: (N,) one negative per position, for ``bce``.
         n_sampled: shared negatives drawn uniformly from ``2 .. n_items-1`` (torch's RNG) for
             ``sampled``; a negative equal to a row's positive is masked out of that row.
+        row_negatives: (N, E) extra negatives of each row for ``sampled`` (item indices, 0 = none),
+            e.g. the row's own history items; an extra negative equal to the row's positive, to one
+            of the shared negatives or to an earlier extra negative of the row is masked out, so every
+            item counts at most once in a row's softmax.
 
     Example:
         >>> h, items = torch.randn(4, 8), torch.randn(10, 8)
@@ -121,12 +126,25 @@ def next_item_loss(hidden: torch.Tensor, positives: torch.Tensor, items: torch.T
         neg = hidden @ items[sampled].T  # (N, S)
         neg = neg.masked_fill(sampled.unsqueeze(0) == positives.unsqueeze(1), float("-inf"))
         logits = torch.cat([pos, neg], dim=1)
+        if row_negatives is not None:
+            logits = torch.cat([logits, _row_negative_logits(hidden, positives, items, sampled, row_negatives)], dim=1)
         return F.cross_entropy(logits, torch.zeros_like(positives), reduction=reduction)
     if kind == "full":
         logits = hidden @ items.T  # (N, n_items)
         logits[:, :2] = float("-inf")  # padding and unknown are never the answer
         return F.cross_entropy(logits, positives, reduction=reduction)
     raise ValueError(f"unknown loss {kind!r}; expected one of {LOSSES}")
+
+
+def _row_negative_logits(hidden: torch.Tensor, positives: torch.Tensor, items: torch.Tensor,
+                         sampled: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
+    """(N, E) logits of each row's own negatives, -inf where masked (see :func:`next_item_loss`)."""
+    logits = torch.einsum("nd,ned->ne", hidden, items[extra])
+    drop = (extra == 0) | (extra == positives.unsqueeze(1))
+    drop |= (extra.unsqueeze(2) == sampled.view(1, 1, -1)).any(dim=2)
+    earlier = extra.unsqueeze(2) == extra.unsqueeze(1)  # (N, E, E): [n, e, f] extra e equals extra f
+    drop |= torch.tril(earlier, diagonal=-1).any(dim=2)  # a repeat of an earlier column
+    return logits.masked_fill(drop, float("-inf"))
 
 
 def next_items(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -172,7 +172,9 @@ def evaluate_sets(model: torch.nn.Module, collator: Collator, samples: SampleTab
     distinct items after its input, :func:`lifelong.protocols.target_sets`). With ``details`` also the
     mean interest redundancy (``interest_redundancy``, over users with two or more interests) and the
     category diversity of the top-K lists (``top{K}_category_diversity``: share of item pairs of a
-    list in different categories, averaged over users)."""
+    list in different categories, averaged over users) and how many of the user's own input items a
+    top-K list holds (``top{K}_history_items``, mean over users; P3 masks nothing, so a list may
+    repeat them, while the targets are the items after the input)."""
     from lifelong.metrics import set_retrieval_metrics
     from lifelong.protocols import target_sets
 
@@ -192,7 +194,26 @@ def evaluate_sets(model: torch.nn.Module, collator: Collator, samples: SampleTab
         cates = item_categories(dataset, int(model.item_vectors().shape[0]))
         for k, top in tops.items():
             metrics[f"top{k}_category_diversity"] = category_diversity(top, cates)
+        history = history_items_in_lists(tops, samples, dataset)
+        metrics.update({f"top{k}_history_items": value for k, value in history.items()})
     return (metrics, tops) if keep_tops else metrics
+
+
+def history_items_in_lists(tops: dict[int, np.ndarray], samples: SampleTable, dataset: PreparedDataset) -> dict[int, float]:
+    """``{K: mean number of items of a row's top-K list that occur in its input events[:end]}``."""
+    user = samples.user.astype(np.int64)
+    begin, size = dataset.offsets[user], samples.end.astype(np.int64)
+    rows = np.repeat(np.arange(user.shape[0], dtype=np.int64), size)
+    events = np.repeat(begin - np.concatenate([[0], np.cumsum(size)[:-1]]), size) + np.arange(int(size.sum()))
+    seen = dataset.item_idx[dataset.event_items[events]].astype(np.int64)
+    span = int(max(int(dataset.item_idx.max(initial=0)), *(int(top.max(initial=0)) for top in tops.values())) + 1)
+    seen_keys = np.unique(rows * span + seen)
+    out = {}
+    for k, top in tops.items():
+        top = np.asarray(top, dtype=np.int64)
+        keys = np.arange(top.shape[0], dtype=np.int64)[:, None] * span + top
+        out[k] = float(np.isin(keys, seen_keys).sum(axis=1).mean())
+    return out
 
 
 def item_categories(dataset: PreparedDataset, n_items: int) -> np.ndarray:
