@@ -232,7 +232,7 @@ def test_every_retrieval_model_trains_from_the_cli_on_real_data(p2_sets, tmp_pat
 @pytest.mark.parametrize("dataset", ["ml100k", "beauty", "sports"])
 @pytest.mark.parametrize("model, options", [
     ("youtube_dnn", []), ("mind", []), ("comirec_dr", ["--set", "diversity=0.1"]), ("comirec_sa", ["--desmil"]),
-    ("hcn", []), ("knn_embed", ["--set", "clusters=16"]),
+    ("hcn", ["--set", "history_negatives=true"]), ("knn_embed", ["--set", "clusters=16"]),
 ])
 def test_every_multi_interest_model_trains_from_the_cli_on_real_data(p3_sets, tmp_path, dataset, model, options):
     """One epoch on each P3 dataset (small sizes, large batches): every held-out test user (10% of the
@@ -246,5 +246,8 @@ def test_every_multi_interest_model_trains_from_the_cli_on_real_data(p3_sets, tm
     assert results["protocol"] == "mi-split" and results["test"]["n"] == users - round(0.8 * users) - round(0.1 * users)
     assert 0 < results["test"]["recall@50"] <= 1 and results["test"]["recall@20"] <= results["test"]["recall@50"]
     assert results["desmil"] == ("--desmil" in options)
+    assert 0 <= results["test"]["top50_history_items"] <= 50
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["model"]["history_negatives"] == ("history_negatives=true" in options)
     if model != "youtube_dnn":
         assert "interest_hsic" in results["test"] and "interest_redundancy" in results["test"]

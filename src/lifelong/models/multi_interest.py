@@ -54,11 +54,10 @@ class MultiInterestConfig(RetrievalConfig):
         label_power: ``p`` of the label-aware attention in training; ``inf`` = hard selection.
         loss, negatives: see :class:`lifelong.models.retrieval.RetrievalConfig` (ComiRec: sampled
             softmax; its code draws 10 negatives per sample of a batch of 128, 1280 in all).
-        history_negatives: (``sampled`` only; not in the papers) each sample's own history items are
-            negatives of its softmax besides the shared ones. P3 masks nothing at evaluation, so an
-            interest that scores the user's own past items highly fills its list with them; when the
-            training targets never repeat a history item (true of the Amazon sets), this teaches the
-            model so. Off by default.
+        history_negatives: (``sampled`` only; not in the papers) each sample's own input items are
+            negatives of its softmax besides the shared ones: hard negatives, near the interest being
+            trained, that are never the answer where targets do not repeat history items (true of
+            the Amazon sets; a repeated target is masked out of its own row). Off by default.
     """
 
     multi_interest: ClassVar[bool] = True
