@@ -141,7 +141,9 @@ def _row_negative_logits(hidden: torch.Tensor, positives: torch.Tensor, items: t
     """(N, E) logits of each row's own negatives, -inf where masked (see :func:`next_item_loss`)."""
     logits = torch.einsum("nd,ned->ne", hidden, items[extra])
     drop = (extra == 0) | (extra == positives.unsqueeze(1))
-    drop |= (extra.unsqueeze(2) == sampled.view(1, 1, -1)).any(dim=2)
+    in_draw = torch.zeros(items.shape[0], dtype=torch.bool, device=extra.device)
+    in_draw[sampled] = True  # catalogue mask of the shared draw: O(N*E) lookups, not an (N, E, S) comparison
+    drop |= in_draw[extra]
     earlier = extra.unsqueeze(2) == extra.unsqueeze(1)  # (N, E, E): [n, e, f] extra e equals extra f
     drop |= torch.tril(earlier, diagonal=-1).any(dim=2)  # a repeat of an earlier column
     return logits.masked_fill(drop, float("-inf"))
