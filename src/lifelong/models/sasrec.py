@@ -17,9 +17,10 @@ Mechanism:
     names its loss.
 
 Deviations:
-  - Histories are left-aligned (real items first, padding after), so position 0 is the oldest kept
-    item; the paper left-pads, so its last item always sits at position L-1. Both are absolute
-    positions; ours keep position t independent of how many items follow it (a strict prefix model).
+  - Histories are left-aligned (real items first, padding after). With ``positions = "start"`` position
+    0 is the oldest kept item, so position t does not depend on how many items follow it (a strict
+    prefix model). ``positions = "end"`` is the paper's numbering (it left-pads): the newest item always
+    sits at position L-1, so a position embedding says how far an item is from the end of the history.
   - ``heads`` defaults to 1 (paper); ICLRec-style runs use 2.
 
 Example:
@@ -48,6 +49,9 @@ class SASRecConfig(RetrievalConfig):
         heads: attention heads (paper 1).
         dropout: dropout of embeddings, attention weights and feed-forward (paper 0.5 on Amazon).
         max_positions: position embeddings (at least the training ``L``).
+        positions: ``start`` numbers the positions from the oldest kept item (position 0); ``end``
+            numbers them back from the newest, which always sits at position ``max_positions - 1``
+            (the paper's left padding).
         loss, negatives: see :class:`RetrievalConfig`.
     """
 
@@ -57,6 +61,7 @@ class SASRecConfig(RetrievalConfig):
     heads: int = 1
     dropout: float = 0.5
     max_positions: int = 50
+    positions: str = "start"
 
     def validate(self) -> None:
         super().validate()
@@ -66,6 +71,8 @@ class SASRecConfig(RetrievalConfig):
             raise ValueError(f"sasrec: heads ({self.heads}) must divide embedding_dim ({self.embedding_dim})")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"sasrec: dropout must be in [0, 1), got {self.dropout}")
+        if self.positions not in ("start", "end"):
+            raise ValueError(f"sasrec: positions must be 'start' or 'end', got {self.positions!r}")
 
 
 class CausalBlock(nn.Module):
@@ -124,6 +131,9 @@ class SASRec(RetrievalModel):
             raise ValueError(f"sasrec: a history of {t} events exceeds max_positions={self.config.max_positions}; "
                              "raise max_positions or lower --max-length")
         positions = torch.arange(t, device=items.device)
+        if self.config.positions == "end":  # the newest item at max_positions - 1; padding clamped (masked)
+            positions = (positions + (self.config.max_positions - batch.lengths).unsqueeze(1)).clamp(
+                max=self.config.max_positions - 1)  # (B, T)
         x = self.item(items) * math.sqrt(self.config.embedding_dim) + self.position(positions)
         x = self.dropout(x) * mask.unsqueeze(-1)
         for block in self.blocks:
