@@ -17,8 +17,9 @@ def tiny(**overrides):
     return build_model(values).eval()
 
 
-def test_output_at_position_t_does_not_change_when_later_items_change():
-    model = tiny()
+@pytest.mark.parametrize("positions", ["start", "end"])
+def test_output_at_position_t_does_not_change_when_later_items_change(positions):
+    model = tiny(positions=positions)
     batch = random_batch(batch_size=4, width=7, seed=2)
     batch.history_mask[:] = True  # full rows
     batch.history_items = torch.randint(2, 30, batch.history_items.shape, generator=torch.Generator().manual_seed(3))
@@ -36,6 +37,25 @@ def test_prefix_alone_gives_the_same_outputs_as_inside_the_longer_sequence():
     prefix = model.sequence(batch)
     torch.testing.assert_close(prefix[:, :5], full[:, :5])
     assert (prefix[:, 5:] == 0).all()
+
+
+@pytest.mark.parametrize("positions", ["start", "end"])
+def test_position_table_rows_used_are_counted_from_the_oldest_or_the_newest_item(positions):
+    """start: a history of n items uses position rows 0..n-1; end (the paper's left padding): rows
+    P-n..P-1, so the newest item always gets row P-1. Rewriting the unused rows changes nothing."""
+    model = tiny(positions=positions, max_positions=12)
+    batch = random_batch(batch_size=6, width=7, seed=11)
+    users = model.user_vectors(batch)
+    for row, n in enumerate(batch.lengths.tolist()):
+        used = range(n) if positions == "start" else range(12 - n, 12)
+        with torch.no_grad():
+            saved = model.position.weight.clone()
+            unused = [p for p in range(12) if p not in used]
+            model.position.weight[unused] = torch.randn(len(unused), 8)
+            torch.testing.assert_close(model.user_vectors(batch)[row], users[row])
+            model.position.weight[used[-1]] += 1.0  # the newest item's row
+            assert not torch.allclose(model.user_vectors(batch)[row], users[row])
+            model.position.weight.copy_(saved)
 
 
 def test_user_vector_is_the_output_at_the_last_real_position_and_scores_use_the_item_table():
@@ -70,7 +90,17 @@ def test_too_long_history_is_refused():
         model.user_vectors(random_batch(width=6))
 
 
-@pytest.mark.parametrize("field, value", [("loss", "hinge"), ("heads", 3), ("dropout", 1.0), ("negatives", 0)])
+@pytest.mark.parametrize("field, value", [("loss", "hinge"), ("heads", 3), ("dropout", 1.0), ("negatives", 0),
+                                          ("positions", "middle")])
 def test_invalid_config_is_rejected(field, value):
     with pytest.raises(ValueError, match=field):
         tiny(**{field: value})
+
+
+def test_end_positions_do_not_depend_on_the_padding_width():
+    model = tiny(positions="end")
+    batch = random_batch(batch_size=4, width=6, seed=12)
+    users = model.user_vectors(batch)
+    batch.history_items = torch.cat([batch.history_items, torch.zeros(4, 3, dtype=torch.long)], dim=1)
+    batch.history_mask = torch.cat([batch.history_mask, torch.zeros(4, 3, dtype=torch.bool)], dim=1)
+    torch.testing.assert_close(model.user_vectors(batch), users)
