@@ -40,8 +40,13 @@ SETTINGS = ["--batch-size", "256", "--max-length", "50", "--lr", "0.001", "--set
 # MovieLens-100K has 943 users: ~31 batches of 64 windows per epoch, so it gets more epochs than --epochs
 DATASET_EPOCHS = {"ml100k": 200}
 TRAIN_FLAGS = {"lr": "--lr", "batch_size": "--batch-size", "epochs": "--epochs", "patience": "--patience"}  # spec options that are training flags, not model options
-# the rows of the README table (batch 64: more Adam steps per epoch than 256 converged faster on Beauty validation)
-DEFAULT_MODELS = ("sasrec:loss=sampled:batch_size=64:refit=1,sasrec:loss=full:batch_size=64,sasrec:loss=bce:batch_size=64,"
+# the rows of the README table (batch 64: more Adam steps per epoch than 256 converged faster on Beauty validation;
+# full softmax gets patience 20, BCE, the slowest learner, 300 epochs and patience 40 as ICLRec)
+DEFAULT_MODELS = ("sasrec:loss=sampled:batch_size=64:refit=1,sasrec:loss=full:batch_size=64:patience=20,"
+                  "sasrec:loss=bce:batch_size=64:epochs=300:patience=40,"
+                  "sasrec:loss=full:batch_size=64:patience=20:embedding_dim=128,"
+                  "sasrec:loss=sampled:batch_size=64:patience=20:positions=end,"
+                  "sasrec:loss=sampled:batch_size=64:patience=20:embedding_dim=256:layers=1:dropout=0.2,"
                   "idnp:loss=full:batch_size=64,iclrec:loss=full:batch_size=64,sasrec_priors:loss=full:batch_size=64,"
                   "sasrec_priors:loss=sampled:batch_size=64:epochs=40")
 METRICS = ("hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@20", "ndcg@20", "recall@50")
