@@ -39,7 +39,8 @@ DATASETS = {
 SETTINGS = ["--batch-size", "256", "--max-length", "50", "--lr", "0.001", "--set", "embedding_dim=64"]
 # MovieLens-100K has 943 users: ~31 batches of 64 windows per epoch, so it gets more epochs than --epochs
 DATASET_EPOCHS = {"ml100k": 200}
-TRAIN_FLAGS = {"lr": "--lr", "batch_size": "--batch-size", "epochs": "--epochs", "patience": "--patience"}  # spec options that are training flags, not model options
+TRAIN_FLAGS = {"lr": "--lr", "batch_size": "--batch-size", "epochs": "--epochs", "patience": "--patience",
+               "samples": "--samples"}  # spec options that are training flags, not model options
 # the rows of the README table (batch 64: more Adam steps per epoch than 256 converged faster on Beauty validation;
 # full softmax gets patience 20, BCE, the slowest learner, 300 epochs and patience 40 as ICLRec)
 DEFAULT_MODELS = ("sasrec:loss=sampled:batch_size=64:refit=1,sasrec:loss=full:batch_size=64:patience=20,"
@@ -73,7 +74,10 @@ def train_command(work: Path, dataset: str, spec: str, seed: str, args) -> tuple
     settings = ["--epochs", str(DATASET_EPOCHS.get(dataset, args.epochs)), "--patience", str(args.patience), *SETTINGS]
     for option in [o for o in options if o.split("=")[0] in TRAIN_FLAGS]:  # e.g. lr=0.003 -> --lr 0.003
         key, value = option.split("=")
-        settings[settings.index(TRAIN_FLAGS[key]) + 1] = value
+        if TRAIN_FLAGS[key] in settings:
+            settings[settings.index(TRAIN_FLAGS[key]) + 1] = value
+        else:
+            settings += [TRAIN_FLAGS[key], value]
     refit = "refit=1" in options  # also test a model refit through the validation item (uSASRec's final fit)
     options = [o for o in options if o != "refit=1"]
     model_options = [o for o in options if o.split("=")[0] not in TRAIN_FLAGS]

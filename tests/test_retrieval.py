@@ -19,7 +19,7 @@ from lifelong.metrics import ranking_metrics, target_ranks
 from lifelong.models import build_model
 from lifelong.models.retrieval import next_item_loss, next_items
 from lifelong.pipeline import ProtocolOptions, prepare
-from lifelong.protocols import seq_loo_samples, training_windows
+from lifelong.protocols import seq_loo_samples, training_prefixes, training_windows
 from lifelong.train import TrainConfig, evaluate_run, train
 from lifelong.train.ranking import rank_targets
 
@@ -60,6 +60,63 @@ def test_training_windows_train_every_prefix_target_exactly_once(counts, length)
     expected = [offsets[u] + p for u, n in enumerate(counts) for p in range(1, n - 2)]  # targets i2 .. i(n-2)
     assert sorted(trained) == expected
     assert windows.target.tolist() == items[offsets[windows.user] + windows.end].tolist()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(4, 40), min_size=1, max_size=6))
+def test_training_prefixes_are_every_training_target_once_each_its_own_row(counts):
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    items = np.arange(offsets[-1], dtype=np.int32)
+    prefixes = training_prefixes(seq_loo_samples(offsets, items)["train"], offsets, items)
+    expected = [offsets[u] + p for u, n in enumerate(counts) for p in range(1, n - 2)]  # targets i2 .. i(n-2)
+    assert (offsets[prefixes.user] + prefixes.end).tolist() == expected  # each once, in order
+    assert prefixes.target.tolist() == items[offsets[prefixes.user] + prefixes.end].tolist()
+
+
+def test_next_items_of_a_prefix_row_train_its_last_position_only():
+    batch = random_batch(seed=1)
+    every, every_mask = next_items(batch)
+    batch.last_target_only = True
+    nxt, mask = next_items(batch)
+    assert (mask.sum(1) == (batch.lengths > 0).long()).all()
+    last = (batch.lengths - 1).clamp(min=0)
+    rows = torch.arange(len(batch))
+    assert mask[rows, last].tolist() == (batch.lengths > 0).tolist()
+    assert nxt[rows, last].tolist() == (batch.target_items * (batch.lengths > 0)).tolist()
+    assert (nxt[mask] == every[mask]).all() and (mask <= every_mask).all()
+
+
+def test_prefix_rows_give_the_window_loss_of_the_same_positions(data):
+    """Without dropout, the mean loss of a window's prefixes (each its own row, its last position trained) is the
+    window's loss over every position: the regimes differ in batching and dropout draws, not in what is trained."""
+    dataset = load_dataset(data)
+    model = build_model({"model_type": "sasrec", "n_items": dataset.vocab_sizes["item"], "n_cates": 2,
+                         "embedding_dim": 8, "max_positions": 8, "dropout": 0.0, "loss": "full"})
+    model.train()
+    collator = Collator(dataset, 8)
+    rows = dataset.samples("train").subset(np.arange(6))
+    windows = training_windows(rows, dataset.offsets, dataset.event_items, 8)
+    window_rows = windows.subset(np.flatnonzero(windows.end <= 8))  # one window each: every prefix fits in L
+    prefixes = training_prefixes(window_rows, dataset.offsets, dataset.event_items)
+    window_batch = collator(window_rows)
+    targets = int(window_batch.lengths.sum())
+    assert len(prefixes) == targets
+    prefix_batch = collator(prefixes)
+    prefix_batch.last_target_only = True
+    assert torch.allclose(model(prefix_batch).loss, model(window_batch).loss, atol=1e-5)
+
+
+def test_prefix_samples_train_from_the_loop_and_a_model_that_ignores_them_is_refused(data, tmp_path):
+    results = train(config(data, tmp_path / "prefixes", samples="prefixes", epochs=2))
+    saved = json.loads((tmp_path / "prefixes" / "config.json").read_text())["train"]
+    assert saved["samples"] == "prefixes" and results["test"]["n"] == load_dataset(data).n_users
+    windows = train(config(data, tmp_path / "windows", epochs=2))
+    assert results["test"] != windows["test"]  # another regime, another model
+    with pytest.raises(ValueError, match="last_target_only"):
+        train(config(data, tmp_path / "idnp", model="idnp", samples="prefixes",
+                     model_options={"embedding_dim": 8}))
+    with pytest.raises(ValueError, match="samples must be one of"):
+        config(data, tmp_path / "bad", samples="every").validate()
 
 
 def test_prepare_seq_loo_writes_one_valid_and_test_row_per_user(data):

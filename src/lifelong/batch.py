@@ -33,6 +33,8 @@ class Batch:
         history_negative_items: (B, T) int64 one sampled item per history event that the user never
             interacted with (0 at padding), or None; the data pipeline draws them with the seed.
         history_negative_cates: (B, T) int64 their categories, or None.
+        last_target_only: next-item training trains only the last real position of each row (the row
+            is one prefix sample, see :func:`lifelong.protocols.training_prefixes`), not every position.
     """
 
     history_items: torch.Tensor
@@ -47,6 +49,7 @@ class Batch:
     timestamps: torch.Tensor | None = None
     history_negative_items: torch.Tensor | None = None
     history_negative_cates: torch.Tensor | None = None
+    last_target_only: bool = False
 
     def __len__(self) -> int:
         return int(self.target_items.shape[0])

@@ -131,6 +131,9 @@ def train(
     desmil: bool = typer.Option(False, help="multi-interest retrieval (P3): DESMIL's sample weighting, alternating "
                                             "per-sample weights that minimise the interests' weighted HSIC with the "
                                             "weighted model update"),
+    samples: Optional[str] = typer.Option(None, help="sequence retrieval: training rows as `windows` (each "
+                                          "window trains every position at once) or `prefixes` (every prefix its "
+                                          "own row, the loss on its last position: ICSRec's / BSARec's regime)"),
 ) -> None:
     """Train a model (ranking or retrieval); the best validation epoch is evaluated on test."""
     from lifelong.train import TrainConfig, train as run_train
@@ -150,7 +153,7 @@ def train(
                 values.setdefault("model", values["model_options"].pop("model_type"))
         given = {"data": data, "model": model, "out": out, "epochs": epochs, "batch_size": batch_size, "lr": lr,
                  "weight_decay": weight_decay, "max_length": max_length, "patience": patience, "seed": seed,
-                 "threads": threads, "results_csv": results_csv}
+                 "threads": threads, "results_csv": results_csv, "samples": samples}
         values.update({k: v for k, v in given.items() if v is not None})
         values["progress"] = progress
         if save_predictions:

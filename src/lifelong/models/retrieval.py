@@ -152,7 +152,8 @@ def _row_negative_logits(hidden: torch.Tensor, positives: torch.Tensor, items: t
 def next_items(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """The next item of every input position of a training window: the history shifted by one, with
     the window's target after the last real event. Returns ``(next_items (B, T), mask (B, T))``
-    (the mask is the history mask: every real input position has a next item)."""
+    (the mask is the history mask: every real input position has a next item; with
+    ``batch.last_target_only`` only the last real position, the row's own target)."""
     items = batch.history_items
     nxt = torch.zeros_like(items)
     nxt[:, :-1] = items[:, 1:]
@@ -160,4 +161,8 @@ def next_items(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     rows = torch.arange(items.shape[0], device=items.device)
     keep = last >= 0
     nxt[rows[keep], last[keep]] = batch.target_items[keep]
-    return nxt * batch.history_mask, batch.history_mask
+    mask = batch.history_mask
+    if batch.last_target_only:
+        mask = torch.zeros_like(mask)
+        mask[rows[keep], last[keep]] = True
+    return nxt * mask, mask

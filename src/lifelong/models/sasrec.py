@@ -109,6 +109,7 @@ class SASRec(RetrievalModel):
     """Causal self-attention over the item sequence; the last position's output is the user vector."""
 
     extra_input_rows = 0  # input-only item rows after the catalogue (ICLRec's mask token); never scored
+    last_target_loss = True  # the training loss follows Batch.last_target_only (prefix samples)
 
     def __init__(self, config: SASRecConfig) -> None:
         super().__init__()

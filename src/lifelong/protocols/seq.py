@@ -8,7 +8,9 @@ keep the CTR layout ``(user, end, target, label)`` (``end`` = number of events b
   (the whole catalogue is ranked).
 - ``train``: one row per user with at least one training pair, ``(u, n-3, i(n-2), 1)``: the last
   training target. The training sequence is ``i1..i(n-2)``; :func:`training_windows` cuts it into
-  windows of ``L`` targets so that a causal model trains on every prefix exactly once.
+  windows of ``L`` targets so that a causal model trains on every prefix exactly once;
+  :func:`training_prefixes` makes every prefix its own row instead (one target each: the regime of
+  ICSRec, BSARec and RecBole's augmentation).
 """
 
 from __future__ import annotations
@@ -60,6 +62,30 @@ def training_windows(train: SampleTable, offsets: np.ndarray, event_items: np.nd
     user = np.repeat(train.user.astype(np.int64), n_windows)
     within = np.arange(user.shape[0], dtype=np.int64) - np.repeat(np.cumsum(n_windows) - n_windows, n_windows)
     end = np.repeat(last, n_windows) - within * max_length
+    return SampleTable(user=user.astype(np.int32), end=end.astype(np.int32),
+                       target=event_items[offsets[user] + end].astype(np.int32),
+                       label=np.ones(user.shape[0], np.float32))
+
+
+def training_prefixes(train: SampleTable, offsets: np.ndarray, event_items: np.ndarray) -> SampleTable:
+    """Every prefix of each training sequence as its own row: a row ``(u, e, item e)`` for each target
+    position ``e = 1 .. end`` of each row ``(u, end, ...)`` of ``train``, in user then position order
+    (the collator keeps the ``L`` most recent events before ``e``). Trained with the loss on the last
+    position only (``Batch.last_target_only``), every target position is trained exactly once, as with
+    :func:`training_windows`, but each with its own forward pass (own dropout draw) and its own place
+    in a batch.
+
+    Example:
+        >>> t = SampleTable(np.array([0], np.int32), np.array([3], np.int32), np.array([3], np.int32),
+        ...                 np.ones(1, np.float32))
+        >>> p = training_prefixes(t, np.array([0, 6]), np.arange(10, 16, dtype=np.int32))
+        >>> p.end.tolist(), p.target.tolist()
+        ([1, 2, 3], [11, 12, 13])
+    """
+    ends = train.end.astype(np.int64)  # (U,) last training target position per row
+    user = np.repeat(train.user.astype(np.int64), ends)
+    within = np.arange(user.shape[0], dtype=np.int64) - np.repeat(np.cumsum(ends) - ends, ends)
+    end = within + 1  # positions 1 .. end of each row
     return SampleTable(user=user.astype(np.int32), end=end.astype(np.int32),
                        target=event_items[offsets[user] + end].astype(np.int32),
                        label=np.ones(user.shape[0], np.float32))

@@ -29,6 +29,9 @@ from lifelong.nn import BehaviorEmbedding
 from lifelong.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
 
 
+SAMPLE_REGIMES = ("windows", "prefixes")
+
+
 @dataclass
 class TrainConfig:
     """Everything a run needs; saved resolved as ``config.json`` in the run folder."""
@@ -50,6 +53,7 @@ class TrainConfig:
     save_predictions: bool = False
     refit_with_valid: bool = False  # retrieval (P2): also refit through the validation item, test that too
     desmil: bool = False  # multi-interest retrieval (P3): DESMIL's sample weighting against the interests' HSIC
+    samples: str = "windows"  # sequence retrieval training rows: windows (every position of a window) or prefixes
     model_options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -60,6 +64,8 @@ class TrainConfig:
         for name in ("max_length", "batch_size", "eval_batch_size", "epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train: {name} must be at least 1, got {getattr(self, name)}")
+        if self.samples not in SAMPLE_REGIMES:
+            raise ValueError(f"train: samples must be one of {SAMPLE_REGIMES}, got {self.samples!r}")
         if self.lr <= 0 or self.weight_decay < 0 or self.patience < 1:
             raise ValueError("train: lr must be positive, weight_decay non-negative, patience at least 1")
 

@@ -20,6 +20,12 @@ one result line per run), with the model's own training loss and exact full-cata
   random order), so a batch is padded to little more than its own length: on P2 Beauty (mean length
   8.9, L = 50) random batches were padded to ~50 and spent most of their time on padding, above all
   drawing dropout masks for it.
+- With ``samples = prefixes`` (``--samples prefixes``) the rows are instead every prefix of every training
+  sequence (:func:`lifelong.protocols.training_prefixes`), each trained on its last position only
+  (``Batch.last_target_only``): the training-sample regime of ICSRec, BSARec and RecBole. Every target
+  is still trained once per epoch, but each with its own forward pass and dropout draw, at roughly
+  ``mean length / 2`` times the encoder work. Only models whose loss follows ``last_target_only``
+  (``last_target_loss = True``: SASRec and the models built on it) accept it.
 - With ``loss = bce`` each training position gets one negative, drawn per epoch with the seed from the
   items the user never interacted with, in ``batch.history_negative_items`` (aligned with the
   position's *next* item, the one it must predict).
@@ -47,7 +53,7 @@ from lifelong.batch import Batch, Collator, iterate_batches, length_bucketed_ord
 from lifelong.dataset.store import PreparedDataset, SampleTable, load_dataset
 from lifelong.models import MODELS, build_model
 from lifelong.models.retrieval import next_items
-from lifelong.protocols import InteractionIndex, sample_negatives, training_windows
+from lifelong.protocols import InteractionIndex, sample_negatives, training_prefixes, training_windows
 from lifelong.train.checkpoint import load_weights
 from lifelong.train.ranking import (evaluate_ranking, evaluate_sets, item_categories, retrieve_lists,
                                     training_popularity)
@@ -209,11 +215,25 @@ def _trainer(config, dataset: PreparedDataset, collator: Collator, model_config:
     weights (``train_hsic_uniform``) and under the learned weights (``train_hsic_weighted``)."""
     from lifelong.train.loop import _progress
 
-    windows = training_windows(rows, dataset.offsets, dataset.event_items, config.max_length) if windowed else rows
+    prefixes = windowed and config.samples == "prefixes"
+    if not windowed:
+        windows = rows
+    elif prefixes:
+        windows = training_prefixes(rows, dataset.offsets, dataset.event_items)
+    else:
+        windows = training_windows(rows, dataset.offsets, dataset.event_items, config.max_length)
     window_lengths = np.minimum(windows.end, config.max_length)  # targets per window (batches by length)
     windows_by_length = length_order(windows, config.max_length)
     torch.manual_seed(config.seed)
     model = build_model(model_config)
+    if prefixes and not getattr(model, "last_target_loss", False):
+        raise ValueError(f"--samples prefixes trains the loss of each row's last position only; {config.model}'s "
+                         f"training loss does not follow Batch.last_target_only")
+
+    def batches_of(order):
+        for batch in iterate_batches(collator, windows, config.batch_size, order):
+            batch.last_target_only = prefixes
+            yield batch
     if hasattr(model, "set_item_categories"):
         model.set_item_categories(torch.from_numpy(item_categories(dataset, model_config["n_items"])))
     needs_negatives = model.config.batch_needs().get("with_negatives", False)
@@ -239,12 +259,12 @@ def _trainer(config, dataset: PreparedDataset, collator: Collator, model_config:
             weighting.generator.manual_seed(config.seed * 1000 + epoch)  # its RFF draws restart exactly on resume
         negative_rng = np.random.default_rng([config.seed, epoch, 1])
         if hasattr(model, "epoch_start"):
-            model.epoch_start(lambda: iterate_batches(collator, windows, config.batch_size, windows_by_length), epoch)
+            model.epoch_start(lambda: batches_of(windows_by_length), epoch)
         model.train()
         loss_sum, seen, targets = 0.0, 0, 0
         hsic = np.zeros(2)
         with _progress(config.progress, f"epoch {epoch}", order.shape[0]) as advance:
-            for batch in iterate_batches(collator, windows, config.batch_size, order):
+            for batch in batches_of(order):
                 if needs_negatives:
                     add_negatives(batch, dataset, index, negative_rng)
                 if weighting is not None:
@@ -257,7 +277,7 @@ def _trainer(config, dataset: PreparedDataset, collator: Collator, model_config:
                     optimizer.step()
                 loss_sum += float(loss.detach() if torch.is_tensor(loss) else loss) * len(batch)
                 seen += len(batch)
-                targets += int(batch.lengths.sum()) if windowed else len(batch)
+                targets += int(batch.lengths.sum()) if windowed and not prefixes else len(batch)
                 advance(len(batch))
         batches = -(-len(windows) // config.batch_size)
         extra = {"train_hsic_uniform": hsic[0] / batches, "train_hsic_weighted": hsic[1] / batches} if weighting else {}
