@@ -12,7 +12,8 @@ runs are reused, so an interrupted table continues where it stopped.
         [--workdir runs/seq-table] [--report-only]
 
 A SPEC is NAME or NAME:key=value:... (model options, or the training flags ``lr``, ``batch_size``,
-``epochs`` and ``patience``), e.g. ``sasrec:loss=bce:lr=0.003``.
+``epochs``, ``patience`` and ``samples``), e.g. ``sasrec:loss=bce:lr=0.003`` or
+``sasrec:loss=full:batch_size=256:samples=prefixes`` (every prefix its own training row, ICSRec's regime).
 """
 
 from __future__ import annotations
@@ -42,13 +43,17 @@ DATASET_EPOCHS = {"ml100k": 200}
 TRAIN_FLAGS = {"lr": "--lr", "batch_size": "--batch-size", "epochs": "--epochs", "patience": "--patience",
                "samples": "--samples"}  # spec options that are training flags, not model options
 # the rows of the README table (batch 64: more Adam steps per epoch than 256 converged faster on Beauty validation;
-# full softmax gets patience 20, BCE, the slowest learner, 300 epochs and patience 40 as ICLRec)
-DEFAULT_MODELS = ("sasrec:loss=sampled:batch_size=64:refit=1,sasrec:loss=full:batch_size=64:patience=20,"
+# full softmax gets patience 20, BCE, the slowest learner, 300 epochs and patience 40 as ICLRec; the first two rows
+# train on every prefix as its own row with batch 256, ICSRec's and BSARec's regime)
+DEFAULT_MODELS = ("sasrec:loss=full:batch_size=256:patience=20:samples=prefixes,"
+                  "iclrec:loss=full:batch_size=256:cross_subsequence=true:samples=prefixes,"
+                  "sasrec:loss=sampled:batch_size=64:refit=1,sasrec:loss=full:batch_size=64:patience=20,"
                   "sasrec:loss=bce:batch_size=64:epochs=300:patience=40,"
                   "sasrec:loss=full:batch_size=64:patience=20:embedding_dim=128,"
                   "sasrec:loss=sampled:batch_size=64:patience=20:positions=end,"
                   "sasrec:loss=sampled:batch_size=64:patience=20:embedding_dim=256:layers=1:dropout=0.2,"
-                  "idnp:loss=full:batch_size=64,iclrec:loss=full:batch_size=64,sasrec_priors:loss=full:batch_size=64,"
+                  "idnp:loss=full:batch_size=64,iclrec:loss=full:batch_size=64,iclrec:loss=full:batch_size=64:cross_subsequence=true,"
+                  "sasrec_priors:loss=full:batch_size=64,"
                   "sasrec_priors:loss=sampled:batch_size=64:epochs=40")
 METRICS = ("hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@20", "ndcg@20", "recall@50")
 

@@ -43,8 +43,8 @@ def select(batch: Batch, index: torch.Tensor, width: int | None = None) -> Batch
     """Rows ``index`` of a batch, its history cut or zero-padded to ``width``."""
     out = {}
     for name, value in vars(batch).items():
-        if value is None:
-            out[name] = None
+        if not isinstance(value, torch.Tensor):  # None, or a flag such as last_target_only
+            out[name] = value
             continue
         value = value[index]
         if value.dim() == 2 and width is not None:
