@@ -28,12 +28,10 @@ def seq_loo_samples(offsets: np.ndarray, event_items: np.ndarray) -> dict[str, S
     if counts.size and counts.min() < P2_MIN_EVENTS:
         raise ValueError(f"P2 needs at least {P2_MIN_EVENTS} events per user; drop shorter users first")
     users = np.arange(counts.shape[0], dtype=np.int64)
-    starts = offsets[:-1].astype(np.int64)
+    offsets = offsets.astype(np.int64)
 
     def table(user: np.ndarray, end: np.ndarray) -> SampleTable:
-        return SampleTable(user=user.astype(np.int32), end=end.astype(np.int32),
-                           target=event_items[starts[user] + end].astype(np.int32),
-                           label=np.ones(user.shape[0], np.float32))
+        return _position_rows(user, end, offsets, event_items)
 
     trainable = users[counts - 3 >= 1]  # at least the pair i1 -> i2 inside i1..i(n-2)
     return {
@@ -41,6 +39,13 @@ def seq_loo_samples(offsets: np.ndarray, event_items: np.ndarray) -> dict[str, S
         "valid": table(users, counts - 2),
         "test": table(users, counts - 1),
     }
+
+
+def _position_rows(user: np.ndarray, end: np.ndarray, offsets: np.ndarray, event_items: np.ndarray) -> SampleTable:
+    """Rows ``(u, e, item at position e of u, 1)`` of the users' stored sequences."""
+    return SampleTable(user=user.astype(np.int32), end=end.astype(np.int32),
+                       target=event_items[offsets[user] + end].astype(np.int32),
+                       label=np.ones(user.shape[0], np.float32))
 
 
 def training_windows(train: SampleTable, offsets: np.ndarray, event_items: np.ndarray, max_length: int) -> SampleTable:
@@ -62,9 +67,7 @@ def training_windows(train: SampleTable, offsets: np.ndarray, event_items: np.nd
     user = np.repeat(train.user.astype(np.int64), n_windows)
     within = np.arange(user.shape[0], dtype=np.int64) - np.repeat(np.cumsum(n_windows) - n_windows, n_windows)
     end = np.repeat(last, n_windows) - within * max_length
-    return SampleTable(user=user.astype(np.int32), end=end.astype(np.int32),
-                       target=event_items[offsets[user] + end].astype(np.int32),
-                       label=np.ones(user.shape[0], np.float32))
+    return _position_rows(user, end, offsets, event_items)
 
 
 def training_prefixes(train: SampleTable, offsets: np.ndarray, event_items: np.ndarray) -> SampleTable:
@@ -86,6 +89,4 @@ def training_prefixes(train: SampleTable, offsets: np.ndarray, event_items: np.n
     user = np.repeat(train.user.astype(np.int64), ends)
     within = np.arange(user.shape[0], dtype=np.int64) - np.repeat(np.cumsum(ends) - ends, ends)
     end = within + 1  # positions 1 .. end of each row
-    return SampleTable(user=user.astype(np.int32), end=end.astype(np.int32),
-                       target=event_items[offsets[user] + end].astype(np.int32),
-                       label=np.ones(user.shape[0], np.float32))
+    return _position_rows(user, end, offsets, event_items)

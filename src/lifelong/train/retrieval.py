@@ -216,6 +216,7 @@ def _trainer(config, dataset: PreparedDataset, collator: Collator, model_config:
     from lifelong.train.loop import _progress
 
     prefixes = windowed and config.samples == "prefixes"
+    one_target_per_row = prefixes or not windowed  # else a window trains each of its real positions
     if not windowed:
         windows = rows
     elif prefixes:
@@ -277,7 +278,7 @@ def _trainer(config, dataset: PreparedDataset, collator: Collator, model_config:
                     optimizer.step()
                 loss_sum += float(loss.detach() if torch.is_tensor(loss) else loss) * len(batch)
                 seen += len(batch)
-                targets += int(batch.lengths.sum()) if windowed and not prefixes else len(batch)
+                targets += len(batch) if one_target_per_row else int(batch.lengths.sum())
                 advance(len(batch))
         batches = -(-len(windows) // config.batch_size)
         extra = {"train_hsic_uniform": hsic[0] / batches, "train_hsic_weighted": hsic[1] / batches} if weighting else {}
