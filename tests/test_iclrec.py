@@ -12,6 +12,7 @@ import lifelong.models.iclrec  # noqa: F401  (registers "iclrec")
 from lifelong.data.schema import EventLog
 from lifelong.models import build_model
 from lifelong.models.iclrec import augment, crop, kmeans, mask_items, nt_xent, reorder, view_positives
+from lifelong.dataset.store import load_dataset
 from lifelong.models.retrieval import next_item_loss, next_items
 from lifelong.pipeline import ProtocolOptions, prepare
 from lifelong.train import TrainConfig, train
@@ -280,6 +281,81 @@ def test_loss_falls_on_one_tiny_batch_with_intents_and_cross_subsequences(loss):
     batch.target_items[8:] = batch.target_items[:8]  # shared targets: cross-subsequence positives exist
     losses = overfit_losses(model, batch)
     assert losses[-1] < 0.5 * losses[0], f"{loss}: {losses[0]:.3f} -> {losses[-1]:.3f}"
+
+
+def with_partners(batch, partner_rows):
+    """``batch`` with each row's partner history taken from row ``partner_rows[i]`` of the batch."""
+    batch.partner_items, batch.partner_mask = batch.history_items[partner_rows], batch.history_mask[partner_rows]
+    return batch
+
+
+def test_subsequence_views_contrast_a_row_with_its_same_target_partner_and_drop_same_target_negatives():
+    model = tiny(loss="full", dropout=0.0, subsequence_views=True, instance_weight=0.3, intent_weight=0.0)
+    assert model.target_partners and not tiny().target_partners
+    model.train()
+    batch = random_batch(batch_size=8, seed=21)
+    batch.target_items[4:] = batch.target_items[:4]  # rows i and i+4 share a target: partners of each other
+    partner_rows = torch.tensor([4, 5, 6, 7, 0, 1, 2, 3])
+    output = model(with_partners(batch, partner_rows))
+    own = model._last(model.sequence(batch), batch)
+    partner = own[partner_rows]  # the partner history is row partner_rows[i]'s own history
+    same = batch.target_items.unsqueeze(0) == batch.target_items.unsqueeze(1)
+    expected = 0.3 * nt_xent(own, partner, 1.0, false_negatives=same)
+    torch.testing.assert_close(output.aux_losses["instance"], expected)
+    assert not torch.allclose(expected, 0.3 * nt_xent(own, partner, 1.0))  # the same-target rows left the softmax
+    # the next-item loss is the row's own (its partner has no separate term)
+    positives, mask = next_items(batch)
+    rec = next_item_loss(model.sequence(batch)[mask], positives[mask], model.item_vectors(), "full")
+    torch.testing.assert_close(output.loss, rec + output.aux_losses["instance"])
+
+
+def test_subsequence_views_need_the_partners_and_feed_the_intent_loss():
+    model = tiny(loss="full", dropout=0.0, subsequence_views=True)
+    model.train()
+    batch = random_batch(batch_size=8, seed=22)
+    with pytest.raises(ValueError, match="partner_items"):
+        model(batch)
+    model.cluster(windows())
+    output = model(with_partners(batch, torch.arange(8)))
+    assert set(output.aux_losses) == {"instance", "intent"}
+    own = model._last(model.sequence(batch), batch)
+    intent = model.intents_of(own)
+    prototypes = torch.nn.functional.normalize(model.centroids, dim=1)[intent]
+    same = intent.unsqueeze(0) == intent.unsqueeze(1)
+    expected = 0.1 * nt_xent(own, prototypes, 1.0, false_negatives=same)  # both views are the row itself here
+    torch.testing.assert_close(output.aux_losses["intent"], expected)
+
+
+def test_the_loop_feeds_each_row_a_training_prefix_with_the_same_target(tmp_path, monkeypatch):
+    events, items = random_log(n_users=30, n_items=12, max_events=12, seed=19)  # few items: shared targets
+    data = prepare(EventLog(events=events, items=items, recipe="test"), tmp_path / "d", ProtocolOptions(name="seq-loo"))
+    dataset = load_dataset(data)
+    prefixes = {}  # training history (item indices) -> the next items that follow it
+    train_rows = dataset.samples("train")
+    for user in train_rows.user.tolist():
+        sequence = dataset.item_idx[dataset.event_items[dataset.offsets[user]:dataset.offsets[user + 1]]][:-2]
+        for end in range(1, len(sequence)):
+            prefixes.setdefault(tuple(sequence[max(0, end - 8):end].tolist()), set()).add(int(sequence[end]))
+    seen = []
+    original = lifelong.models.iclrec.ICLRec.forward
+
+    def recorded(self, batch):
+        if self.training:
+            seen.append(batch)
+        return original(self, batch)
+
+    monkeypatch.setattr(lifelong.models.iclrec.ICLRec, "forward", recorded)
+    options = {"embedding_dim": 8, "max_positions": 8, "intents": 4, "kmeans_iterations": 3, "loss": "full",
+               "subsequence_views": True}
+    train(TrainConfig(data=str(data), model="iclrec", out=str(tmp_path / "run"), epochs=1, batch_size=16,
+                      progress=False, max_length=8, samples="prefixes", model_options=options))
+    rows = 0
+    for batch in seen:
+        for i in range(len(batch)):
+            partner = tuple(batch.partner_items[i][batch.partner_mask[i]].tolist())
+            assert int(batch.target_items[i]) in prefixes[partner]
+            rows += 1
+    assert rows == int(train_rows.end.sum())  # every training prefix once
 
 
 @pytest.mark.parametrize("field, value", [("intents", 0), ("kmeans_iterations", 0), ("crop_rate", 1.5),

@@ -19,7 +19,7 @@ from lifelong.metrics import ranking_metrics, target_ranks
 from lifelong.models import build_model
 from lifelong.models.retrieval import next_item_loss, next_items
 from lifelong.pipeline import ProtocolOptions, prepare
-from lifelong.protocols import seq_loo_samples, training_prefixes, training_windows
+from lifelong.protocols import seq_loo_samples, target_partners, training_prefixes, training_windows
 from lifelong.train import TrainConfig, evaluate_run, train
 from lifelong.train.ranking import rank_targets
 
@@ -71,6 +71,28 @@ def test_training_prefixes_are_every_training_target_once_each_its_own_row(count
     expected = [offsets[u] + p for u, n in enumerate(counts) for p in range(1, n - 2)]  # targets i2 .. i(n-2)
     assert (offsets[prefixes.user] + prefixes.end).tolist() == expected  # each once, in order
     assert prefixes.target.tolist() == items[offsets[prefixes.user] + prefixes.end].tolist()
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.integers(0, 6), min_size=0, max_size=40), st.integers(0, 2**32 - 1))
+def test_target_partners_share_the_target_and_are_another_row_whenever_one_exists(targets, seed):
+    targets = np.array(targets, dtype=np.int64)
+    partners = target_partners(targets, np.random.default_rng(seed))
+    assert partners.shape == targets.shape and partners.dtype == np.int64
+    assert (targets[partners] == targets).all()
+    shared = np.bincount(targets, minlength=7)[targets] > 1 if targets.size else np.zeros(0, bool)
+    assert (partners[shared] != np.flatnonzero(shared)).all()  # another row with the same target
+    assert (partners[~shared] == np.flatnonzero(~shared)).all()  # alone: its own partner
+
+
+def test_target_partners_draw_every_other_row_of_a_group_uniformly():
+    targets = np.array([4] * 5 + [9])
+    rng = np.random.default_rng(0)
+    drawn = np.stack([target_partners(targets, rng) for _ in range(4000)])  # (draws, rows)
+    counts = np.stack([np.bincount(drawn[:, r], minlength=6) for r in range(5)]) / 4000  # (rows, partners)
+    expected = (1 - np.eye(5, 6)) / 4
+    expected[:, 5] = 0
+    assert np.abs(counts - expected).max() < 0.03
 
 
 def test_next_items_of_a_prefix_row_train_its_last_position_only():

@@ -35,6 +35,10 @@ class Batch:
         history_negative_cates: (B, T) int64 their categories, or None.
         last_target_only: next-item training trains only the last real position of each row (the row
             is one prefix sample, see :func:`lifelong.protocols.training_prefixes`), not every position.
+        partner_items: (B, T') int64 the history of another training row with the same target item
+            (ICSRec's cross-subsequence positive, :func:`lifelong.protocols.target_partners`), left-aligned
+            like ``history_items``, or None; the trainer adds it for models that ask (``target_partners``).
+        partner_mask: (B, T') bool, True where ``partner_items`` holds a real event, or None.
     """
 
     history_items: torch.Tensor
@@ -50,6 +54,8 @@ class Batch:
     history_negative_items: torch.Tensor | None = None
     history_negative_cates: torch.Tensor | None = None
     last_target_only: bool = False
+    partner_items: torch.Tensor | None = None
+    partner_mask: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.target_items.shape[0])
@@ -76,6 +82,12 @@ class Batch:
             value = getattr(self, name)
             if value is not None and tuple(value.shape) != (b,):
                 raise ValueError(f"{name} must have shape {(b,)}, got {tuple(value.shape)}")
+        if (self.partner_items is None) != (self.partner_mask is None):
+            raise ValueError("partner_items and partner_mask come together")
+        if self.partner_items is not None and (self.partner_items.shape != self.partner_mask.shape
+                                               or self.partner_items.shape[0] != b):
+            raise ValueError(f"partner_items and partner_mask must both be ({b}, T'), got "
+                             f"{tuple(self.partner_items.shape)} and {tuple(self.partner_mask.shape)}")
         if self.history_mask.dtype != torch.bool:
             raise ValueError(f"history_mask must be bool, got {self.history_mask.dtype}")
         for name in ("history_items", "history_cates", "target_items", "target_cates"):

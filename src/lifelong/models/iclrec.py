@@ -50,9 +50,16 @@ Deviations (choices the papers or their code leave open, or where this file depa
   - False-negative mitigation is always on in the intent loss (ICLRec's ``--de_noise``; its Beauty
     script runs without it); the instance loss has none, as ICLRec without ``--de_noise``.
   - ``cross_subsequence`` adds ICSRec's same-target positives to the instance loss of augmented views;
-    ICSRec itself contrasts the un-augmented subsequence with a sampled same-target subsequence and adds a
-    fine-grained intent loss over target-grouped representations. Here the batch supplies the
-    same-target partners (training windows of every prefix share targets across users).
+    the batch supplies the same-target partners, so with random batches of a large catalogue few rows
+    find one.
+  - ``subsequence_views`` is ICSRec's coarse-grained intent contrast: a row's two views are its own
+    un-augmented history (the training forward's representation, with its dropout) and the history of
+    another training row with the same target, drawn per epoch from all training rows
+    (:func:`lifelong.protocols.target_partners`; a row whose target no other row has is its own
+    partner, contrasted with itself under another dropout draw). Other rows of the batch with the same
+    target are removed from the negatives (ICSRec's ``f_neg``). The intent loss then contrasts these two
+    views with the row's intent. ICSRec's own fine-grained loss groups representations by target; this
+    file keeps ICLRec's k-means intents for it. The next-item loss is the row's only (not the partner's).
   - Defaults: ``instance_weight = intent_weight = 0.1`` and 256 intents (ICLRec's Beauty script),
     ``temperature = 1`` (ICLRec), two heads (ICLRec), dropout 0.5, the ICLRec rates 0.2 / 0.7 / 0.2.
 
@@ -92,6 +99,10 @@ class ICLRecConfig(SASRecConfig):
         instance_weight: weight of the instance (view-view) contrastive loss (ICLRec ``cf_weight``).
         intent_weight: weight of the intent contrastive loss (ICLRec ``intent_cf_weight``).
         cross_subsequence: ICSRec: views of other histories with the same target item are positives too.
+        subsequence_views: ICSRec's views: a row's two views are its own history and the history of another
+            training row with the same target (``Batch.partner_items``, which the trainer supplies), not
+            augmentations; other rows of the batch with the same target are no negatives (ICSRec's
+            ``f_neg``) unless ``cross_subsequence`` makes them positives.
         embedding_dim, layers, heads, dropout, max_positions, loss, negatives: see :class:`SASRecConfig`.
     """
 
@@ -106,6 +117,7 @@ class ICLRecConfig(SASRecConfig):
     instance_weight: float = 0.1
     intent_weight: float = 0.1
     cross_subsequence: bool = False
+    subsequence_views: bool = False
 
     def validate(self) -> None:
         super().validate()
@@ -315,6 +327,22 @@ class ICLRec(SASRec):
             raise ValueError("iclrec: no intents yet; call epoch_start (or cluster) first")
         return nearest_centroid(users, self.centroids)[0]
 
+    @property
+    def target_partners(self) -> bool:
+        """The trainer adds each row's same-target partner history to the batch (ICSRec's views)."""
+        return self.config.subsequence_views
+
+    def _partner_view(self, batch: Batch) -> torch.Tensor:
+        """(B, D) representation of each row's same-target partner history (its last real position)."""
+        if batch.partner_items is None:
+            raise ValueError("iclrec: subsequence_views needs Batch.partner_items (the training loop adds them "
+                             "for a model with target_partners = True)")
+        items, mask = batch.partner_items, batch.partner_mask
+        partner = Batch(history_items=items, history_cates=torch.zeros_like(items), history_mask=mask,
+                        target_items=batch.target_items, target_cates=batch.target_cates, labels=batch.labels,
+                        users=batch.users)
+        return self._last(self.sequence(partner), partner)
+
     def _views(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Two augmented views of every history -> their representations, 2 x (B, D)."""
         b = len(batch)
@@ -341,11 +369,17 @@ class ICLRec(SASRec):
         aux: dict[str, torch.Tensor] = {}
         use_intents = bool(self.clustered) and config.intent_weight > 0
         if config.instance_weight > 0 or use_intents:
-            first, second = self._views(batch)
+            if config.subsequence_views:  # ICSRec: the row itself (this forward) and its same-target partner
+                first, second = users, self._partner_view(batch)
+            else:
+                first, second = self._views(batch)
             if config.instance_weight > 0:
                 view_pos = view_positives(len(batch), batch.target_items if config.cross_subsequence else None,
                                           device=users.device)
-                aux["instance"] = config.instance_weight * nt_xent(first, second, config.temperature, view_pos)
+                same_target = batch.target_items.unsqueeze(0) == batch.target_items.unsqueeze(1) \
+                    if config.subsequence_views else None  # (B, B) ICSRec's f_neg
+                aux["instance"] = config.instance_weight * nt_xent(first, second, config.temperature, view_pos,
+                                                                   false_negatives=same_target)
             if use_intents:
                 intent = self.intents_of(users.detach())  # (B,) of the un-augmented histories
                 prototypes = F.normalize(self.centroids, dim=1)[intent]  # (B, D)

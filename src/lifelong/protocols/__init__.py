@@ -8,7 +8,8 @@ from lifelong.protocols.ctr import (
     time_cuts,
 )
 from lifelong.protocols.mi import P3_MIN_EVENTS, USER_ORDERS, mi_split_samples, target_sets
-from lifelong.protocols.seq import P2_MIN_EVENTS, seq_loo_samples, training_prefixes, training_windows
+from lifelong.protocols.seq import (P2_MIN_EVENTS, seq_loo_samples, target_partners, training_prefixes,
+                                    training_windows)
 
 PROTOCOLS = ("ctr-din", "ctr-time", "seq-loo", "mi-split")
 RETRIEVAL_PROTOCOLS = ("seq-loo", "mi-split")
@@ -22,6 +23,7 @@ __all__ = [
     "PROTOCOLS",
     "RETRIEVAL_PROTOCOLS",
     "seq_loo_samples",
+    "target_partners",
     "training_prefixes",
     "training_windows",
     "InteractionIndex",

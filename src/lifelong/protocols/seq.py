@@ -90,3 +90,36 @@ def training_prefixes(train: SampleTable, offsets: np.ndarray, event_items: np.n
     within = np.arange(user.shape[0], dtype=np.int64) - np.repeat(np.cumsum(ends) - ends, ends)
     end = within + 1  # positions 1 .. end of each row
     return _position_rows(user, end, offsets, event_items)
+
+
+def target_partners(targets: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """For every training row, another row with the same target item, drawn uniformly (ICSRec's
+    cross-subsequence positive: two subsequences that lead to the same next item). A row whose target
+    no other row shares is its own partner.
+
+    Args:
+        targets: (N,) the target of each row (any integer ids).
+        rng: the draw (the trainer seeds it per epoch).
+
+    Returns:
+        (N,) int64 row indices ``p`` with ``targets[p] == targets``, and ``p[i] != i`` wherever the target
+        of ``i`` occurs more than once.
+
+    Example:
+        >>> p = target_partners(np.array([7, 3, 7, 5]), np.random.default_rng(0))
+        >>> p.tolist()
+        [2, 1, 0, 3]
+    """
+    n = targets.shape[0]
+    by_target = np.argsort(targets, kind="stable")  # rows grouped by target
+    grouped = targets[by_target]
+    starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]]) if n else np.zeros(0, np.int64)
+    sizes = np.diff(np.r_[starts, n])
+    group = np.repeat(np.arange(starts.shape[0]), sizes)  # (N,) group of each grouped row
+    start, size = starts[group], sizes[group]
+    place = np.arange(n) - start  # (N,) place of each grouped row inside its group
+    draw = np.floor(rng.random(n) * np.maximum(size - 1, 1)).astype(np.int64)  # 0 .. size-2 (0 when alone)
+    other = np.where(size > 1, draw + (draw >= place), place)  # skip the row itself
+    partners = np.empty(n, dtype=np.int64)
+    partners[by_target] = by_target[start + other]
+    return partners

@@ -29,6 +29,10 @@ one result line per run), with the model's own training loss and exact full-cata
 - With ``loss = bce`` each training position gets one negative, drawn per epoch with the seed from the
   items the user never interacted with, in ``batch.history_negative_items`` (aligned with the
   position's *next* item, the one it must predict).
+- A model with ``target_partners = True`` (ICLRec with ICSRec's ``subsequence_views``) gets, in every
+  training batch, the history of another training row with the same target (``Batch.partner_items`` /
+  ``partner_mask``), drawn per epoch with the seed (:func:`lifelong.protocols.target_partners`) from all
+  training rows, not only the batch's.
 - Hooks a model may define: ``set_item_categories(cates)`` (called once after it is built, with the
   category vocabulary index of every item vocabulary index, for models that use item attributes) and
   ``epoch_start(batches, epoch)`` (called before each epoch, after the epoch's seeding, with a function
@@ -53,7 +57,8 @@ from lifelong.batch import Batch, Collator, iterate_batches, length_bucketed_ord
 from lifelong.dataset.store import PreparedDataset, SampleTable, load_dataset
 from lifelong.models import MODELS, build_model
 from lifelong.models.retrieval import next_items
-from lifelong.protocols import InteractionIndex, sample_negatives, training_prefixes, training_windows
+from lifelong.protocols import (InteractionIndex, sample_negatives, target_partners, training_prefixes,
+                                training_windows)
 from lifelong.train.checkpoint import load_weights
 from lifelong.train.ranking import (evaluate_ranking, evaluate_sets, item_categories, retrieve_lists,
                                     training_popularity)
@@ -231,9 +236,14 @@ def _trainer(config, dataset: PreparedDataset, collator: Collator, model_config:
         raise ValueError(f"--samples prefixes trains the loss of each row's last position only; {config.model}'s "
                          f"training loss does not follow Batch.last_target_only")
 
-    def batches_of(order):
-        for batch in iterate_batches(collator, windows, config.batch_size, order):
+    def batches_of(order, partners=None):
+        for begin in range(0, order.shape[0], config.batch_size):
+            rows = order[begin : begin + config.batch_size]
+            batch = collator(windows.subset(rows))
             batch.last_target_only = prefixes
+            if partners is not None:  # ICSRec: each row's same-target partner row, collated alike
+                partner = collator(windows.subset(partners[rows]))
+                batch.partner_items, batch.partner_mask = partner.history_items, partner.history_mask
             yield batch
     if hasattr(model, "set_item_categories"):
         model.set_item_categories(torch.from_numpy(item_categories(dataset, model_config["n_items"])))
@@ -259,13 +269,15 @@ def _trainer(config, dataset: PreparedDataset, collator: Collator, model_config:
         else:
             weighting.generator.manual_seed(config.seed * 1000 + epoch)  # its RFF draws restart exactly on resume
         negative_rng = np.random.default_rng([config.seed, epoch, 1])
+        partners = target_partners(windows.target, np.random.default_rng([config.seed, epoch, 2])) \
+            if getattr(model, "target_partners", False) else None
         if hasattr(model, "epoch_start"):
             model.epoch_start(lambda: batches_of(windows_by_length), epoch)
         model.train()
         loss_sum, seen, targets = 0.0, 0, 0
         hsic = np.zeros(2)
         with _progress(config.progress, f"epoch {epoch}", order.shape[0]) as advance:
-            for batch in batches_of(order):
+            for batch in batches_of(order, partners):
                 if needs_negatives:
                     add_negatives(batch, dataset, index, negative_rng)
                 if weighting is not None:
