@@ -394,3 +394,15 @@ def test_the_loop_clusters_every_epoch_and_resumes_exactly(tmp_path, monkeypatch
     interrupt_after_first_epoch(config(tmp_path / "resumed"))
     resumed = train(config(tmp_path / "resumed"), resume=True)
     assert resumed["test"] == straight["test"]
+
+
+def test_encoding_by_length_groups_equals_one_forward_of_the_whole_batch():
+    model = tiny(dropout=0.0)
+    model.eval()
+    items, mask, _ = long_rows(seed=3, rows=40, width=12)
+    batch = random_batch(batch_size=40, width=12, seed=3)
+    batch.history_items, batch.history_mask = items, mask
+    torch.testing.assert_close(model._encode_by_length(items, mask), model._last(model.sequence(batch), batch))
+    model.train()
+    model._encode_by_length(items, mask).sum().backward()  # gradients flow through the scattered groups
+    assert model.item.weight.grad.abs().sum() > 0

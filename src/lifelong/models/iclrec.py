@@ -337,11 +337,24 @@ class ICLRec(SASRec):
         if batch.partner_items is None:
             raise ValueError("iclrec: subsequence_views needs Batch.partner_items (the training loop adds them "
                              "for a model with target_partners = True)")
-        items, mask = batch.partner_items, batch.partner_mask
-        partner = Batch(history_items=items, history_cates=torch.zeros_like(items), history_mask=mask,
-                        target_items=batch.target_items, target_cates=batch.target_cates, labels=batch.labels,
-                        users=batch.users)
-        return self._last(self.sequence(partner), partner)
+        return self._encode_by_length(batch.partner_items, batch.partner_mask)
+
+    def _encode_by_length(self, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) left-aligned histories -> (B, D) last-position representations, encoded in groups of
+        similar length (lengths up to 1, 2, 4, 8, ...), each group cut to its own longest history. The
+        rows are independent, so this equals one forward of the whole batch; it spares the padding of
+        partner rows, whose lengths the length-bucketed batch order does not control."""
+        lengths = mask.sum(dim=1)  # (B,)
+        width_class = torch.ceil(torch.log2(lengths.clamp(min=1).float())).long()  # (B,)
+        out = torch.empty(items.shape[0], self.config.embedding_dim, device=items.device)
+        for group in width_class.unique().tolist():
+            rows = (width_class == group).nonzero().squeeze(1)
+            width = int(lengths[rows].max())
+            sub_items, sub_mask = items[rows, :width], mask[rows, :width]
+            sub = Batch(history_items=sub_items, history_cates=torch.zeros_like(sub_items), history_mask=sub_mask,
+                        target_items=rows, target_cates=rows, labels=torch.ones(rows.shape[0]), users=rows)
+            out = out.index_put((rows,), self._last(self.sequence(sub), sub))
+        return out
 
     def _views(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Two augmented views of every history -> their representations, 2 x (B, D)."""
