@@ -46,6 +46,7 @@ TRAIN_FLAGS = {"lr": "--lr", "batch_size": "--batch-size", "epochs": "--epochs",
 # full softmax gets patience 20, BCE, the slowest learner, 300 epochs and patience 40 as ICLRec; the first two rows
 # train on every prefix as its own row with batch 256, ICSRec's and BSARec's regime)
 DEFAULT_MODELS = ("sasrec:loss=full:batch_size=256:patience=20:samples=prefixes,"
+                  "iclrec:loss=full:batch_size=256:subsequence_views=true:instance_weight=0.3:patience=20:samples=prefixes,"
                   "iclrec:loss=full:batch_size=256:cross_subsequence=true:samples=prefixes,"
                   "sasrec:loss=sampled:batch_size=64:refit=1,sasrec:loss=full:batch_size=64:patience=20,"
                   "sasrec:loss=bce:batch_size=64:epochs=300:patience=40,"
