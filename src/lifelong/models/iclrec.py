@@ -350,11 +350,15 @@ class ICLRec(SASRec):
         for group in width_class.unique().tolist():
             rows = (width_class == group).nonzero().squeeze(1)
             width = int(lengths[rows].max())
-            sub_items, sub_mask = items[rows, :width], mask[rows, :width]
-            sub = Batch(history_items=sub_items, history_cates=torch.zeros_like(sub_items), history_mask=sub_mask,
-                        target_items=rows, target_cates=rows, labels=torch.ones(rows.shape[0]), users=rows)
-            out = out.index_put((rows,), self._last(self.sequence(sub), sub))
+            out = out.index_put((rows,), self._represent(items[rows, :width], mask[rows, :width]))
         return out
+
+    def _represent(self, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) left-aligned histories alone -> (B, D) outputs at their last real positions."""
+        rows = torch.arange(items.shape[0], device=items.device)
+        histories = Batch(history_items=items, history_cates=torch.zeros_like(items), history_mask=mask,
+                          target_items=rows, target_cates=rows, labels=torch.ones(rows.shape[0]), users=rows)
+        return self._last(self.sequence(histories), histories)
 
     def _views(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Two augmented views of every history -> their representations, 2 x (B, D)."""
@@ -362,10 +366,7 @@ class ICLRec(SASRec):
         first = augment(batch.history_items, batch.history_mask, self.config, self.mask_index)
         second = augment(batch.history_items, batch.history_mask, self.config, self.mask_index)
         items, mask = torch.cat([first[0], second[0]]), torch.cat([first[1], second[1]])  # (2B, T)
-        views = Batch(history_items=items, history_cates=torch.zeros_like(items), history_mask=mask,
-                      target_items=batch.target_items.repeat(2), target_cates=batch.target_cates.repeat(2),
-                      labels=batch.labels.repeat(2), users=batch.users.repeat(2))
-        represented = self._last(self.sequence(views), views)  # (2B, D)
+        represented = self._represent(items, mask)  # (2B, D)
         return represented[:b], represented[b:]
 
     def forward(self, batch: Batch) -> RetrievalOutput:

@@ -113,7 +113,7 @@ def target_partners(targets: np.ndarray, rng: np.random.Generator) -> np.ndarray
     n = targets.shape[0]
     by_target = np.argsort(targets, kind="stable")  # rows grouped by target
     grouped = targets[by_target]
-    starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]]) if n else np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])  # (n = 0: one empty group)
     sizes = np.diff(np.r_[starts, n])
     group = np.repeat(np.arange(starts.shape[0]), sizes)  # (N,) group of each grouped row
     start, size = starts[group], sizes[group]

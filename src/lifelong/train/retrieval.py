@@ -237,17 +237,19 @@ def _trainer(config, dataset: PreparedDataset, collator: Collator, model_config:
                          f"training loss does not follow Batch.last_target_only")
 
     def batches_of(order, partners=None):
-        for begin in range(0, order.shape[0], config.batch_size):
-            rows = order[begin : begin + config.batch_size]
-            batch = collator(windows.subset(rows))
+        batches = iterate_batches(collator, windows, config.batch_size, order)
+        partner_batches = iterate_batches(collator, windows, config.batch_size, partners[order]) \
+            if partners is not None else None  # ICSRec: each row's same-target partner row, collated alike
+        for batch in batches:
             batch.last_target_only = prefixes
-            if partners is not None:  # ICSRec: each row's same-target partner row, collated alike
-                partner = collator(windows.subset(partners[rows]))
+            if partner_batches is not None:
+                partner = next(partner_batches)
                 batch.partner_items, batch.partner_mask = partner.history_items, partner.history_mask
             yield batch
     if hasattr(model, "set_item_categories"):
         model.set_item_categories(torch.from_numpy(item_categories(dataset, model_config["n_items"])))
     needs_negatives = model.config.batch_needs().get("with_negatives", False)
+    needs_partners = getattr(model, "target_partners", False)
     index = InteractionIndex.build(dataset.offsets, dataset.event_items, int(dataset.item_idx.shape[0])) \
         if needs_negatives else None
     weighting = None
@@ -270,7 +272,7 @@ def _trainer(config, dataset: PreparedDataset, collator: Collator, model_config:
             weighting.generator.manual_seed(config.seed * 1000 + epoch)  # its RFF draws restart exactly on resume
         negative_rng = np.random.default_rng([config.seed, epoch, 1])
         partners = target_partners(windows.target, np.random.default_rng([config.seed, epoch, 2])) \
-            if getattr(model, "target_partners", False) else None
+            if needs_partners else None
         if hasattr(model, "epoch_start"):
             model.epoch_start(lambda: batches_of(windows_by_length), epoch)
         model.train()
