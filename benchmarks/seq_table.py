@@ -105,6 +105,24 @@ def finished_with(out: Path, command: list[str], require_refit: bool = True) -> 
         and ("--refit-with-valid" not in command or not require_refit or saved.get("refit_with_valid", False))
 
 
+def stopped_result(out: Path) -> dict | None:
+    """A run stopped by hand before its end (no ``results.json``) whose best-validation checkpoint was then
+    tested with ``lifelong evaluate RUN --split test`` (``eval_test.json``, written after the run's last
+    epoch): its result, with ``stopped_at`` (the last epoch trained). None when there is no such test."""
+    evaluated, metrics = out / "eval_test.json", out / "metrics.jsonl"
+    if (out / "results.json").exists() or not evaluated.exists() or not metrics.exists() \
+            or evaluated.stat().st_mtime < metrics.stat().st_mtime:  # trained on after the test: stale
+        return None
+    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    scored = [r for r in records if "valid_ndcg@20" in r]
+    if not scored:
+        return None
+    best = max(scored, key=lambda r: r["valid_ndcg@20"])  # the first epoch of the maximum, as the loop keeps
+    loss = json.loads((out / "config.json").read_text())["model"].get("loss", "")
+    return {"loss": loss, "best_epoch": best["epoch"], "stopped_at": records[-1]["epoch"],
+            "test": json.loads(evaluated.read_text()), "test_seconds": float("nan")}
+
+
 def summarise(rows: list[dict], models: list[str], datasets: list[str]) -> str:
     lines = ["| dataset | model | loss | " + " | ".join(m.upper().replace("NDCG", "NDCG") for m in METRICS)
              + " | best epochs | runs |", "|---" * (len(METRICS) + 5) + "|"]
@@ -119,7 +137,9 @@ def summarise(rows: list[dict], models: list[str], datasets: list[str]) -> str:
                 values = [r[m] for r in group]
                 cells.append(f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}" if len(group) > 1
                              else f"{values[0]:.4f}")
-            lines.append(f"| {dataset} | {label_of(spec)} | {group[0]['loss']} | " + " | ".join(cells)
+            stopped = [str(r["stopped_at"]) for r in group if r.get("stopped_at")]
+            label = label_of(spec) + (f", *stopped by hand at epoch {', '.join(stopped)}*" if stopped else "")
+            lines.append(f"| {dataset} | {label} | {group[0]['loss']} | " + " | ".join(cells)
                          + f" | {', '.join(str(r['best_epoch']) for r in group)} | {len(group)} |")
             refits = [r for r in group if r.get("refit")]
             if refits:  # the same runs' models refit through the validation item: not P2, shown apart
@@ -161,7 +181,9 @@ def main() -> None:
     def one(job):
         dataset, spec, seed = job
         out, command = train_command(work, dataset, spec, seed, args)
-        result = results_of(out, command, finished_with(out, command, require_refit=not args.report_only), args.report_only)
+        finished = finished_with(out, command, require_refit=not args.report_only)
+        result = stopped_result(out) if args.report_only and not finished else None
+        result = result or results_of(out, command, finished, args.report_only)
         if result is None:
             return None
         print(f"[{(time.time() - started) / 60:6.1f} min] {dataset} {label_of(spec)} seed {seed}: test HR@10 "
@@ -172,7 +194,7 @@ def main() -> None:
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         outcomes = list(pool.map(one, jobs))
     rows = [{"dataset": d, "spec": ":".join(o for o in s.split(":") if o != "refit=1"), "seed": seed, "loss": r["loss"], "best_epoch": r["best_epoch"],
-             "test_seconds": r["test_seconds"], **{m: r["test"][m] for m in METRICS}, "command": shown(c),
+             "test_seconds": r["test_seconds"], "stopped_at": r.get("stopped_at"), **{m: r["test"][m] for m in METRICS}, "command": shown(c),
              "refit": {m: r["test_refit"][m] for m in METRICS} if "test_refit" in r else None}
             for (d, s, seed), c, r in (o for o in outcomes if o is not None)]
     (work / "table.json").write_text(json.dumps(rows, indent=2))
@@ -181,6 +203,9 @@ def main() -> None:
               f"L=50, embedding 64, Adam; batch 256, lr 1e-3, at most {args.epochs} epochs (MovieLens-100K "
               f"{DATASET_EPOCHS['ml100k']}) and patience {args.patience} unless the row names others. Rows marked *refit through valid* are the same runs' "
               f"models retrained through the validation item for the selected epochs (uSASRec's final fit): not P2. "
+              f"Rows marked *stopped by hand* are runs stopped before their end (no ``results.json``) whose "
+              f"best-validation checkpoint was tested with `lifelong evaluate RUN --split test`; "
+              f"`lifelong train --out RUN --resume` finishes them. "
               f"Published rows: from ../shared/reference/seqrec_tables.md.")
     table = summarise(rows, models, datasets)
     (work / "table.md").write_text(header + "\n\n" + table + "\n")
