@@ -108,19 +108,16 @@ def finished_with(out: Path, command: list[str], require_refit: bool = True) -> 
 def stopped_result(out: Path) -> dict | None:
     """A run stopped by hand before its end (no ``results.json``) whose best-validation checkpoint was then
     tested with ``lifelong evaluate RUN --split test`` (``eval_test.json``, written after the run's last
-    epoch): its result, with ``stopped_at`` (the last epoch trained). None when there is no such test."""
-    evaluated, metrics = out / "eval_test.json", out / "metrics.jsonl"
-    if (out / "results.json").exists() or not evaluated.exists() or not metrics.exists() \
-            or evaluated.stat().st_mtime < metrics.stat().st_mtime:  # trained on after the test: stale
+    checkpoint): its result, with ``stopped_at`` (the last epoch trained), both epochs read from the loop's
+    own ``checkpoints/last/trainer_state.json``. None when there is no such test."""
+    evaluated, state = out / "eval_test.json", out / "checkpoints" / "last" / "trainer_state.json"
+    if (out / "results.json").exists() or not evaluated.exists() or not state.exists() \
+            or evaluated.stat().st_mtime < state.stat().st_mtime:  # trained on after the test: stale
         return None
-    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    scored = [r for r in records if "valid_ndcg@20" in r]
-    if not scored:
-        return None
-    best = max(scored, key=lambda r: r["valid_ndcg@20"])  # the first epoch of the maximum, as the loop keeps
+    trainer = json.loads(state.read_text())
     loss = json.loads((out / "config.json").read_text())["model"].get("loss", "")
-    return {"loss": loss, "best_epoch": best["epoch"], "stopped_at": records[-1]["epoch"],
-            "test": json.loads(evaluated.read_text()), "test_seconds": float("nan")}
+    return {"loss": loss, "best_epoch": trainer["best_epoch"], "stopped_at": trainer["epoch"],
+            "test": json.loads(evaluated.read_text()), "test_seconds": None}
 
 
 def summarise(rows: list[dict], models: list[str], datasets: list[str]) -> str:
@@ -182,13 +179,13 @@ def main() -> None:
         dataset, spec, seed = job
         out, command = train_command(work, dataset, spec, seed, args)
         finished = finished_with(out, command, require_refit=not args.report_only)
-        result = stopped_result(out) if args.report_only and not finished else None
-        result = result or results_of(out, command, finished, args.report_only)
+        result = stopped_result(out) if args.report_only and not finished \
+            else results_of(out, command, finished, args.report_only)
         if result is None:
             return None
         print(f"[{(time.time() - started) / 60:6.1f} min] {dataset} {label_of(spec)} seed {seed}: test HR@10 "
               f"{result['test']['hr@10']:.4f} NDCG@10 {result['test']['ndcg@10']:.4f} (best epoch "
-              f"{result['best_epoch']}, test ranking {result['test_seconds']:.1f} s)", flush=True)
+              f"{result['best_epoch']}, test ranking {result['test_seconds'] or float('nan'):.1f} s)", flush=True)
         return job, command, result
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
