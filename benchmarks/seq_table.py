@@ -12,7 +12,7 @@ runs are reused, so an interrupted table continues where it stopped.
         [--workdir runs/seq-table] [--report-only]
 
 A SPEC is NAME or NAME:key=value:... (model options, or the training flags ``lr``, ``batch_size``,
-``epochs``, ``patience`` and ``samples``), e.g. ``sasrec:loss=bce:lr=0.003`` or
+``epochs``, ``patience``, ``samples``, ``lr_decay`` and ``lr_decay_patience``), e.g. ``sasrec:loss=bce:lr=0.003`` or
 ``sasrec:loss=full:batch_size=256:samples=prefixes`` (every prefix its own training row, ICSRec's regime).
 """
 
@@ -41,7 +41,7 @@ SETTINGS = ["--batch-size", "256", "--max-length", "50", "--lr", "0.001", "--set
 # MovieLens-100K has 943 users: ~31 batches of 64 windows per epoch, so it gets more epochs than --epochs
 DATASET_EPOCHS = {"ml100k": 200}
 TRAIN_FLAGS = {"lr": "--lr", "batch_size": "--batch-size", "epochs": "--epochs", "patience": "--patience",
-               "samples": "--samples"}  # spec options that are training flags, not model options
+               "samples": "--samples", "lr_decay": "--lr-decay", "lr_decay_patience": "--lr-decay-patience"}  # spec options that are training flags, not model options
 # the rows of the README table (batch 64: more Adam steps per epoch than 256 converged faster on Beauty validation;
 # full softmax gets patience 20, BCE, the slowest learner, 300 epochs and patience 40 as ICLRec; the first two rows
 # train on every prefix as its own row with batch 256, ICSRec's and BSARec's regime)

@@ -115,3 +115,45 @@ def test_new_ctr_models_train_and_resume_exactly_through_the_loop(data, tmp_path
 
     interrupt_after_first_epoch(make(tmp_path / "resumed"))
     assert train(make(tmp_path / "resumed"), resume=True)["test"] == straight["test"]
+
+
+def test_reduce_on_plateau_decays_the_rate_every_lr_decay_patience_bad_epochs_and_resume_keeps_it(tmp_path):
+    import torch
+
+    from lifelong.train.checkpoint import load_checkpoint
+    from lifelong.train.loop import end_epoch
+
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    settings = TrainConfig(data="d", out=str(tmp_path), patience=4, lr_decay=0.5, lr_decay_patience=2)
+    state = {"epoch": 0, "best": -1.0, "best_epoch": 0, "bad_epochs": 0, "done": False}
+    trained_at, scores = [], [1.0, 0.5, 0.5, 0.5, 2.0, 1.0, 1.0, 3.0, 1.0, 1.0, 1.0, 1.0]
+    for epoch, score in enumerate(scores, start=1):
+        record = {"epoch": epoch}
+        end_epoch(tmp_path, state, "best", score, {}, record, settings, model, {}, optimizer)
+        trained_at.append(record["lr"])
+        if state["done"]:
+            break
+    # bad epochs 2 and 3 (since epoch 1) halve the rate for epoch 4; a better epoch restarts the count;
+    # epochs 6-7 halve it again; 4 bad epochs after epoch 8 stop the run (after two more halvings)
+    assert trained_at == [1e-3, 1e-3, 1e-3, 5e-4, 5e-4, 5e-4, 5e-4, 2.5e-4, 2.5e-4, 2.5e-4, 1.25e-4, 1.25e-4]
+    assert state["done"] and state["best_epoch"] == 8 and optimizer.param_groups[0]["lr"] == 6.25e-5
+    logged = [json.loads(line)["lr"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert logged == trained_at
+    fresh = torch.optim.Adam(torch.nn.Linear(2, 1).parameters(), lr=1e-3)
+    load_checkpoint(tmp_path / "checkpoints" / "last", torch.nn.Linear(2, 1), fresh)
+    assert fresh.param_groups[0]["lr"] == 6.25e-5  # a resumed run trains on at the decayed rate
+
+    constant = TrainConfig(data="d", out=str(tmp_path), patience=4)  # the default: a constant rate
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    state = {"epoch": 0, "best": 5.0, "best_epoch": 0, "bad_epochs": 0, "done": False}
+    for epoch in range(1, 4):
+        end_epoch(tmp_path / "c", state, "best", 1.0, {}, {"epoch": epoch}, constant, model, {}, optimizer, main=False)
+    assert optimizer.param_groups[0]["lr"] == 1e-3
+
+
+@pytest.mark.parametrize("bad", [dict(lr_decay=0.0), dict(lr_decay=1.5), dict(lr_decay_patience=-1),
+                                 dict(lr_decay=0.5, lr_decay_patience=3, refit_with_valid=True)])
+def test_bad_reduce_on_plateau_settings_are_refused(bad):
+    with pytest.raises(ValueError, match="lr_decay"):
+        TrainConfig(data="d", out="o", **bad).validate()

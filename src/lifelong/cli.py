@@ -118,6 +118,11 @@ def train(
     weight_decay: Optional[float] = typer.Option(None),
     max_length: Optional[int] = typer.Option(None, help="L: most recent history events kept"),
     patience: Optional[int] = typer.Option(None, help="early stopping patience (epochs without a better valid AUC)"),
+    lr_decay: Optional[float] = typer.Option(None, help="reduce-on-plateau: multiply the learning rate by this "
+                                             "factor after every --lr-decay-patience epochs without a better "
+                                             "validation score (default 1.0: constant)"),
+    lr_decay_patience: Optional[int] = typer.Option(None, help="epochs without a better validation score before "
+                                                    "each --lr-decay (default 0: never)"),
     seed: Optional[int] = typer.Option(None),
     threads: Optional[int] = typer.Option(None, help="torch intra-op threads"),
     results_csv: Optional[str] = typer.Option(None, help="append one result line here"),
@@ -153,6 +158,7 @@ def train(
                 values.setdefault("model", values["model_options"].pop("model_type"))
         given = {"data": data, "model": model, "out": out, "epochs": epochs, "batch_size": batch_size, "lr": lr,
                  "weight_decay": weight_decay, "max_length": max_length, "patience": patience, "seed": seed,
+                 "lr_decay": lr_decay, "lr_decay_patience": lr_decay_patience,
                  "threads": threads, "results_csv": results_csv, "samples": samples}
         values.update({k: v for k, v in given.items() if v is not None})
         values["progress"] = progress

@@ -46,6 +46,8 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     patience: int = 2
+    lr_decay: float = 1.0  # on a plateau: multiply the learning rate by this factor (1.0: a constant rate)
+    lr_decay_patience: int = 0  # ... after every this many epochs without a better validation score (0: never)
     seed: int = 2024
     threads: int | None = None
     progress: bool = True
@@ -68,6 +70,12 @@ class TrainConfig:
             raise ValueError(f"train: samples must be one of {SAMPLE_REGIMES}, got {self.samples!r}")
         if self.lr <= 0 or self.weight_decay < 0 or self.patience < 1:
             raise ValueError("train: lr must be positive, weight_decay non-negative, patience at least 1")
+        if not 0 < self.lr_decay <= 1 or self.lr_decay_patience < 0:
+            raise ValueError(f"train: lr_decay must be in (0, 1] and lr_decay_patience non-negative, got "
+                             f"{self.lr_decay} and {self.lr_decay_patience}")
+        if self.refit_with_valid and self.lr_decay_patience and self.lr_decay != 1:
+            raise ValueError("train: --refit-with-valid replays the selected number of epochs at a constant rate; "
+                             "it cannot replay a reduce-on-plateau schedule (set lr_decay_patience 0)")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
@@ -187,17 +195,24 @@ def start_run(config: TrainConfig, dataset: PreparedDataset, model_config: dict,
     return {"epoch": 0, best_key: -1.0, "best_epoch": 0, "bad_epochs": 0, "done": False}
 
 
-def end_epoch(run: Path, state: dict, best_key: str, score: float, valid: dict, record: dict, patience: int,
+def end_epoch(run: Path, state: dict, best_key: str, score: float, valid: dict, record: dict, config: TrainConfig,
               model, model_config: dict, optimizer, main: bool = True) -> bool:
-    """Early-stopping bookkeeping after an epoch: update ``state`` with the validation ``score``; the main
-    process appends ``record`` to ``metrics.jsonl`` and writes the best and last checkpoints. Returns
-    whether the epoch improved."""
+    """Early-stopping bookkeeping after an epoch: update ``state`` with the validation ``score``; stop after
+    ``config.patience`` epochs without a better one; every ``config.lr_decay_patience`` such epochs (since
+    the last better one) multiply the learning rate by ``config.lr_decay`` for the epochs that follow
+    (reduce-on-plateau; the rate lives in the optimizer's state, so a resumed run keeps it). The main
+    process appends ``record`` (with the rate the epoch trained at) to ``metrics.jsonl`` and writes the best
+    and last checkpoints. Returns whether the epoch improved."""
     epoch = record["epoch"]
+    record["lr"] = optimizer.param_groups[0]["lr"]
     improved = score > state[best_key]
     state.update(epoch=epoch, bad_epochs=0 if improved else state["bad_epochs"] + 1)
     if improved:
         state.update({best_key: score, "best_epoch": epoch, "best_valid": valid})
-    state["done"] = state["bad_epochs"] >= patience
+    state["done"] = state["bad_epochs"] >= config.patience
+    if config.lr_decay_patience and state["bad_epochs"] and state["bad_epochs"] % config.lr_decay_patience == 0:
+        for group in optimizer.param_groups:
+            group["lr"] *= config.lr_decay
     if main:
         with open(run / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
@@ -272,7 +287,7 @@ def train(config: TrainConfig, *, resume: bool = False, command: str | None = No
         record = {"epoch": epoch, "train_logloss": loss_sum / max(seen, 1),
                   "train_samples_per_s": seen * ctx.world_size / seconds, "train_seconds": seconds,
                   **{f"valid_{k}": v for k, v in valid.items()}}
-        end_epoch(run, state, "best_auc", valid["auc"], valid, record, config.patience, model, model_config,
+        end_epoch(run, state, "best_auc", valid["auc"], valid, record, config, model, model_config,
                   optimizer, ctx.main)
         if ctx.main:
             _log(config, f"epoch {epoch}: train logloss {record['train_logloss']:.4f}, "

@@ -202,7 +202,7 @@ def run_epochs(config, state: dict, model, model_config: dict, optimizer, epoch_
         valid = validate()
         record = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "train_targets_per_s": targets / seconds,
                   "train_seconds": seconds, **extra, **{f"valid_{k}": v for k, v in valid.items()}}
-        end_epoch(run, state, "best_score", valid[select], valid, record, config.patience, model, model_config,
+        end_epoch(run, state, "best_score", valid[select], valid, record, config, model, model_config,
                   optimizer)
         _log(config, f"epoch {epoch}: train loss {record['train_loss']:.4f}, {record['train_targets_per_s']:,.0f} "
                      f"targets/s, valid " + ", ".join(f"{k} {valid[k]:.4f}" for k in shown))
