@@ -40,8 +40,9 @@ DATASETS = {
 SETTINGS = ["--batch-size", "256", "--max-length", "50", "--lr", "0.001", "--set", "embedding_dim=64"]
 # MovieLens-100K has 943 users: ~31 batches of 64 windows per epoch, so it gets more epochs than --epochs
 DATASET_EPOCHS = {"ml100k": 200}
+# spec options that are training flags, not model options
 TRAIN_FLAGS = {"lr": "--lr", "batch_size": "--batch-size", "epochs": "--epochs", "patience": "--patience",
-               "samples": "--samples", "lr_decay": "--lr-decay", "lr_decay_patience": "--lr-decay-patience"}  # spec options that are training flags, not model options
+               "samples": "--samples", "lr_decay": "--lr-decay", "lr_decay_patience": "--lr-decay-patience"}
 # the rows of the README table (batch 64: more Adam steps per epoch than 256 converged faster on Beauty validation;
 # full softmax gets patience 20, BCE, the slowest learner, 300 epochs and patience 40 as ICLRec; the first two rows
 # train on every prefix as its own row with batch 256, ICSRec's and BSARec's regime)

@@ -210,7 +210,7 @@ def end_epoch(run: Path, state: dict, best_key: str, score: float, valid: dict, 
     if improved:
         state.update({best_key: score, "best_epoch": epoch, "best_valid": valid})
     state["done"] = state["bad_epochs"] >= config.patience
-    if config.lr_decay_patience and state["bad_epochs"] and state["bad_epochs"] % config.lr_decay_patience == 0:
+    if config.lr_decay_patience and not improved and state["bad_epochs"] % config.lr_decay_patience == 0:
         for group in optimizer.param_groups:
             group["lr"] *= config.lr_decay
     if main:
