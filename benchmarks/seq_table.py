@@ -5,11 +5,13 @@ seeds, with the training loss of each row, next to the published numbers for the
 
 Every number comes from the CLI commands this script runs and prints. Model selection (early stopping)
 uses validation NDCG@20 only; the table reports the test metrics of the best validation epoch. Finished
-runs are reused, so an interrupted table continues where it stopped.
+runs are reused, so an interrupted table continues where it stopped. ``--keep`` carries rows over from an
+earlier run of this script (its ``table.json``, which records each row's command) for the runs whose folders
+are not on this machine, so a table can grow across machines without retraining what it already holds.
 
     python benchmarks/seq_table.py [--models SPEC,...] [--datasets beauty,sports,ml100k]
         [--seeds 2024,2025,2026] [--epochs 200] [--patience 10] [--jobs 1] [--threads 2]
-        [--workdir runs/seq-table] [--report-only]
+        [--workdir runs/seq-table] [--report-only] [--keep docs/results/seq_table_prefixes.json]
 
 A SPEC is NAME or NAME:key=value:... (model options, or the training flags ``lr``, ``batch_size``,
 ``epochs``, ``patience``, ``samples``, ``lr_decay`` and ``lr_decay_patience``), e.g. ``sasrec:loss=bce:lr=0.003`` or
@@ -74,10 +76,14 @@ def label_of(spec: str) -> str:
     return spec.replace(":", " ")
 
 
+def plain(spec: str) -> str:
+    """A spec without ``refit=1``: a refit run is also the P2 run of its spec, and its row is keyed so."""
+    return ":".join(o for o in spec.split(":") if o != "refit=1")
+
+
 def train_command(work: Path, dataset: str, spec: str, seed: str, args) -> tuple[Path, list[str]]:
     name, *options = spec.split(":")
-    plain = ":".join([name, *(o for o in options if o != "refit=1")])  # a refit run is also the P2 run of its spec
-    out = work / "runs" / f"{dataset}-{plain.replace(':', '-').replace('=', '')}-{seed}"
+    out = work / "runs" / f"{dataset}-{plain(spec).replace(':', '-').replace('=', '')}-{seed}"
     settings = ["--epochs", str(DATASET_EPOCHS.get(dataset, args.epochs)), "--patience", str(args.patience), *SETTINGS]
     for option in [o for o in options if o.split("=")[0] in TRAIN_FLAGS]:  # e.g. lr=0.003 -> --lr 0.003
         key, value = option.split("=")
@@ -124,7 +130,7 @@ def stopped_result(out: Path) -> dict | None:
 def summarise(rows: list[dict], models: list[str], datasets: list[str]) -> str:
     lines = ["| dataset | model | loss | " + " | ".join(m.upper().replace("NDCG", "NDCG") for m in METRICS)
              + " | best epochs | runs |", "|---" * (len(METRICS) + 5) + "|"]
-    models = list(dict.fromkeys(":".join(o for o in spec.split(":") if o != "refit=1") for spec in models))
+    models = list(dict.fromkeys(plain(spec) for spec in models))
     for dataset in datasets:
         for spec in models:
             group = [r for r in rows if r["dataset"] == dataset and r["spec"] == spec]
@@ -151,6 +157,21 @@ def summarise(rows: list[dict], models: list[str], datasets: list[str]) -> str:
     return "\n".join(lines)
 
 
+def kept_rows(files: list[Path], jobs: list[tuple[str, str, str]], rows: list[dict]) -> list[dict]:
+    """The rows of earlier tables (``table.json`` files) for the jobs asked for that have no row here; a row
+    found in several files is taken from the first."""
+    wanted = {(d, plain(s), seed) for d, s, seed in jobs}
+    have = {(r["dataset"], r["spec"], r["seed"]) for r in rows}
+    kept = []
+    for file in files:
+        for row in json.loads(file.read_text()):
+            key = (row["dataset"], row["spec"], row["seed"])
+            if key in wanted and key not in have:
+                kept.append(row)
+                have.add(key)
+    return kept
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=DEFAULT_MODELS)
@@ -162,6 +183,8 @@ def main() -> None:
     parser.add_argument("--threads", default="2", help="torch threads per training process")
     parser.add_argument("--report-only", action="store_true", help="train nothing: the table of the finished runs")
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "seq-table")
+    parser.add_argument("--keep", type=Path, action="append", default=[],
+                        help="an earlier table.json: its rows stand for the runs missing here (repeatable)")
     args = parser.parse_args()
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
@@ -191,10 +214,13 @@ def main() -> None:
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         outcomes = list(pool.map(one, jobs))
-    rows = [{"dataset": d, "spec": ":".join(o for o in s.split(":") if o != "refit=1"), "seed": seed, "loss": r["loss"], "best_epoch": r["best_epoch"],
+    rows = [{"dataset": d, "spec": plain(s), "seed": seed, "loss": r["loss"], "best_epoch": r["best_epoch"],
              "test_seconds": r["test_seconds"], "stopped_at": r.get("stopped_at"), **{m: r["test"][m] for m in METRICS}, "command": shown(c),
              "refit": {m: r["test_refit"][m] for m in METRICS} if "test_refit" in r else None}
             for (d, s, seed), c, r in (o for o in outcomes if o is not None)]
+    kept = kept_rows(args.keep, jobs, rows)
+    order = [(d, plain(s), seed) for d, s, seed in jobs]
+    rows = sorted(rows + kept, key=lambda r: order.index((r["dataset"], r["spec"], r["seed"])))
     (work / "table.json").write_text(json.dumps(rows, indent=2))
     header = (f"P2 seq-loo, full ranking over the catalogue with history items masked; test metrics at the best "
               f"validation NDCG@20, mean ± sample std over the seeds run (of {', '.join(seeds)}; `runs` column); "
@@ -210,7 +236,10 @@ def main() -> None:
     print("\n" + header + "\n\n" + table + "\n\nCommands:")
     for r in rows:
         print(f"    {r['command']}")
-    missing = [job for job, o in zip(jobs, outcomes) if o is None]
+    if kept:
+        print(f"\n{len(kept)} row(s) kept from {', '.join(map(str, args.keep))} (their runs are not in {work})")
+    have = {(r["dataset"], r["spec"], r["seed"]) for r in rows}
+    missing = [(d, s, seed) for d, s, seed in jobs if (d, plain(s), seed) not in have]
     if missing:
         print(f"\n{len(missing)} run(s) missing from the table: " + ", ".join(f"{d} {s} {seed}" for d, s, seed in missing))
 
