@@ -17,17 +17,19 @@ def tiny(**overrides):
     return build_model(values).eval()
 
 
+@pytest.mark.parametrize("encoder", ["sasrec", "bert"])
 @pytest.mark.parametrize("positions", ["start", "end"])
-def test_output_at_position_t_does_not_change_when_later_items_change(positions):
-    model = tiny(positions=positions)
+def test_output_at_position_t_does_not_change_when_later_items_change(positions, encoder):
+    model = tiny(positions=positions, encoder=encoder)
     batch = random_batch(batch_size=4, width=7, seed=2)
     batch.history_mask[:] = True  # full rows
     batch.history_items = torch.randint(2, 30, batch.history_items.shape, generator=torch.Generator().manual_seed(3))
     assert_later_items_do_not_change_earlier_outputs(model.sequence, batch)
 
 
-def test_prefix_alone_gives_the_same_outputs_as_inside_the_longer_sequence():
-    model = tiny()
+@pytest.mark.parametrize("encoder", ["sasrec", "bert"])
+def test_prefix_alone_gives_the_same_outputs_as_inside_the_longer_sequence(encoder):
+    model = tiny(encoder=encoder)
     batch = random_batch(batch_size=3, width=7, seed=5)
     batch.history_mask[:] = True
     batch.history_items = torch.randint(2, 30, (3, 7), generator=torch.Generator().manual_seed(6))
@@ -68,8 +70,9 @@ def test_user_vector_is_the_output_at_the_last_real_position_and_scores_use_the_
     torch.testing.assert_close(model.score(users, model.item_vectors()), users @ model.item.weight.T)
 
 
-def test_training_predicts_the_next_item_at_every_position():
-    model = tiny(loss="full", dropout=0.0)
+@pytest.mark.parametrize("encoder", ["sasrec", "bert"])
+def test_training_predicts_the_next_item_at_every_position(encoder):
+    model = tiny(loss="full", dropout=0.0, encoder=encoder)
     model.train()
     batch = random_batch(batch_size=4, width=5, seed=8)
     loss = model(batch).loss
@@ -91,7 +94,7 @@ def test_too_long_history_is_refused():
 
 
 @pytest.mark.parametrize("field, value", [("loss", "hinge"), ("heads", 3), ("dropout", 1.0), ("negatives", 0),
-                                          ("positions", "middle")])
+                                          ("positions", "middle"), ("encoder", "gpt")])
 def test_invalid_config_is_rejected(field, value):
     with pytest.raises(ValueError, match=field):
         tiny(**{field: value})
@@ -104,3 +107,40 @@ def test_end_positions_do_not_depend_on_the_padding_width():
     batch.history_items = torch.cat([batch.history_items, torch.zeros(4, 3, dtype=torch.long)], dim=1)
     batch.history_mask = torch.cat([batch.history_mask, torch.zeros(4, 3, dtype=torch.bool)], dim=1)
     torch.testing.assert_close(model.user_vectors(batch), users)
+
+
+def test_bert_encoder_is_post_ln_with_a_4d_gelu_feed_forward_and_unscaled_inputs():
+    """encoder=bert (the S3-Rec / ICLRec / ICSRec Transformer): the embeddings are item + position with no
+    sqrt(D) factor, layer-normalised; every block ends in a LayerNorm (post-LN), so with the LayerNorms at
+    their initial identity affine every real position's output has mean 0 and variance 1 over the
+    features; the feed-forward is D -> 4D -> D; weights start from N(0, 0.02)."""
+    model = tiny(encoder="bert", embedding_dim=16, dropout=0.0)
+    batch = random_batch(batch_size=4, width=6, seed=13)
+    hidden = model.sequence(batch)[batch.history_mask]  # (real positions, D)
+    torch.testing.assert_close(hidden.mean(-1), torch.zeros(len(hidden)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(hidden.var(-1, unbiased=False), torch.ones(len(hidden)), atol=1e-3, rtol=0)
+    first = model.blocks[0].ffn
+    assert (first[0].in_features, first[0].out_features, first[2].out_features) == (16, 64, 16)
+    assert isinstance(first[1], torch.nn.GELU)
+    assert abs(model.item.weight[1:].std().item() - 0.02) < 0.005
+    # the block input: LN(item + position), no sqrt(D) scaling
+    items = batch.history_items
+    positions = torch.arange(items.shape[1])
+    captured = {}
+    model.blocks[0].register_forward_pre_hook(lambda module, args: captured.update(x=args[0]))
+    model.sequence(batch)
+    expected = torch.nn.functional.layer_norm(model.item(items) + model.position(positions), (16,), eps=1e-12)
+    torch.testing.assert_close(captured["x"], expected * batch.history_mask.unsqueeze(-1))
+
+
+def test_default_encoder_keeps_the_papers_blocks_and_scaled_inputs():
+    model = tiny(embedding_dim=16)
+    assert model.config.encoder == "sasrec"
+    assert isinstance(model.final_norm, torch.nn.LayerNorm)
+    assert model.blocks[0].ffn[0].out_features == 16 and isinstance(model.blocks[0].ffn[1], torch.nn.ReLU)
+    batch = random_batch(batch_size=3, width=5, seed=14)
+    captured = {}
+    model.blocks[0].register_forward_pre_hook(lambda module, args: captured.update(x=args[0]))
+    model.sequence(batch)
+    expected = model.item(batch.history_items) * 4.0 + model.position(torch.arange(5))
+    torch.testing.assert_close(captured["x"], expected * batch.history_mask.unsqueeze(-1))

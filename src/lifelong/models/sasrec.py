@@ -22,6 +22,11 @@ Deviations:
     prefix model). ``positions = "end"`` is the paper's numbering (it left-pads): the newest item always
     sits at position L-1, so a position embedding says how far an item is from the end of the history.
   - ``heads`` defaults to 1 (paper); ICLRec-style runs use 2.
+  - ``encoder = "bert"`` swaps the paper's blocks for the Transformer of the S3-Rec codebase, which ICLRec,
+    ICSRec and BSARec report their "SASRec" encoder with: item plus position embeddings (no ``sqrt(D)``
+    scaling), LayerNorm and dropout; each block post-LN, ``x = LN(x + Dropout(W_o Attn(x)))`` then
+    ``x = LN(x + Dropout(W2 GELU(W1 x)))`` with ``W1`` of width ``4D``; no final LN; every weight drawn
+    from N(0, 0.02). Causality and the scoring are unchanged.
 
 Example:
     >>> model = SASRec(SASRecConfig(n_items=10, n_cates=4, embedding_dim=8, max_positions=5))
@@ -52,6 +57,8 @@ class SASRecConfig(RetrievalConfig):
         positions: ``start`` numbers the positions from the oldest kept item (position 0); ``end``
             numbers them back from the newest, which always sits at position ``max_positions - 1``
             (the paper's left padding).
+        encoder: ``sasrec`` (the paper's pre-LN blocks) or ``bert`` (the post-LN, GELU, ``4D``-wide
+            feed-forward Transformer of the S3-Rec / ICLRec / ICSRec code; see Deviations).
         loss, negatives: see :class:`RetrievalConfig`.
     """
 
@@ -62,6 +69,7 @@ class SASRecConfig(RetrievalConfig):
     dropout: float = 0.5
     max_positions: int = 50
     positions: str = "start"
+    encoder: str = "sasrec"
 
     def validate(self) -> None:
         super().validate()
@@ -73,6 +81,8 @@ class SASRecConfig(RetrievalConfig):
             raise ValueError(f"sasrec: dropout must be in [0, 1), got {self.dropout}")
         if self.positions not in ("start", "end"):
             raise ValueError(f"sasrec: positions must be 'start' or 'end', got {self.positions!r}")
+        if self.encoder not in ("sasrec", "bert"):
+            raise ValueError(f"sasrec: encoder must be 'sasrec' or 'bert', got {self.encoder!r}")
 
 
 class CausalBlock(nn.Module):
@@ -104,6 +114,31 @@ class CausalBlock(nn.Module):
         return x * mask.unsqueeze(-1)
 
 
+class PostLNBlock(nn.Module):
+    """One block of the S3-Rec / ICLRec / ICSRec Transformer (``encoder = "bert"``; module docstring)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.dropout = dropout
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Sequential(nn.Linear(dim, dim), nn.Dropout(dropout))
+        self.attention_norm = nn.LayerNorm(dim, eps=1e-12)
+        self.ffn = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim), nn.Dropout(dropout))
+        self.ffn_norm = nn.LayerNorm(dim, eps=1e-12)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x (B, T, D), mask (B, T) bool (left-aligned) -> (B, T, D), zero at padding."""
+        b, t, d = x.shape
+        h = self.heads
+        q, k, v = self.qkv(x).view(b, t, 3, h, d // h).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, d/H)
+        context = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
+                                                 is_causal=True)  # position t sees <= t
+        x = self.attention_norm(x + self.out(context.transpose(1, 2).reshape(b, t, d)))
+        x = self.ffn_norm(x + self.ffn(x))
+        return x * mask.unsqueeze(-1)
+
+
 @register(SASRecConfig)
 class SASRec(RetrievalModel):
     """Causal self-attention over the item sequence; the last position's output is the user vector."""
@@ -118,9 +153,21 @@ class SASRec(RetrievalModel):
         self.item = nn.Embedding(config.n_items + self.extra_input_rows, d, padding_idx=0)
         self.position = nn.Embedding(config.max_positions, d)
         self.dropout = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(CausalBlock(d, config.heads, config.dropout) for _ in range(config.layers))
-        self.final_norm = nn.LayerNorm(d, eps=1e-8)
-        nn.init.normal_(self.item.weight, std=d ** -0.5)
+        bert = config.encoder == "bert"
+        block = PostLNBlock if bert else CausalBlock
+        self.blocks = nn.ModuleList(block(d, config.heads, config.dropout) for _ in range(config.layers))
+        # the paper's blocks end in a LayerNorm; the bert encoder normalises its input embeddings instead
+        self.final_norm = nn.Identity() if bert else nn.LayerNorm(d, eps=1e-8)
+        self.input_norm = nn.LayerNorm(d, eps=1e-12) if bert else nn.Identity()
+        self.input_scale = 1.0 if bert else math.sqrt(d)
+        if bert:  # the S3-Rec code's initialisation: every Linear and Embedding weight N(0, 0.02), biases 0
+            for module in self.modules():
+                if isinstance(module, (nn.Linear, nn.Embedding)):
+                    nn.init.normal_(module.weight, std=0.02)
+                if isinstance(module, nn.Linear):
+                    nn.init.zeros_(module.bias)
+        else:
+            nn.init.normal_(self.item.weight, std=d ** -0.5)
         with torch.no_grad():
             self.item.weight[0].zero_()
 
@@ -135,7 +182,7 @@ class SASRec(RetrievalModel):
         if self.config.positions == "end":  # the newest item at max_positions - 1; padding clamped (masked)
             positions = (positions + (self.config.max_positions - batch.lengths).unsqueeze(1)).clamp(
                 max=self.config.max_positions - 1)  # (B, T)
-        x = self.item(items) * math.sqrt(self.config.embedding_dim) + self.position(positions)
+        x = self.input_norm(self.item(items) * self.input_scale + self.position(positions))
         x = self.dropout(x) * mask.unsqueeze(-1)
         for block in self.blocks:
             x = block(x, mask)
