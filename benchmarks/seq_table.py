@@ -7,7 +7,8 @@ Every number comes from the CLI commands this script runs and prints. Model sele
 uses validation NDCG@20 only; the table reports the test metrics of the best validation epoch. Finished
 runs are reused, so an interrupted table continues where it stopped. ``--keep`` carries rows over from an
 earlier run of this script (its ``table.json``, which records each row's command) for the runs whose folders
-are not on this machine, so a table can grow across machines without retraining what it already holds.
+are not on this machine: those jobs are not trained, so a table can grow across machines without retraining
+what it already holds. A kept row must have trained under the same ``--epochs`` and ``--patience``.
 
     python benchmarks/seq_table.py [--models SPEC,...] [--datasets beauty,sports,ml100k]
         [--seeds 2024,2025,2026] [--epochs 200] [--patience 10] [--jobs 1] [--threads 2]
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -157,18 +159,25 @@ def summarise(rows: list[dict], models: list[str], datasets: list[str]) -> str:
     return "\n".join(lines)
 
 
-def kept_rows(files: list[Path], jobs: list[tuple[str, str, str]], rows: list[dict]) -> list[dict]:
-    """The rows of earlier tables (``table.json`` files) for the jobs asked for that have no row here; a row
-    found in several files is taken from the first."""
-    wanted = {(d, plain(s), seed) for d, s, seed in jobs}
-    have = {(r["dataset"], r["spec"], r["seed"]) for r in rows}
-    kept = []
+def kept_rows(files: list[Path], commands: dict[tuple[str, str, str], list[str]]) -> dict[tuple, dict]:
+    """The rows of earlier tables (``table.json`` files) for the jobs asked for (``commands``: each job's
+    key, (dataset, plain spec, seed), and training command), keyed alike; a row found in several files is
+    taken from the first. A row whose command trained under other ``--epochs`` or ``--patience`` than the
+    job's is not kept (it is printed), as a finished run folder with other settings is not reused."""
+    kept = {}
     for file in files:
         for row in json.loads(file.read_text()):
             key = (row["dataset"], row["spec"], row["seed"])
-            if key in wanted and key not in have:
-                kept.append(row)
-                have.add(key)
+            if key not in commands or key in kept:
+                continue
+            earlier, now = shlex.split(row["command"]), commands[key]
+            settings = [(flag, earlier[earlier.index(flag) + 1], now[now.index(flag) + 1])
+                        for flag in ("--epochs", "--patience")]
+            if any(a != b for _, a, b in settings):
+                print(f"not kept from {file}: {' '.join(key)} (" + ", ".join(
+                    f"{flag} {a}, now {b}" for flag, a, b in settings if a != b) + ")")
+                continue
+            kept[key] = row
     return kept
 
 
@@ -199,12 +208,18 @@ def main() -> None:
     jobs = [(d, s, seed) for seed in seeds for d in datasets for s in models]
     started = time.time()
 
+    # rows of earlier tables (--keep) stand for the runs missing here: they are neither trained nor re-read
+    kept = kept_rows(args.keep, {(d, plain(s), seed): train_command(work, d, s, seed, args)[1] for d, s, seed in jobs})
+
     def one(job):
         dataset, spec, seed = job
         out, command = train_command(work, dataset, spec, seed, args)
         finished = finished_with(out, command, require_refit=not args.report_only)
-        result = stopped_result(out) if args.report_only and not finished \
-            else results_of(out, command, finished, args.report_only)
+        if not finished and (dataset, plain(spec), seed) in kept:
+            result = stopped_result(out)  # a run stopped here wins over the kept row; None: the kept row
+        else:
+            result = stopped_result(out) if args.report_only and not finished \
+                else results_of(out, command, finished, args.report_only)
         if result is None:
             return None
         print(f"[{(time.time() - started) / 60:6.1f} min] {dataset} {label_of(spec)} seed {seed}: test HR@10 "
@@ -218,7 +233,8 @@ def main() -> None:
              "test_seconds": r["test_seconds"], "stopped_at": r.get("stopped_at"), **{m: r["test"][m] for m in METRICS}, "command": shown(c),
              "refit": {m: r["test_refit"][m] for m in METRICS} if "test_refit" in r else None}
             for (d, s, seed), c, r in (o for o in outcomes if o is not None)]
-    kept = kept_rows(args.keep, jobs, rows)
+    have = {(r["dataset"], r["spec"], r["seed"]) for r in rows}
+    kept = [row for key, row in kept.items() if key not in have]
     order = [(d, plain(s), seed) for d, s, seed in jobs]
     rows = sorted(rows + kept, key=lambda r: order.index((r["dataset"], r["spec"], r["seed"])))
     (work / "table.json").write_text(json.dumps(rows, indent=2))

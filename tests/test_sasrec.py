@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from lifelong.models import build_model
 
@@ -111,33 +112,46 @@ def test_end_positions_do_not_depend_on_the_padding_width():
 
 def test_bert_encoder_is_post_ln_with_a_4d_gelu_feed_forward_and_unscaled_inputs():
     """encoder=bert (the S3-Rec / ICLRec / ICSRec Transformer): the embeddings are item + position with no
-    sqrt(D) factor, layer-normalised; every block ends in a LayerNorm (post-LN), so with the LayerNorms at
-    their initial identity affine every real position's output has mean 0 and variance 1 over the
-    features; the feed-forward is D -> 4D -> D; weights start from N(0, 0.02)."""
+    sqrt(D) factor, layer-normalised; each block is x = LN(x + attention), then LN(x + FFN(x)) with the
+    FFN D -> 4D -> D under GELU, and the last block's output is the model's (no final LayerNorm);
+    Linear and Embedding weights start from N(0, 0.02), biases from 0."""
     model = tiny(encoder="bert", embedding_dim=16, dropout=0.0)
     batch = random_batch(batch_size=4, width=6, seed=13)
-    hidden = model.sequence(batch)[batch.history_mask]  # (real positions, D)
-    torch.testing.assert_close(hidden.mean(-1), torch.zeros(len(hidden)), atol=1e-5, rtol=0)
-    torch.testing.assert_close(hidden.var(-1, unbiased=False), torch.ones(len(hidden)), atol=1e-3, rtol=0)
+    inputs, outputs = {}, {}
+    for i, block in enumerate(model.blocks):
+        block.register_forward_pre_hook(lambda module, args, i=i: inputs.update({i: args[0]}))
+        block.attention_norm.register_forward_hook(lambda module, args, out, i=i: outputs.update({i: out}))
+    hidden = model.sequence(batch)
+    mask = batch.history_mask.unsqueeze(-1)
+    items, positions = batch.history_items, torch.arange(batch.history_items.shape[1])
+    embedded = F.layer_norm(model.item(items) + model.position(positions), (16,), eps=1e-12)
+    torch.testing.assert_close(inputs[0], embedded * mask)  # no sqrt(D) scaling
+    for i, block in enumerate(model.blocks):  # post-LN: the block's output is LN(x + FFN(x)) of its mid-point
+        after_attention = outputs[i]
+        expected = F.layer_norm(after_attention + block.ffn(after_attention), (16,), eps=1e-12) * mask
+        torch.testing.assert_close(inputs[i + 1] if i + 1 < len(model.blocks) else hidden, expected)
     first = model.blocks[0].ffn
     assert (first[0].in_features, first[0].out_features, first[2].out_features) == (16, 64, 16)
     assert isinstance(first[1], torch.nn.GELU)
-    assert abs(model.item.weight[1:].std().item() - 0.02) < 0.005
-    # the block input: LN(item + position), no sqrt(D) scaling
-    items = batch.history_items
-    positions = torch.arange(items.shape[1])
-    captured = {}
-    model.blocks[0].register_forward_pre_hook(lambda module, args: captured.update(x=args[0]))
-    model.sequence(batch)
-    expected = torch.nn.functional.layer_norm(model.item(items) + model.position(positions), (16,), eps=1e-12)
-    torch.testing.assert_close(captured["x"], expected * batch.history_mask.unsqueeze(-1))
+    assert isinstance(model.final_norm, torch.nn.Identity)
+    bert = tiny(encoder="bert", embedding_dim=64)
+    linear = torch.cat([m.weight.flatten() for m in bert.modules() if isinstance(m, torch.nn.Linear)])
+    assert abs(linear.std().item() - 0.02) < 0.002 and abs(bert.item.weight[1:].std().item() - 0.02) < 0.003
+    assert all((m.bias == 0).all() for m in bert.modules() if isinstance(m, torch.nn.Linear))
 
 
-def test_default_encoder_keeps_the_papers_blocks_and_scaled_inputs():
+def test_default_encoder_keeps_the_papers_blocks_parameters_and_scaled_inputs():
     model = tiny(embedding_dim=16)
     assert model.config.encoder == "sasrec"
     assert isinstance(model.final_norm, torch.nn.LayerNorm)
     assert model.blocks[0].ffn[0].out_features == 16 and isinstance(model.blocks[0].ffn[1], torch.nn.ReLU)
+    # the parameter names of the paper's blocks, so checkpoints saved before the bert option load as before
+    block = ["attention_norm.weight", "attention_norm.bias", "q.weight", "q.bias", "kv.weight", "kv.bias",
+             "out.weight", "out.bias", "ffn_norm.weight", "ffn_norm.bias", "ffn.0.weight", "ffn.0.bias",
+             "ffn.3.weight", "ffn.3.bias"]
+    assert list(model.state_dict()) == ["item.weight", "position.weight",
+                                        *[f"blocks.{i}.{name}" for i in range(2) for name in block],
+                                        "final_norm.weight", "final_norm.bias"]
     batch = random_batch(batch_size=3, width=5, seed=14)
     captured = {}
     model.blocks[0].register_forward_pre_hook(lambda module, args: captured.update(x=args[0]))

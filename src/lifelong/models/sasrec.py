@@ -26,7 +26,8 @@ Deviations:
     ICSRec and BSARec report their "SASRec" encoder with: item plus position embeddings (no ``sqrt(D)``
     scaling), LayerNorm and dropout; each block post-LN, ``x = LN(x + Dropout(W_o Attn(x)))`` then
     ``x = LN(x + Dropout(W2 GELU(W1 x)))`` with ``W1`` of width ``4D``; no final LN; every weight drawn
-    from N(0, 0.02). Causality and the scoring are unchanged.
+    from N(0, 0.02). Causality and the scoring are unchanged. That code left-pads, so its newest item
+    always sits at the last position: ``positions = "end"`` is the faithful pairing.
 
 Example:
     >>> model = SASRec(SASRecConfig(n_items=10, n_cates=4, embedding_dim=8, max_positions=5))
