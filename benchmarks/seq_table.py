@@ -206,37 +206,36 @@ def main() -> None:
         print(f"$ {shown(prepare)}", flush=True)
 
     jobs = [(d, s, seed) for seed in seeds for d in datasets for s in models]
+    keys = [(d, plain(s), seed) for d, s, seed in jobs]  # a job's row key (a refit run is its spec's P2 run)
+    commands = [train_command(work, d, s, seed, args) for d, s, seed in jobs]  # (run folder, command)
     started = time.time()
 
     # rows of earlier tables (--keep) stand for the runs missing here: they are neither trained nor re-read
-    kept = kept_rows(args.keep, {(d, plain(s), seed): train_command(work, d, s, seed, args)[1] for d, s, seed in jobs})
+    kept = kept_rows(args.keep, {key: command for key, (_, command) in zip(keys, commands)})
 
-    def one(job):
-        dataset, spec, seed = job
-        out, command = train_command(work, dataset, spec, seed, args)
+    def one(i):
+        (dataset, spec, seed), (out, command) = jobs[i], commands[i]
         finished = finished_with(out, command, require_refit=not args.report_only)
-        if not finished and (dataset, plain(spec), seed) in kept:
-            result = stopped_result(out)  # a run stopped here wins over the kept row; None: the kept row
+        if not finished and (args.report_only or keys[i] in kept):
+            result = stopped_result(out)  # a run stopped here wins over a kept row; None: the kept row, if any
         else:
-            result = stopped_result(out) if args.report_only and not finished \
-                else results_of(out, command, finished, args.report_only)
+            result = results_of(out, command, finished, args.report_only)
         if result is None:
             return None
         print(f"[{(time.time() - started) / 60:6.1f} min] {dataset} {label_of(spec)} seed {seed}: test HR@10 "
               f"{result['test']['hr@10']:.4f} NDCG@10 {result['test']['ndcg@10']:.4f} (best epoch "
               f"{result['best_epoch']}, test ranking {result['test_seconds'] or float('nan'):.1f} s)", flush=True)
-        return job, command, result
+        return jobs[i], command, result
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        outcomes = list(pool.map(one, jobs))
+        outcomes = list(pool.map(one, range(len(jobs))))
     rows = [{"dataset": d, "spec": plain(s), "seed": seed, "loss": r["loss"], "best_epoch": r["best_epoch"],
              "test_seconds": r["test_seconds"], "stopped_at": r.get("stopped_at"), **{m: r["test"][m] for m in METRICS}, "command": shown(c),
              "refit": {m: r["test_refit"][m] for m in METRICS} if "test_refit" in r else None}
             for (d, s, seed), c, r in (o for o in outcomes if o is not None)]
-    have = {(r["dataset"], r["spec"], r["seed"]) for r in rows}
-    kept = [row for key, row in kept.items() if key not in have]
-    order = [(d, plain(s), seed) for d, s, seed in jobs]
-    rows = sorted(rows + kept, key=lambda r: order.index((r["dataset"], r["spec"], r["seed"])))
+    trained = {(r["dataset"], r["spec"], r["seed"]) for r in rows}
+    carried = [row for key, row in kept.items() if key not in trained]
+    rows = sorted(rows + carried, key=lambda r: keys.index((r["dataset"], r["spec"], r["seed"])))
     (work / "table.json").write_text(json.dumps(rows, indent=2))
     header = (f"P2 seq-loo, full ranking over the catalogue with history items masked; test metrics at the best "
               f"validation NDCG@20, mean ± sample std over the seeds run (of {', '.join(seeds)}; `runs` column); "
@@ -252,10 +251,9 @@ def main() -> None:
     print("\n" + header + "\n\n" + table + "\n\nCommands:")
     for r in rows:
         print(f"    {r['command']}")
-    if kept:
-        print(f"\n{len(kept)} row(s) kept from {', '.join(map(str, args.keep))} (their runs are not in {work})")
-    have = {(r["dataset"], r["spec"], r["seed"]) for r in rows}
-    missing = [(d, s, seed) for d, s, seed in jobs if (d, plain(s), seed) not in have]
+    if carried:
+        print(f"\n{len(carried)} row(s) kept from {', '.join(map(str, args.keep))} (their runs are not in {work})")
+    missing = [job for job, key in zip(jobs, keys) if key not in trained and key not in kept]
     if missing:
         print(f"\n{len(missing)} run(s) missing from the table: " + ", ".join(f"{d} {s} {seed}" for d, s, seed in missing))
 
