@@ -376,6 +376,7 @@ class ICLRec(SASRec):
         users = self._last(hidden, batch)  # (B, D)
         if not self.training:
             return RetrievalOutput(user_vectors=users)
+        self.check_training_batch(batch)
         positives, mask = next_items(batch)
         negatives = batch.history_negative_items[mask] if batch.history_negative_items is not None else None
         loss = next_item_loss(hidden[mask], positives[mask], self.item_vectors(), config.loss,

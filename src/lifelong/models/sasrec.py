@@ -28,6 +28,18 @@ Deviations:
     ``x = LN(x + Dropout(W2 GELU(W1 x)))`` with ``W1`` of width ``4D``; no final LN; every weight drawn
     from N(0, 0.02). Causality and the scoring are unchanged. That code left-pads, so its newest item
     always sits at the last position: ``positions = "end"`` is the faithful pairing.
+  - ``encoder = "bsarec"`` (Shin et al., An Attentive Inductive Bias for Sequential Recommendation beyond
+    the Self-Attention, AAAI 2024): the ``bert`` blocks with a second, fixed-filter path beside the
+    attention. The filter takes the sequence's discrete Fourier transform over positions, keeps the
+    ``bsarec_cutoff // 2 + 1`` lowest frequencies (the low-frequency component ``LFC``), and rescales
+    the rest, ``HFC = x - LFC``, by a learned per-dimension ``beta**2``:
+    ``dsp = LN(x + Dropout(LFC + beta**2 * HFC))``. The block mixes ``alpha * dsp + (1 - alpha) * attn``
+    (``bsarec_alpha``) before the feed-forward. The transform runs over ``max_positions`` positions with
+    zeros after the history, so a row's output does not depend on the batch's width; a circular filter
+    commutes with the circular shift between that layout and the paper's left padding. The filter sees
+    every position, so an output depends on later positions too: the encoder trains on prefix samples
+    only (``--samples prefixes``, the loss at each row's last position, as BSARec's code trains), where
+    no target is ever an input, and a training batch without ``last_target_only`` is refused.
 
 Example:
     >>> model = SASRec(SASRecConfig(n_items=10, n_cates=4, embedding_dim=8, max_positions=5))
@@ -58,8 +70,11 @@ class SASRecConfig(RetrievalConfig):
         positions: ``start`` numbers the positions from the oldest kept item (position 0); ``end``
             numbers them back from the newest, which always sits at position ``max_positions - 1``
             (the paper's left padding).
-        encoder: ``sasrec`` (the paper's pre-LN blocks) or ``bert`` (the post-LN, GELU, ``4D``-wide
-            feed-forward Transformer of the S3-Rec / ICLRec / ICSRec code; see Deviations).
+        encoder: ``sasrec`` (the paper's pre-LN blocks), ``bert`` (the post-LN, GELU, ``4D``-wide
+            feed-forward Transformer of the S3-Rec / ICLRec / ICSRec code) or ``bsarec`` (``bert`` blocks
+            with BSARec's frequency filter beside the attention; prefix samples only); see Deviations.
+        bsarec_alpha: ``encoder = "bsarec"``: the filter path's share ``alpha`` (BSARec's Beauty 0.7).
+        bsarec_cutoff: ``encoder = "bsarec"``: BSARec's ``c`` (5); the filter keeps ``c // 2 + 1`` frequencies.
         loss, negatives: see :class:`RetrievalConfig`.
     """
 
@@ -71,6 +86,8 @@ class SASRecConfig(RetrievalConfig):
     max_positions: int = 50
     positions: str = "start"
     encoder: str = "sasrec"
+    bsarec_alpha: float = 0.7
+    bsarec_cutoff: int = 5
 
     def validate(self) -> None:
         super().validate()
@@ -82,8 +99,12 @@ class SASRecConfig(RetrievalConfig):
             raise ValueError(f"sasrec: dropout must be in [0, 1), got {self.dropout}")
         if self.positions not in ("start", "end"):
             raise ValueError(f"sasrec: positions must be 'start' or 'end', got {self.positions!r}")
-        if self.encoder not in ("sasrec", "bert"):
-            raise ValueError(f"sasrec: encoder must be 'sasrec' or 'bert', got {self.encoder!r}")
+        if self.encoder not in ("sasrec", "bert", "bsarec"):
+            raise ValueError(f"sasrec: encoder must be 'sasrec', 'bert' or 'bsarec', got {self.encoder!r}")
+        if not 0.0 <= self.bsarec_alpha <= 1.0:
+            raise ValueError(f"sasrec: bsarec_alpha must be in [0, 1], got {self.bsarec_alpha}")
+        if self.bsarec_cutoff < 0:
+            raise ValueError(f"sasrec: bsarec_cutoff must be non-negative, got {self.bsarec_cutoff}")
 
 
 class CausalBlock(nn.Module):
@@ -128,14 +149,56 @@ class PostLNBlock(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim), nn.Dropout(dropout))
         self.ffn_norm = nn.LayerNorm(dim, eps=1e-12)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x (B, T, D), mask (B, T) bool (left-aligned) -> (B, T, D), zero at padding."""
+    def attend(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> the attention sublayer's output ``LN(x + Dropout(W_o Attn(x)))``, causal."""
         b, t, d = x.shape
         h = self.heads
         q, k, v = self.qkv(x).view(b, t, 3, h, d // h).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, d/H)
         context = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
                                                  is_causal=True)  # position t sees <= t
-        x = self.attention_norm(x + self.out(context.transpose(1, 2).reshape(b, t, d)))
+        return self.attention_norm(x + self.out(context.transpose(1, 2).reshape(b, t, d)))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x (B, T, D), mask (B, T) bool (left-aligned) -> (B, T, D), zero at padding."""
+        x = self.attend(x)
+        x = self.ffn_norm(x + self.ffn(x))
+        return x * mask.unsqueeze(-1)
+
+
+class FrequencyFilter(nn.Module):
+    """BSARec's inductive-bias path ``LN(x + Dropout(LFC + beta**2 * HFC))`` (module docstring)."""
+
+    def __init__(self, dim: int, dropout: float, length: int, cutoff: int) -> None:
+        super().__init__()
+        self.length = length  # the transform's length: max_positions, zeros after the history
+        self.keep = cutoff // 2 + 1  # frequencies 0 .. keep-1 form the low-frequency component
+        self.sqrt_beta = nn.Parameter(torch.randn(dim))  # BSARec draws it from N(0, 1)
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(dim, eps=1e-12)
+
+    def low_pass(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) with T <= length -> its low-frequency component over positions, (B, T, D)."""
+        spectrum = torch.fft.rfft(x, n=self.length, dim=1, norm="ortho")  # (B, length // 2 + 1, D)
+        keep = torch.arange(spectrum.shape[1], device=x.device) < self.keep
+        low = torch.fft.irfft(spectrum * keep.view(1, -1, 1), n=self.length, dim=1, norm="ortho")
+        return low[:, : x.shape[1]]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        low = self.low_pass(x)
+        return self.norm(x + self.dropout(low + self.sqrt_beta.square() * (x - low)))
+
+
+class BSARecBlock(PostLNBlock):
+    """A ``bert`` block whose attention output is mixed with the frequency filter's (module docstring)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float, length: int, alpha: float, cutoff: int) -> None:
+        super().__init__(dim, heads, dropout)
+        self.alpha = alpha
+        self.filter = FrequencyFilter(dim, dropout, length, cutoff)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x (B, T, D) zero at padding, mask (B, T) bool (left-aligned) -> (B, T, D), zero at padding."""
+        x = self.alpha * self.filter(x) + (1.0 - self.alpha) * self.attend(x)
         x = self.ffn_norm(x + self.ffn(x))
         return x * mask.unsqueeze(-1)
 
@@ -154,9 +217,14 @@ class SASRec(RetrievalModel):
         self.item = nn.Embedding(config.n_items + self.extra_input_rows, d, padding_idx=0)
         self.position = nn.Embedding(config.max_positions, d)
         self.dropout = nn.Dropout(config.dropout)
-        bert = config.encoder == "bert"
-        block = PostLNBlock if bert else CausalBlock
-        self.blocks = nn.ModuleList(block(d, config.heads, config.dropout) for _ in range(config.layers))
+        bert = config.encoder in ("bert", "bsarec")  # bsarec: the bert blocks plus a filter path
+        if config.encoder == "bsarec":
+            self.blocks = nn.ModuleList(
+                BSARecBlock(d, config.heads, config.dropout, config.max_positions, config.bsarec_alpha,
+                            config.bsarec_cutoff) for _ in range(config.layers))
+        else:
+            block = PostLNBlock if bert else CausalBlock
+            self.blocks = nn.ModuleList(block(d, config.heads, config.dropout) for _ in range(config.layers))
         # the paper's blocks end in a LayerNorm; the bert encoder normalises its input embeddings instead
         self.final_norm = nn.Identity() if bert else nn.LayerNorm(d, eps=1e-8)
         self.input_norm = nn.LayerNorm(d, eps=1e-12) if bert else nn.Identity()
@@ -192,6 +260,13 @@ class SASRec(RetrievalModel):
     def user_vectors(self, batch: Batch) -> torch.Tensor:
         return self._last(self.sequence(batch), batch)
 
+    def check_training_batch(self, batch: Batch) -> None:
+        """Refuse a next-item training batch whose inputs could hold a position's own target: the bsarec
+        encoder's filter sees later positions, so it trains on prefix samples only."""
+        if self.config.encoder == "bsarec" and not batch.last_target_only:
+            raise ValueError("sasrec: encoder=bsarec sees later positions, so it trains on prefix samples only "
+                             "(--samples prefixes: the loss at each row's last position)")
+
     @staticmethod
     def _last(hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
         last = (batch.lengths - 1).clamp(min=0)  # (B,)
@@ -206,6 +281,7 @@ class SASRec(RetrievalModel):
         users = self._last(hidden, batch)
         if not self.training:
             return RetrievalOutput(user_vectors=users)
+        self.check_training_batch(batch)
         positives, mask = next_items(batch)
         negatives = batch.history_negative_items[mask] if batch.history_negative_items is not None else None
         loss = next_item_loss(hidden[mask], positives[mask], self.item_vectors(), self.config.loss,
