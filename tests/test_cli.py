@@ -214,6 +214,7 @@ def p3_sets(real_sets):
     ("sasrec", ["--set", "loss=bce"]), ("sasrec", ["--set", "loss=sampled", "--set", "negatives=64"]),
     ("idnp", []), ("iclrec", ["--set", "intents=16"]), ("sasrec_priors", []),
     ("iclrec", ["--samples", "prefixes", "--set", "subsequence_views=true", "--set", "intents=16"]),
+    ("sasrec", ["--samples", "prefixes", "--set", "encoder=bsarec", "--set", "loss=full"]),
 ])
 def test_every_retrieval_model_trains_from_the_cli_on_real_data(p2_sets, tmp_path, dataset, model, options):
     """One epoch on each P2 dataset (small sizes): every user is ranked, the result names the loss and

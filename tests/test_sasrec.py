@@ -158,3 +158,73 @@ def test_default_encoder_keeps_the_papers_blocks_parameters_and_scaled_inputs():
     model.sequence(batch)
     expected = model.item(batch.history_items) * 4.0 + model.position(torch.arange(5))
     torch.testing.assert_close(captured["x"], expected * batch.history_mask.unsqueeze(-1))
+
+
+# --- encoder = "bsarec": BSARec's frequency filter beside the attention ------------------------------------
+
+
+def test_bsarec_filter_keeps_the_low_frequencies_and_rescales_the_rest_by_beta_squared():
+    """The low-pass over max_positions keeps frequencies 0 .. c//2 and removes the others; the filter's
+    output is LN(x + LFC + beta**2 * HFC)."""
+    model = tiny(encoder="bsarec", embedding_dim=8, dropout=0.0, max_positions=12, bsarec_cutoff=5)
+    block = model.blocks[0].filter
+    assert block.keep == 3
+    t = torch.arange(12, dtype=torch.float32)
+    slow = torch.cos(2 * torch.pi * 2 * t / 12)  # frequency 2: kept
+    fast = torch.cos(2 * torch.pi * 4 * t / 12)  # frequency 4: removed
+    x = (slow[None, :, None] * torch.ones(1, 1, 8)) + (fast[None, :, None] * torch.linspace(-1, 1, 8))
+    low = block.low_pass(x)
+    torch.testing.assert_close(low, slow[None, :, None].expand(1, 12, 8), atol=1e-5, rtol=0)
+    with torch.no_grad():
+        block.sqrt_beta.copy_(torch.linspace(0.5, 2.0, 8))
+    expected = F.layer_norm(x + low + block.sqrt_beta.square() * (x - low), (8,), block.norm.weight,
+                            block.norm.bias, eps=1e-12)
+    torch.testing.assert_close(block(x), expected)
+    with torch.no_grad():  # beta = 1: the filter passes x unchanged, LN(x + x)
+        block.sqrt_beta.fill_(1.0)
+    torch.testing.assert_close(block(x), F.layer_norm(2 * x, (8,), block.norm.weight, block.norm.bias, eps=1e-12))
+
+
+def test_bsarec_with_alpha_zero_is_the_bert_encoder():
+    """alpha = 0 leaves only the attention path: the same weights give the bert encoder's outputs."""
+    bsarec = tiny(encoder="bsarec", bsarec_alpha=0.0, dropout=0.0)
+    bert = tiny(encoder="bert", dropout=0.0)
+    missing = bert.load_state_dict(bsarec.state_dict(), strict=False)
+    assert missing.missing_keys == [] and all(".filter." in key for key in missing.unexpected_keys)
+    batch = random_batch(batch_size=5, width=7, seed=21)
+    torch.testing.assert_close(bsarec.sequence(batch), bert.sequence(batch))
+    mixed = tiny(encoder="bsarec", dropout=0.0)
+    assert not torch.allclose(mixed.sequence(batch), bert.sequence(batch))
+
+
+def test_bsarec_user_vector_does_not_depend_on_the_batch_width_but_its_filter_sees_later_items():
+    """The transform always runs over max_positions, so padding a batch wider changes no user vector;
+    unlike the causal encoders, an earlier position's output moves when a later item changes (the reason
+    bsarec trains on prefix samples only)."""
+    model = tiny(encoder="bsarec", positions="end")
+    batch = random_batch(batch_size=4, width=6, seed=22)
+    users = model.user_vectors(batch)
+    wide = random_batch(batch_size=4, width=6, seed=22)
+    wide.history_items = torch.cat([wide.history_items, torch.zeros(4, 4, dtype=torch.long)], dim=1)
+    wide.history_mask = torch.cat([wide.history_mask, torch.zeros(4, 4, dtype=torch.bool)], dim=1)
+    torch.testing.assert_close(model.user_vectors(wide), users)
+    before = model.sequence(batch)[0, 2]
+    batch.history_items[0, 5] = 1 + batch.history_items[0, 5] % 29
+    assert not torch.allclose(model.sequence(batch)[0, 2], before)
+
+
+def test_bsarec_trains_on_prefix_samples_only():
+    """Every-position training would show position t its own target through the filter: refused. With
+    last_target_only the loss is the full softmax at each row's last position."""
+    model = tiny(encoder="bsarec", loss="full", dropout=0.0)
+    model.train()
+    batch = random_batch(batch_size=4, width=5, seed=23)
+    with pytest.raises(ValueError, match="prefix"):
+        model(batch)
+    batch.last_target_only = True
+    loss = model(batch).loss
+    logits = model.user_vectors(batch) @ model.item.weight.T
+    logits[:, :2] = float("-inf")
+    torch.testing.assert_close(loss, F.cross_entropy(logits, batch.target_items))
+    loss.backward()
+    assert model.blocks[0].filter.sqrt_beta.grad.abs().sum() > 0
