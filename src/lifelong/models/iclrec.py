@@ -79,7 +79,7 @@ import torch.nn.functional as F
 
 from lifelong.batch import Batch
 from lifelong.models.registry import register
-from lifelong.models.retrieval import RetrievalOutput, next_item_loss, next_items
+from lifelong.models.retrieval import RetrievalOutput, next_item_loss
 from lifelong.models.sasrec import SASRec, SASRecConfig
 from lifelong.nn.cluster import lloyd, nearest_centroid
 
@@ -376,8 +376,7 @@ class ICLRec(SASRec):
         users = self._last(hidden, batch)  # (B, D)
         if not self.training:
             return RetrievalOutput(user_vectors=users)
-        self.check_training_batch(batch)
-        positives, mask = next_items(batch)
+        positives, mask = self.training_targets(batch)
         negatives = batch.history_negative_items[mask] if batch.history_negative_items is not None else None
         loss = next_item_loss(hidden[mask], positives[mask], self.item_vectors(), config.loss,
                               negatives=negatives, n_sampled=config.negatives)

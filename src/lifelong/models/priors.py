@@ -329,8 +329,7 @@ class SASRecPriors(SASRec):
         if not self.training:
             return RetrievalOutput(user_vectors=users)
         config = self.config
-        self.check_training_batch(batch)
-        positives, mask = next_items(batch)
+        positives, mask = self.training_targets(batch)
         heads, _ = self.position_heads(batch)
         negatives = batch.history_negative_items[mask] if batch.history_negative_items is not None else None
         hidden, positives, heads = hidden[mask], positives[mask], heads[mask]  # (N, D), (N,), (N,)

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -179,9 +180,8 @@ class FrequencyFilter(nn.Module):
     def low_pass(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, D) with T <= length -> its low-frequency component over positions, (B, T, D)."""
         spectrum = torch.fft.rfft(x, n=self.length, dim=1, norm="ortho")  # (B, length // 2 + 1, D)
-        keep = torch.arange(spectrum.shape[1], device=x.device) < self.keep
-        low = torch.fft.irfft(spectrum * keep.view(1, -1, 1), n=self.length, dim=1, norm="ortho")
-        return low[:, : x.shape[1]]
+        # irfft zero-fills the frequencies cut off here
+        return torch.fft.irfft(spectrum[:, : self.keep], n=self.length, dim=1, norm="ortho")[:, : x.shape[1]]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         low = self.low_pass(x)
@@ -218,13 +218,10 @@ class SASRec(RetrievalModel):
         self.position = nn.Embedding(config.max_positions, d)
         self.dropout = nn.Dropout(config.dropout)
         bert = config.encoder in ("bert", "bsarec")  # bsarec: the bert blocks plus a filter path
-        if config.encoder == "bsarec":
-            self.blocks = nn.ModuleList(
-                BSARecBlock(d, config.heads, config.dropout, config.max_positions, config.bsarec_alpha,
-                            config.bsarec_cutoff) for _ in range(config.layers))
-        else:
-            block = PostLNBlock if bert else CausalBlock
-            self.blocks = nn.ModuleList(block(d, config.heads, config.dropout) for _ in range(config.layers))
+        block = {"sasrec": CausalBlock, "bert": PostLNBlock,
+                 "bsarec": partial(BSARecBlock, length=config.max_positions, alpha=config.bsarec_alpha,
+                                   cutoff=config.bsarec_cutoff)}[config.encoder]
+        self.blocks = nn.ModuleList(block(d, config.heads, config.dropout) for _ in range(config.layers))
         # the paper's blocks end in a LayerNorm; the bert encoder normalises its input embeddings instead
         self.final_norm = nn.Identity() if bert else nn.LayerNorm(d, eps=1e-8)
         self.input_norm = nn.LayerNorm(d, eps=1e-12) if bert else nn.Identity()
@@ -260,12 +257,13 @@ class SASRec(RetrievalModel):
     def user_vectors(self, batch: Batch) -> torch.Tensor:
         return self._last(self.sequence(batch), batch)
 
-    def check_training_batch(self, batch: Batch) -> None:
-        """Refuse a next-item training batch whose inputs could hold a position's own target: the bsarec
-        encoder's filter sees later positions, so it trains on prefix samples only."""
+    def training_targets(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`next_items` of a training batch, refused when an input could hold a position's own
+        target: the bsarec encoder's filter sees later positions, so it trains on prefix samples only."""
         if self.config.encoder == "bsarec" and not batch.last_target_only:
             raise ValueError("sasrec: encoder=bsarec sees later positions, so it trains on prefix samples only "
                              "(--samples prefixes: the loss at each row's last position)")
+        return next_items(batch)
 
     @staticmethod
     def _last(hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -281,8 +279,7 @@ class SASRec(RetrievalModel):
         users = self._last(hidden, batch)
         if not self.training:
             return RetrievalOutput(user_vectors=users)
-        self.check_training_batch(batch)
-        positives, mask = next_items(batch)
+        positives, mask = self.training_targets(batch)
         negatives = batch.history_negative_items[mask] if batch.history_negative_items is not None else None
         loss = next_item_loss(hidden[mask], positives[mask], self.item_vectors(), self.config.loss,
                               negatives=negatives, n_sampled=self.config.negatives)
