@@ -238,6 +238,9 @@ def main() -> None:
             result = results_of(out, command, finished, args.report_only)
         if result is None:
             return None
+        saved = json.loads((out / "config.json").read_text()).get("command") if (out / "config.json").exists() else None
+        if saved:  # the command the run was started with (its --threads, not this invocation's)
+            command = [sys.executable, "-m", *shlex.split(saved)]
         print(f"[{(time.time() - started) / 60:6.1f} min] {dataset} {label_of(spec)} seed {seed}: test HR@10 "
               f"{result['test']['hr@10']:.4f} NDCG@10 {result['test']['ndcg@10']:.4f} (best epoch "
               f"{result['best_epoch']}, test ranking {result['test_seconds'] or float('nan'):.1f} s)", flush=True)
