@@ -238,7 +238,7 @@ def main() -> None:
             result = results_of(out, command, finished, args.report_only)
         if result is None:
             return None
-        saved = json.loads((out / "config.json").read_text()).get("command") if (out / "config.json").exists() else None
+        saved = json.loads((out / "config.json").read_text()).get("command")  # a result implies the run folder
         if saved:  # the command the run was started with (its --threads, not this invocation's)
             command = [sys.executable, "-m", *shlex.split(saved)]
         print(f"[{(time.time() - started) / 60:6.1f} min] {dataset} {label_of(spec)} seed {seed}: test HR@10 "
