@@ -310,14 +310,19 @@ class SASRecPriors(SASRec):
         recent = users[:, 0, d + 1 :].round().long()  # (B, S), -1 = none
         short = self._is_recent(recent, cates.unsqueeze(0)) if self.use_term else None  # (B, N)
         item_group = self.cate_group[cates] if self.use_category else torch.zeros_like(cates)  # (N,)
-        scores = vectors.new_zeros(users.shape[0], items.shape[0])
-        for head in range(self.n_heads):
-            group, term = self.head_values(head)
-            belongs = (item_group == group).unsqueeze(0)  # (1, N)
+        scores = vectors.new_empty(users.shape[0], items.shape[0])
+        terms = 2 if self.use_term else 1
+        for group in range(self.groups):
+            # each item is scored once per term head of its own group only: at most two (B, D) x (D, N_g)
+            # products per group, so the work is that of one or two backbone products, not K
+            columns = (item_group == group).nonzero().squeeze(1)  # (N_g,)
+            if columns.numel() == 0:
+                continue
+            own = embeddings[columns].T  # (D, N_g)
+            part = vectors[:, group * terms + LONG] @ own  # (B, N_g)
             if self.use_term:
-                belongs = belongs & (short == (term == SHORT))  # (B, N)
-            # the whole (B, D) x (D, N) product, as the backbone's score: at initialisation it is exact
-            scores = torch.where(belongs, vectors[:, head] @ embeddings.T, scores)
+                part = torch.where(short[:, columns], vectors[:, group * terms + SHORT] @ own, part)
+            scores[:, columns] = part
         return scores
 
     # --- training -------------------------------------------------------------------------------------
