@@ -156,8 +156,8 @@ def summarise(rows: list[dict], models: list[str], datasets: list[str]) -> str:
                 values = [r[m] for r in group]
                 cells.append(f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}" if len(group) > 1
                              else f"{values[0]:.4f}")
-            stopped = [str(r["stopped_at"]) for r in group if r.get("stopped_at")]
-            label = label_of(spec) + (f", *stopped by hand at epoch {', '.join(stopped)}*" if stopped else "")
+            stopped = [f"seed {r['seed']} at epoch {r['stopped_at']}" for r in group if r.get("stopped_at")]
+            label = label_of(spec) + (f", *stopped by hand: {', '.join(stopped)}*" if stopped else "")
             lines.append(f"| {dataset} | {label} | {group[0]['loss']} | " + " | ".join(cells)
                          + f" | {', '.join(str(r['best_epoch']) for r in group)} | {len(group)} |")
             refits = [r for r in group if r.get("refit")]
