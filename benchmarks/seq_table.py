@@ -143,29 +143,29 @@ def stopped_result(out: Path) -> dict | None:
 
 
 def summarise(rows: list[dict], models: list[str], datasets: list[str]) -> str:
-    lines = ["| dataset | model | loss | " + " | ".join(m.upper().replace("NDCG", "NDCG") for m in METRICS)
+    lines = ["| dataset | model | loss | " + " | ".join(m.upper() for m in METRICS)
              + " | best epochs | runs |", "|---" * (len(METRICS) + 5) + "|"]
+
+    def line(dataset: str, label: str, loss: str, results: list[dict], runs: list[dict]) -> str:
+        """One table line: each metric's mean ± sample std over ``results`` (one value when one run)."""
+        cells = [f"{np.mean(v):.4f} ± {np.std(v, ddof=1):.4f}" if len(v) > 1 else f"{v[0]:.4f}"
+                 for v in ([r[m] for r in results] for m in METRICS)]
+        return (f"| {dataset} | {label} | {loss} | " + " | ".join(cells)
+                + f" | {', '.join(str(r['best_epoch']) for r in runs)} | {len(runs)} |")
+
     models = list(dict.fromkeys(plain(spec) for spec in models))
     for dataset in datasets:
         for spec in models:
             group = [r for r in rows if r["dataset"] == dataset and r["spec"] == spec]
             if not group:
                 continue
-            cells = []
-            for m in METRICS:
-                values = [r[m] for r in group]
-                cells.append(f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}" if len(group) > 1
-                             else f"{values[0]:.4f}")
             stopped = [f"seed {r['seed']} at epoch {r['stopped_at']}" for r in group if r.get("stopped_at")]
             label = label_of(spec) + (f", *stopped by hand: {', '.join(stopped)}*" if stopped else "")
-            lines.append(f"| {dataset} | {label} | {group[0]['loss']} | " + " | ".join(cells)
-                         + f" | {', '.join(str(r['best_epoch']) for r in group)} | {len(group)} |")
+            lines.append(line(dataset, label, group[0]["loss"], group, group))
             refits = [r for r in group if r.get("refit")]
             if refits:  # the same runs' models refit through the validation item: not P2, shown apart
-                cells = [f"{np.mean(v):.4f} ± {np.std(v, ddof=1):.4f}" if len(v) > 1 else f"{v[0]:.4f}"
-                         for v in ([r["refit"][m] for r in refits] for m in METRICS)]
-                lines.append(f"| {dataset} | {label_of(spec)}, *refit through valid (not P2)* | {group[0]['loss']} | "
-                             + " | ".join(cells) + f" | {', '.join(str(r['best_epoch']) for r in refits)} | {len(refits)} |")
+                lines.append(line(dataset, f"{label_of(spec)}, *refit through valid (not P2)*", group[0]["loss"],
+                                  [r["refit"] for r in refits], refits))
         for (d, name), (hr, ndcg) in PUBLISHED.items():
             if d == dataset:
                 shown_ndcg = "–" if ndcg is None else f"{ndcg:.4f}"
