@@ -22,6 +22,7 @@ from lifelong.dataset.store import load_dataset
 from lifelong.models import build_model
 from lifelong.train import TrainConfig
 from lifelong.train.checkpoint import load_weights
+from lifelong.train.loop import check_run_dataset, read_run, run_dataset_path
 from lifelong.train.retrieval import evaluate_mi
 
 
@@ -32,8 +33,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = TrainConfig.from_dict(json.loads((args.run / "config.json").read_text())["train"])
+    resolved = read_run(args.run)
+    config = TrainConfig.from_dict(resolved["train"])
+    config.data = run_dataset_path(resolved)
     dataset = load_dataset(config.data)
+    check_run_dataset(resolved, dataset, args.run)  # the dataset is still the one the run was trained on
     model_config = json.loads((args.run / "checkpoints" / "best" / "config.json").read_text())
     if "diversity" not in model_config:
         raise SystemExit(f"{args.run} is a {model_config['model_type']} run; the aggregation module is ComiRec's")

@@ -165,8 +165,10 @@ def test_invalid_arguments_are_reported():
     vectors = np.ones((20, 4), np.float32)
     with pytest.raises(ValueError, match="kind must be one of"):
         ItemIndex.build(vectors, "lsh")
-    with pytest.raises(ValueError, match="unknown parameters"):
-        ItemIndex.build(vectors, "hnsw", nprobe=4)
+    with pytest.raises(ValueError, match="unknown parameter nprobe; hnsw takes M, ef_search, ef_construction$"):
+        ItemIndex.build(vectors, "hnsw", nprobe=4, M=8)  # the valid M is not blamed
+    with pytest.raises(ValueError, match="nprobe must be an integer"):
+        ItemIndex.build(vectors, "ivf", nprobe="4")
     with pytest.raises(ValueError, match="nlist must be in"):
         ItemIndex.build(vectors, "ivf", nlist=100)
     index = ItemIndex.build(vectors, "exact")

@@ -14,6 +14,7 @@ import pytest
 
 from lifelong.data.schema import EventLog
 from lifelong.pipeline import ProtocolOptions, prepare
+from lifelong.errors import UserError
 from lifelong.train import TrainConfig, evaluate_run, train
 
 from helpers import interrupt_after_first_epoch, random_log
@@ -67,8 +68,11 @@ def test_early_stopping_stops_after_patience_epochs_without_improvement(data, tm
 def test_a_non_empty_run_folder_is_not_overwritten(data, tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "keep.txt").write_text("x")
-    with pytest.raises(FileExistsError):
+    with pytest.raises(UserError, match="already exists"):
         train(config(data, tmp_path / "run"))
+    with pytest.raises(UserError, match="not a training run lifelong wrote"):
+        train(config(data, tmp_path / "run"), overwrite=True)
+    assert (tmp_path / "run" / "keep.txt").read_text() == "x"
 
 
 @pytest.mark.slow

@@ -32,6 +32,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
+from lifelong.outputs import RUN, replace_folder  # noqa: E402
+
 SPLITS = ("train", "valid", "test")
 
 
@@ -88,7 +90,11 @@ def export(data: Path, out: Path, chunk: int = 65536) -> None:
         common.log(f"peer inputs in {out} are up to date")
         return
     started = time.perf_counter()
-    shutil.rmtree(out, ignore_errors=True)
+    if out.exists():  # only this worker's own peer-input folder is replaced (nothing else in it)
+        foreign = sorted(e.name for e in out.iterdir() if e.name not in ("deepctr", "fuxictr", "done.json"))
+        if foreign:
+            raise SystemExit(f"{out} holds files the worker did not write ({', '.join(foreign)}); choose another --out")
+        shutil.rmtree(out)
     (out / "deepctr").mkdir(parents=True)
     (out / "fuxictr").mkdir(parents=True)
     ds = load_dataset(data)
@@ -144,7 +150,7 @@ def train(data: Path, model: str, epochs: int, run: Path, result: Path, extra: l
     from lifelong.train import TrainConfig, train as run_training
 
     common.set_threads(torch)
-    shutil.rmtree(run, ignore_errors=True)
+    replace_folder(run, RUN)  # only a run folder lifelong wrote
     options = model_options(model)
     for pair in extra:  # model options beyond the shared settings, e.g. attention_normalization=softmax
         key, value = pair.split("=", 1)

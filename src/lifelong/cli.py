@@ -5,7 +5,9 @@ A thin layer: parse options (command line over an optional TOML/YAML config file
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shlex
 import sys
 import tomllib
@@ -16,7 +18,10 @@ from typing import Any, Optional
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+
+from lifelong.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="User-interest modeling for recommender systems: prepare logs, train, evaluate.")
@@ -24,16 +29,41 @@ console = Console()
 errors = Console(stderr=True)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a key given twice in one mapping is an error (as in TOML)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_config_file(path: Optional[Path]) -> dict[str, Any]:
-    """Options from a TOML (.toml) or YAML (.yaml/.yml) file; empty without a file."""
+    """Options from a TOML (.toml) or YAML (.yaml/.yml) file; empty without a file. A file that does not
+    parse (a duplicate key included) is a :class:`UserError` naming the file and the line."""
     if path is None:
         return {}
-    if not path.exists():
-        raise typer.BadParameter(f"config file {path} does not exist")
-    text = path.read_text()
-    values = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    if not path.is_file():
+        raise UserError(f"--config {path} {'is a folder' if path.is_dir() else 'does not exist'}; "
+                        f"pass a TOML or YAML file of options")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"--config {path} cannot be read as text ({error})") from None
+    try:
+        values = tomllib.loads(text) if path.suffix == ".toml" else yaml.load(text, Loader=_UniqueKeyLoader)
+    except tomllib.TOMLDecodeError as error:
+        raise UserError(f"--config {path} is not valid TOML: {error}") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise UserError(f"--config {path} is not valid YAML{where}: {getattr(error, 'problem', None) or error}") from None
     if not isinstance(values, dict):
-        raise typer.BadParameter(f"config file {path} must hold a table of options")
+        raise UserError(f"--config {path} must hold a table of options (key = value lines)")
     return {key.replace("-", "_"): value for key, value in values.items()}
 
 
@@ -42,7 +72,7 @@ def parse_assignments(pairs: list[str], what: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for pair in pairs:
         if "=" not in pair:
-            raise typer.BadParameter(f"{what} expects key=value, got {pair!r}")
+            raise UserError(f"{what} expects key=value, got {pair!r}")
         key, value = pair.split("=", 1)
         try:
             out[key.strip()] = json.loads(value)
@@ -51,9 +81,83 @@ def parse_assignments(pairs: list[str], what: str) -> dict[str, Any]:
     return out
 
 
-def _fail(error: Exception) -> None:
-    errors.print(f"[bold red]error:[/] {error}", markup=True, highlight=False)
+# What a user can cause, shown as a message and exit code 2: a UserError (BadRowError included), an OSError
+# of the file system (a missing file, no permission, a full disk), and a ValueError raised by lifelong's own
+# checks. A ValueError from inside a library (numpy, torch, polars) is a bug: it keeps its traceback.
+PACKAGE = Path(__file__).resolve().parent
+
+
+def _users_mistake(error: BaseException) -> bool:
+    if isinstance(error, (UserError, OSError)):
+        return True
+    if not isinstance(error, ValueError):
+        return False
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return frame is not None and Path(frame.tb_frame.f_code.co_filename).resolve().is_relative_to(PACKAGE)
+
+
+DEBUG_VARIABLE = "LIFELONG_DEBUG"
+_state = {"debug": False}
+
+
+def _debug() -> bool:
+    return _state["debug"] or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0", "false", "no")
+
+
+def _message(error: BaseException) -> str:
+    if isinstance(error, OSError) and not isinstance(error, UserError) and error.strerror:
+        where = f"{error.filename}: " if error.filename else ""
+        return f"{where}{error.strerror}"
+    text = str(error).strip() or type(error).__name__
+    return text if len(text) <= 2000 else text[:2000] + " ..."
+
+
+def _fail(error: BaseException) -> None:
+    errors.print(f"[bold red]error:[/] {escape(_message(error))}", markup=True, highlight=False, soft_wrap=True)
+    errors.print(f"(run with --debug or {DEBUG_VARIABLE}=1 to see the traceback)", style="dim", highlight=False,
+                 soft_wrap=True)
     raise typer.Exit(2)
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Turn a user's mistake into a message and exit code 2 (``--debug``: the traceback); show warnings
+    (a missing side file, skipped rows) as one line each."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        warnings.simplefilter("always", UserWarning)  # one line per warning (BadRowsSkippedWarning: per file)
+        try:
+            yield
+        except (ValueError, OSError) as error:
+            _show_warnings(caught)
+            if _debug() or not _users_mistake(error):
+                raise
+            _fail(error)
+    _show_warnings(caught)
+
+
+def _show_warnings(caught: list) -> None:
+    from lifelong.data import BadRowsSkippedWarning
+
+    for warning in caught:
+        if issubclass(warning.category, BadRowsSkippedWarning):
+            errors.print(escape(str(warning.message)), highlight=False, soft_wrap=True)
+        elif issubclass(warning.category, UserWarning) and not _from_library(warning.filename):
+            errors.print(f"[yellow]warning:[/] {escape(str(warning.message))}", highlight=False, soft_wrap=True)
+        else:  # a library's own warning: as Python shows it
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+
+
+def _from_library(filename: str) -> bool:
+    return not Path(filename).resolve().is_relative_to(PACKAGE)
+
+
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", help=f"show the traceback of an error (also "
+                                        f"{DEBUG_VARIABLE}=1); errors are otherwise one message and exit code 2")) -> None:
+    _state["debug"] = debug
 
 
 @app.command()
@@ -65,6 +169,10 @@ def prepare(
     seed: int = typer.Option(2024, help="negative sampling seed (P3: the user split's seed)"),
     on_bad_rows: str = typer.Option("error", help="error: stop at the first bad row; skip: skip and write rejected.csv"),
     column: list[str] = typer.Option([], help="csv recipe: lifelong_name=source_column, repeatable"),
+    timestamp_unit: str = typer.Option("s", help="the timestamps' unit: s, ms, us or ns (unix time), or iso "
+                                                 "(ISO-8601 dates/datetimes such as 2020-01-31 or "
+                                                 "2020-01-31T12:00:00Z; without an offset: UTC)"),
+    max_id_bytes: int = typer.Option(256, help="user and item ids longer than this many bytes are bad rows"),
     max_train_per_user: Optional[int] = typer.Option(None, help="P1: keep each user's most recent N training targets"),
     t_valid: Optional[int] = typer.Option(None, help="P4: validation cut (unix seconds); default the 80% quantile"),
     t_test: Optional[int] = typer.Option(None, help="P4: test cut (unix seconds); default the 90% quantile"),
@@ -74,30 +182,26 @@ def prepare(
     overwrite: bool = typer.Option(False, help="replace an existing output folder"),
 ) -> None:
     """Validate a raw log and prepare it: one sequence per user, item table, vocabularies, samples."""
-    from lifelong.data import BadRowError, BadRowsSkippedWarning, load_recipe
+    from lifelong.data import load_recipe
     from lifelong.pipeline import ProtocolOptions, prepare as run_prepare
 
+    from lifelong.outputs import DATASET, check_output
+
     if on_bad_rows not in ("error", "skip"):
-        _fail(ValueError(f"--on-bad-rows must be 'error' or 'skip', got {on_bad_rows!r}"))
-    if out.exists() and not overwrite:
-        _fail(FileExistsError(f"{out} already exists; pass --overwrite to replace it"))
-    options: dict[str, Any] = {}
-    if column:
-        options["columns"] = {k: str(v) for k, v in parse_assignments(column, "--column").items()}
-    try:
+        _fail(UserError(f"--on-bad-rows must be 'error' or 'skip', got {on_bad_rows!r}"))
+    with user_errors():  # the output folder is checked before the log is read
+        check_output(out, DATASET, inputs=[input], overwrite=overwrite)
+    options: dict[str, Any] = {"timestamp_unit": timestamp_unit, "max_id_bytes": max_id_bytes}
+    with user_errors():  # warnings (skipped rows per file, a missing side file) shown as lines, on failure too
+        if column:
+            options["columns"] = {k: str(v) for k, v in parse_assignments(column, "--column").items()}
         protocol_options = ProtocolOptions(
             name=protocol, seed=seed, max_train_per_user=max_train_per_user, t_valid=t_valid, t_test=t_test,
             positive_behaviors=tuple(positive_behaviors.split(",")) if positive_behaviors else None,
             user_order=user_order,
         )
-        with warnings.catch_warnings(record=True) as skipped:  # shown below as one line per file
-            warnings.simplefilter("always", BadRowsSkippedWarning)
-            log = load_recipe(recipe, input, on_bad_rows=on_bad_rows, **options)
+        log = load_recipe(recipe, input, on_bad_rows=on_bad_rows, **options)
         path = run_prepare(log, out, protocol_options, overwrite=overwrite)
-    except (BadRowError, ValueError, FileNotFoundError, FileExistsError) as error:
-        _fail(error)
-    for warning in skipped:
-        errors.print(str(warning.message))
     manifest = json.loads((path / "manifest.json").read_text())
     if manifest["rejected_rows"]:
         errors.print(f"skipped {manifest['rejected_rows']} bad rows; they are in {path / 'rejected.csv'}")
@@ -127,7 +231,10 @@ def train(
     threads: Optional[int] = typer.Option(None, help="torch intra-op threads"),
     results_csv: Optional[str] = typer.Option(None, help="append one result line here"),
     set: list[str] = typer.Option([], "--set", help="model option key=value, e.g. --set embedding_dim=32"),
-    resume: bool = typer.Option(False, help="continue the interrupted run in --out with its saved options"),
+    resume: bool = typer.Option(False, help="continue the interrupted run in --out with its saved options (from "
+                                "epoch 1 when it stopped before its first checkpoint; --data: the dataset moved)"),
+    overwrite: bool = typer.Option(False, help="replace the run in --out (only a run folder lifelong wrote, "
+                                   "holding nothing else)"),
     progress: bool = typer.Option(True, help="show a progress bar"),
     save_predictions: bool = typer.Option(False, help="also write test_predictions.npz (per-sample test logits)"),
     refit_with_valid: bool = typer.Option(False, help="retrieval: after selection, retrain from scratch through the "
@@ -143,12 +250,18 @@ def train(
     """Train a model (ranking or retrieval); the best validation epoch is evaluated on test."""
     from lifelong.train import TrainConfig, train as run_train
 
+    from lifelong.train.loop import read_run, run_dataset_path
+
     command = " ".join(shlex.quote(a) for a in ["lifelong", *sys.argv[1:]])
-    try:
+    with user_errors():
+        if resume and overwrite:
+            raise UserError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
         if resume:
             if out is None:
-                raise ValueError("--resume needs --out RUN_DIR")
-            values = json.loads((Path(out) / "config.json").read_text())["train"]
+                raise UserError("--resume needs --out RUN_DIR")
+            resolved = read_run(out)
+            values = dict(resolved["train"])
+            values["data"] = run_dataset_path(resolved)  # the absolute path (--data below: the dataset moved)
         else:
             values = read_config_file(config)
             # `model` is the model name, or a table of model options (with an optional model_type)
@@ -169,9 +282,7 @@ def train(
         if desmil:
             values["desmil"] = True
         train_config = TrainConfig.from_dict(values)
-        results = run_train(train_config, resume=resume, command=command)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
-        _fail(error)
+        results = run_train(train_config, resume=resume, overwrite=overwrite, command=command)
     _print_metrics(f"{train_config.model} (best epoch {results['best_epoch']})", results)
 
 
@@ -222,17 +333,28 @@ def evaluate(
     index: Optional[str] = typer.Option(None, help="P3 runs: retrieve through a faiss index: exact | ivf | hnsw"),
     index_param: list[str] = typer.Option([], help="index parameter key=value (ivf: nlist, nprobe; hnsw: M, "
                                                    "ef_search, ef_construction), repeatable"),
+    data: Optional[Path] = typer.Option(None, help="the run's dataset, when it moved (it must be the same dataset: "
+                                        "its fingerprint is checked)"),
 ) -> None:
     """Evaluate a run's best checkpoint; print the metrics and write eval_<split>[_<index>].json."""
     from lifelong.train import evaluate_run
 
-    try:
+    with user_errors():
+        if split not in SPLITS:
+            raise UserError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
         spec = None
+        if index_param and index is None:
+            raise UserError("--index-param needs --index exact|ivf|hnsw")
         if index is not None:
-            spec = {"kind": index, **{k: int(v) for k, v in parse_assignments(index_param, "--index-param").items()}}
-        metrics = evaluate_run(run, split, index=spec)
-    except (ValueError, FileNotFoundError) as error:
-        _fail(error)
+            from lifelong.index import check_params
+
+            params = parse_assignments(index_param, "--index-param")
+            try:
+                check_params(index, params)
+            except ValueError as error:
+                raise UserError(f"--index-param: {error}") from None
+            spec = {"kind": index, **params}
+        metrics = evaluate_run(run, split, index=spec, data=data)
     kind = {"task": "retrieval", "loss": "see config.json"} if "ndcg@10" in metrics else {}
     if "recall@20" in metrics:
         kind = {"task": "retrieval", "protocol": "mi-split", "loss": "see config.json"}
@@ -267,7 +389,8 @@ def demo(
     """The embedded default: a synthetic log with planted interests -> sumpool vs din, side by side."""
     from lifelong.demo import run_demo
 
-    rows = run_demo(out, n_users=users, epochs=epochs, seed=seed, console=console)
+    with user_errors():
+        rows = run_demo(out, n_users=users, epochs=epochs, seed=seed, console=console)
     table = Table(title="lifelong demo: P1 ctr-din on a synthetic log (test split)")
     for name in ("model", "AUC", "GAUC", "logloss", "train samples/s", "best epoch"):
         table.add_column(name)
@@ -278,6 +401,8 @@ def demo(
 
 
 def main() -> None:
+    if "--debug" in sys.argv[1:]:  # accepted anywhere on the line, not only before the command
+        sys.argv = [sys.argv[0], "--debug", *(a for a in sys.argv[1:] if a != "--debug")]
     app()
 
 

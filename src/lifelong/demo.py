@@ -3,11 +3,12 @@ to train ``sumpool`` and ``din`` side by side. What ``make demo`` runs."""
 
 from __future__ import annotations
 
-import shutil
+import json
 from pathlib import Path
 
 from lifelong.data.schema import EventLog
 from lifelong.data.synthetic import synthetic_log
+from lifelong.outputs import DEMO, replace_folder
 from lifelong.pipeline import ProtocolOptions, prepare
 from lifelong.train import TrainConfig, train
 
@@ -17,7 +18,10 @@ DEMO_MODELS = ("sumpool", "din")
 def run_demo(out: Path, *, n_users: int = 2000, epochs: int = 4, seed: int = 2024, console=None) -> list[dict]:
     """Generate, prepare and train; return one row of test metrics per model."""
     out = Path(out)
-    shutil.rmtree(out, ignore_errors=True)
+    replace_folder(out, DEMO)  # only an earlier demo folder (its demo.json, nothing else in it) is replaced
+    out.mkdir(parents=True)
+    (out / "demo.json").write_text(json.dumps({"format": "lifelong-demo/1", "users": n_users, "epochs": epochs,
+                                               "seed": seed}))
     events, items = synthetic_log(n_users=n_users, seed=seed)
     log = EventLog(events=events, items=items, sources=[], rejected=None, recipe="synthetic")
     data = prepare(log, out / "data", ProtocolOptions(name="ctr-din", seed=seed))

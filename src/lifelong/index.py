@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -111,6 +111,21 @@ class HNSWParams:
 PARAMS = {"exact": ExactParams, "ivf": IVFParams, "hnsw": HNSWParams}
 
 
+def check_params(kind: str, params: dict[str, Any]) -> None:
+    """Raise ``ValueError`` naming the unknown kind, the misspelled keys alone (with the known ones) or a
+    value that is not an integer (``seed``, ``nlist``... are all integers)."""
+    if kind not in KINDS:
+        raise ValueError(f"index kind must be one of {KINDS}, got {kind!r}")
+    known = [f.name for f in fields(PARAMS[kind])]
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise ValueError(f"{kind}: unknown parameter{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+                         f"{kind} takes {', '.join(known) if known else 'no parameters'}")
+    for key, value in params.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"{kind}: {key} must be an integer, got {value!r}")
+
+
 class ItemIndex:
     """Top-k items by inner product over an item vocabulary (see the module docstring).
 
@@ -178,11 +193,8 @@ class ItemIndex:
         vectors = as_float32(vectors, "vectors", ndim=2)
         if not 0 <= first_id < len(vectors):
             raise ValueError(f"first_id must be in [0, {len(vectors)}) for {len(vectors)} item vectors, got {first_id}")
-        try:
-            config = PARAMS[kind](**params)
-        except TypeError:
-            known = [f for f in PARAMS[kind].__dataclass_fields__]
-            raise ValueError(f"{kind}: unknown parameters {sorted(params)}; expected some of {known}") from None
+        check_params(kind, params)
+        config = PARAMS[kind](**params)
         items = np.ascontiguousarray(vectors[first_id:])  # (n, D)
         n, dim = items.shape
         config.validate(n)

@@ -18,16 +18,18 @@ import numpy as np
 
 import lifelong
 from lifelong.data.schema import EventLog
+from lifelong.errors import UserError
 from lifelong.dataset.prepare import prepare_dataset
-from lifelong.dataset.store import SPLITS, load_dataset
+from lifelong.dataset.store import SPLITS, dataset_fingerprint, load_dataset
 from lifelong.protocols import (PROTOCOLS, P2_MIN_EVENTS, P3_MIN_EVENTS, USER_ORDERS, InteractionIndex,
                                 ctr_din_samples, ctr_time_samples, mi_split_samples, seq_loo_samples, time_cuts)
 from lifelong.protocols.ctr import P1_MIN_EVENTS
+from lifelong.outputs import DATASET, TMP_MARKER, check_output, make_temporary, replace_folder
 
 
 @dataclass
 class ProtocolOptions:
-    """Which protocol makes the samples, and its knobs (PROTOCOLS.md defaults)."""
+    """Which protocol makes the samples, and its knobs (defaults of docs/protocols.md)."""
 
     name: str = "ctr-din"
     seed: int = 2024
@@ -46,6 +48,10 @@ class ProtocolOptions:
             raise ValueError(f"user_order must be one of {USER_ORDERS}, got {self.user_order!r}")
 
 
+DATASET_FILES = ("events.parquet", "users.parquet", "items.parquet", "vocab.json",
+                 *(f"samples/{split}.parquet" for split in SPLITS))
+
+
 def file_md5(path: Path) -> str:
     digest = hashlib.md5()
     with open(path, "rb") as handle:
@@ -55,19 +61,23 @@ def file_md5(path: Path) -> str:
 
 
 def prepare(log: EventLog, out: str | Path, protocol: ProtocolOptions | None = None, *, overwrite: bool = False) -> Path:
-    """Prepare ``log`` into the dataset folder ``out`` (atomically) and return its path."""
+    """Prepare ``log`` into the dataset folder ``out`` (atomically) and return its path.
+
+    An existing ``out`` is replaced only with ``overwrite`` and only when it is a dataset lifelong wrote
+    that holds nothing else and none of the log's sources (:mod:`lifelong.outputs`)."""
     protocol = protocol or ProtocolOptions()
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    check_output(out, DATASET, inputs=log.sources, overwrite=overwrite)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = make_temporary(out)
+    except OSError as error:
+        raise UserError(f"--out {out}: cannot create the dataset folder: {error.strerror or error}") from None
     try:
         _prepare_into(log, tmp, protocol)
+        (tmp / TMP_MARKER).unlink()
         if out.exists():
-            shutil.rmtree(out)
+            replace_folder(out, DATASET, inputs=log.sources)
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -107,7 +117,11 @@ def _prepare_into(log: EventLog, folder: Path, protocol: ProtocolOptions) -> Non
             if dataset.event_behaviors is None:
                 raise ValueError("--positive-behaviors needs a behavior column in the log")
             vocab = json.loads((folder / "vocab.json").read_text())["behavior"]
-            wanted = [vocab.index(b) + 2 for b in protocol.positive_behaviors if b in vocab]
+            unknown = [b for b in protocol.positive_behaviors if b not in vocab]
+            if unknown:  # silently ignored, a misspelt name would leave fewer (or no) positives
+                raise UserError(f"--positive-behaviors: {', '.join(map(repr, unknown))} never occur before the "
+                                f"validation cut; the behaviors there are {', '.join(map(repr, vocab))}")
+            wanted = [vocab.index(b) + 2 for b in protocol.positive_behaviors]
             positive = np.isin(dataset.event_behaviors, wanted)
         samples = ctr_time_samples(
             dataset.offsets, dataset.event_items, dataset.event_timestamps, summary["n_item_rows"],
@@ -140,7 +154,10 @@ def _prepare_into(log: EventLog, folder: Path, protocol: ProtocolOptions) -> Non
         "mean_train_history": float(train_end.mean()) if train_end.size else 0.0,
         "rejected_rows": rejected,
         "seconds": round(time.time() - started, 2),
+        # checksums of the written tables: the dataset's fingerprint covers its content, not just its counts
+        "files": {name: file_md5(folder / name) for name in DATASET_FILES if (folder / name).exists()},
     }
+    manifest["fingerprint"] = dataset_fingerprint(manifest)
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
 

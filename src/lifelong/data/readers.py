@@ -9,15 +9,21 @@ Column mapping: ``columns`` maps lifelong names to source column names. Lifelong
 and item features ``category``, ``title``, ``attributes`` (these go to ``EventLog.items``, first non-null
 value per item, and not into ``events``). For a CSV without header the source columns are named
 ``column_1``, ``column_2``, ... (1-based).
+
+A file that cannot be read at all (a truncated gzip or Parquet file, a quote that is never closed, a column
+of lists where ids belong) is a :class:`~lifelong.errors.UserError` naming the file and, where it can, the
+line; ids longer than ``max_id_bytes`` are bad rows.
 """
 
 from __future__ import annotations
 
 import gzip
-import io
 import json
+import re
 import warnings
-from collections.abc import Collection, Mapping, Sequence
+import zlib
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,11 +39,18 @@ from lifelong.data.schema import (
     EventLog,
     check_on_bad_rows,
     empty_rejected,
+    shorten,
 )
+from lifelong.data.schema import quote as _quoted
+from lifelong.errors import UserError
 
 TIMESTAMP_MAX_SECONDS = 4_102_444_800  # 2100-01-01T00:00:00Z
 TIMESTAMP_UNITS: dict[str, int] = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
-_UNIT_WORDS = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
+TIMESTAMP_UNIT_CHOICES: tuple[str, ...] = (*TIMESTAMP_UNITS, "iso")  # iso: ISO-8601 dates / datetimes
+_UNIT_WORDS = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds",
+               "iso": "ISO-8601 dates"}
+ISO_EXAMPLE = "e.g. 2020-01-31 or 2020-01-31T12:00:00Z"
+DEFAULT_MAX_ID_BYTES = 256  # longer user or item ids are bad rows (--max-id-bytes)
 
 REQUIRED_ROLES: tuple[str, ...] = ("user_id", "item_id", "timestamp")
 EVENT_ROLES: tuple[str, ...] = ("user_id", "item_id", "timestamp", "behavior", "label")
@@ -61,6 +74,7 @@ class _Reason:
     code: int
     short: str  # for EventLog.rejected.reason
     expected: str  # for BadRowError.expected ({unit} is filled in)
+    expected_iso: str | None = None  # instead of ``expected`` when timestamps are ISO-8601 dates
 
 
 _REASONS: dict[str, _Reason] = {
@@ -74,11 +88,15 @@ _REASONS: dict[str, _Reason] = {
         _Reason(6, "not a number", "an integer unix timestamp in {unit}"),
         _Reason(7, "non-finite timestamp", "a finite integer unix timestamp in {unit}"),
         _Reason(8, "fractional timestamp", "an integer unix timestamp in {unit}"),
-        _Reason(9, "negative timestamp", "a non-negative unix timestamp in {unit}"),
-        _Reason(10, "timestamp after 2100-01-01", "a unix timestamp in {unit} before 2100-01-01"),
+        _Reason(9, "negative timestamp", "a non-negative unix timestamp in {unit}", "a date from 1970-01-01 on"),
+        _Reason(10, "timestamp after 2100-01-01", "a unix timestamp in {unit} before 2100-01-01",
+                "a date before 2100-01-01"),
         _Reason(11, "label not a number", "a numeric label"),
         _Reason(12, "non-finite label", "a finite numeric label"),
         _Reason(13, "unknown behavior", "one of {behaviors}"),
+        _Reason(14, "id too long", "an id of at most {max_id_bytes} bytes (--max-id-bytes)"),
+        _Reason(15, "not an ISO date", f"an ISO-8601 date or datetime ({ISO_EXAMPLE})"),
+        _Reason(16, "nested value", "a single value, not a JSON list or object"),
     ]
 }
 _BY_CODE = {r.code: r for r in _REASONS.values()}
@@ -179,10 +197,109 @@ def _scan_records(buf: np.ndarray, sep: int | None, quote: int | None, *, comple
 def _load_buffer(path: Path) -> np.ndarray:
     """The file's bytes as a uint8 array (memory-mapped; gzip files are decompressed)."""
     if path.suffix == ".gz":
-        return np.frombuffer(gzip.decompress(path.read_bytes()), dtype=np.uint8)
+        return np.frombuffer(gunzip(path), dtype=np.uint8)
     if path.stat().st_size == 0:
         return np.zeros(0, np.uint8)
     return np.memmap(path, dtype=np.uint8, mode="r")
+
+
+# ------------------------------------------------------------------------------------ unreadable files
+
+
+def gunzip(path: Path) -> bytes:
+    """The decompressed bytes of the gzip file ``path`` (a truncated or corrupt file: :class:`UserError`)."""
+    with gzip_errors(path):
+        return gzip.decompress(path.read_bytes())
+
+
+@contextmanager
+def gzip_errors(path: Path) -> Iterator[None]:
+    """Turn the errors of reading a truncated, corrupt or not-gzip ``.gz`` file into a :class:`UserError`
+    (and refuse a ``.gz`` file that is not gzip at all before reading it)."""
+    if path.suffix == ".gz" and path.is_file():
+        with open(path, "rb") as handle:
+            if handle.read(2) != b"\x1f\x8b":
+                raise UserError(_gzip_problem(path, gzip.BadGzipFile("not a gzipped file")))
+    try:
+        yield
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise UserError(_gzip_problem(path, exc)) from None
+
+
+def _gzip_problem(path: Path, exc: BaseException) -> str:
+    check = f"`gzip -t {path.name}` checks a file"
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+    if not head.startswith(b"\x1f\x8b"):
+        return (f"{path} is named .gz but is not gzip-compressed (it starts with {_quoted(head.decode('utf-8', 'replace'), 16)})."
+                f" Fix: rename it without .gz, or compress it with gzip")
+    if isinstance(exc, EOFError):
+        return (f"{path} is a truncated gzip file: it ends before its compressed data does (an interrupted "
+                f"download or copy?). Fix: download or copy it again; {check}")
+    return f"{path} is a corrupt gzip file ({exc}). Fix: download or copy it again; {check}"
+
+
+def _parquet_problem(path: Path, exc: BaseException) -> UserError:
+    """A :class:`UserError` saying why ``path`` cannot be read as Parquet (looking at its first and last bytes)."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+        handle.seek(max(size - 4, 0))
+        tail = handle.read(4)
+    if head != b"PAR1":
+        why = "it does not start with the Parquet marker PAR1, so it is not Parquet at all"
+    elif tail != b"PAR1" or size < 12:
+        why = "its end (the Parquet footer) is missing: the file is truncated (an interrupted download or copy?)"
+    else:
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        why = f"it is damaged: {why[:160]}"
+    return UserError(f"{path} is not a readable Parquet file: {why}. Fix: write or copy it again; a CSV or "
+                     f"JSON-lines file needs a .csv/.tsv or .jsonl name")
+
+
+def _quote_problem(path: Path, buf: np.ndarray, sep: int, quote_byte: int) -> str | None:
+    """Where the double quotes of a CSV go wrong, as a message naming the line (None: nothing found).
+
+    Quotes pair up in order (``""`` inside a quoted field is two quotes that pair up too): a field whose
+    quote is never closed, or whose closing quote is followed by something other than a separator or the
+    line end, or a quote in the middle of an unquoted field. Only called after the parser failed.
+    """
+    n = len(buf)
+    qpos = np.flatnonzero(buf == quote_byte)
+    if len(qpos) == 0:
+        return None
+    opens, closes = qpos[0::2], qpos[1::2]
+    before = np.where(opens > 0, buf[np.maximum(opens - 1, 0)], 10)
+    after = np.where(closes + 1 < n, buf[np.minimum(closes + 1, n - 1)], 10)
+    prev_close = np.concatenate([[-2], closes])[: len(opens)]  # an escaped quote follows a closing one
+    mid_field = ~np.isin(before, [sep, 10, 13]) & (opens - 1 != prev_close)
+    bad_close = ~np.isin(after, [sep, 10, 13, quote_byte])
+    problems: list[tuple[int, int, int]] = []  # (byte offset of the opening quote, kind, its closing quote)
+    if mid_field.any():
+        problems.append((int(opens[mid_field.argmax()]), 0, -1))
+    if bad_close.any():
+        k = int(bad_close.argmax())
+        problems.append((int(opens[k]), 1, int(closes[k])))
+    if len(opens) > len(closes):
+        problems.append((int(opens[-1]), 2, -1))
+    if not problems:
+        return None
+    pos, kind, close = min(problems)
+    newlines = np.flatnonzero(buf[:pos] == 10)
+    line = len(newlines) + 1
+    start = int(newlines[-1]) + 1 if len(newlines) else 0
+    text = bytes(buf[start: start + 200]).split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", "replace")
+    if kind == 0:
+        what = "a double quote in the middle of an unquoted field"
+    elif kind == 1:
+        close_line = line + int(np.count_nonzero(buf[pos:close] == 10))
+        what = ("a quoted field is followed by text after its closing quote" if close_line == line else
+                f"a quoted field starts here and is not closed properly (the next quote, on line {close_line}, "
+                f"is followed by text, not by a separator)")
+    else:
+        what = "a quoted field starts here and its quote is never closed"
+    return (f"{path}, line {line}: {what}: {_quoted(text)}. Fix: close the quote, write a quote inside a quoted "
+            f"field as two (\"\"), or remove the stray quote")
 
 
 # ----------------------------------------------------------------------------------------- raw tables
@@ -197,6 +314,7 @@ class _Source:
         self.kind = kind
         self.expected_fields: int | None = None
         self.separator: str | None = None
+        self.unit = "row" if kind == "parquet" else "line"  # what a position in the file is called
 
     def lines(self, idx: np.ndarray) -> np.ndarray:
         """1-based line numbers of data rows ``idx``."""
@@ -233,8 +351,8 @@ class _TextSource(_Source):
             recs = _scan_records(self.buffer, self._sep, self._quote)
             if self._header and len(recs):
                 recs = recs.drop_first()
-            if self._skip_blank:
-                recs = recs.select(~recs.blank)
+            if self._skip_blank:  # JSON lines: Polars skips lines of white space only
+                recs = recs.select(~_white_space_only(self.buffer, recs))
             self._records = recs
         if len(self._records) != self.df.height:
             return None
@@ -249,10 +367,24 @@ class _TextSource(_Source):
         return recs.lines[idx]
 
     def raw(self, idx: np.ndarray) -> list[str] | None:
-        if self.line_numbers is not None:
-            return None
+        if self.line_numbers is not None:  # a line-by-line parse: record k of a plain line scan is line k + 1
+            physical = _scan_records(self.buffer, None, None)
+            return physical.text(self.buffer, self.line_numbers[idx] - 1)
         recs = self.records()
         return None if recs is None else recs.text(self.buffer, idx)
+
+
+def _white_space_only(buf: np.ndarray, recs: _Records) -> np.ndarray:
+    """True for the records that are empty or hold only spaces, tabs and carriage returns."""
+    out = recs.blank.copy()
+    n = len(buf)
+    if n == 0:
+        return out
+    first = buf[np.minimum(recs.starts, n - 1)]
+    maybe = np.flatnonzero(~out & np.isin(first, (9, 13, 32)))  # few: lines that start with white space
+    for k in maybe.tolist():
+        out[k] = not bytes(buf[recs.starts[k]:recs.ends[k]]).strip()
+    return out
 
 
 def _detect_format(path: Path, fmt: str | None) -> str:
@@ -307,24 +439,36 @@ def _read_csv(path: Path, *, fmt: str, has_header: bool, separator: str | None,
     quote: str | None = '"'
     parse_sep = separator
     if len(separator.encode()) > 1:  # e.g. MovieLens '::': rewrite to one byte (no quoting)
-        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        data = gunzip(path) if path.suffix == ".gz" else path.read_bytes()
         if _MULTI_SEP.encode() in data:
             raise ValueError(f"{path}: cannot use separator {separator!r}: the file contains byte 0x1f")
         data = data.replace(separator.encode(), _MULTI_SEP.encode())
         buffer = np.frombuffer(data, dtype=np.uint8)
         source, parse_sep, quote = data, _MULTI_SEP, None
     elif path.suffix == ".gz":
-        buffer = np.frombuffer(gzip.decompress(path.read_bytes()), dtype=np.uint8)
-        source = buffer.tobytes()
+        source = gunzip(path)
+        buffer = np.frombuffer(source, dtype=np.uint8)
 
     sep_byte = ord(parse_sep)
     quote_byte = ord(quote) if quote else None
+
+    def unparsable(exc: Exception) -> UserError:
+        """The parser failed: say where the quotes go wrong, or else the parser's first line."""
+        if quote_byte is not None:
+            where = _quote_problem(path, buffer if buffer is not None else _load_buffer(path), sep_byte, quote_byte)
+            if where is not None:
+                return UserError(where)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return UserError(f"{path}: cannot parse as {fmt.upper()}: {shorten(first)}")
+
     if has_header:
         try:
             header = pl.read_csv(source, n_rows=0, separator=parse_sep, quote_char=quote, infer_schema=False,
                                  encoding="utf8-lossy").columns
         except pl.exceptions.NoDataError as exc:
             raise ValueError(f"{path} is empty") from exc
+        except pl.exceptions.PolarsError as exc:
+            raise unparsable(exc) from None
         names = list(header)
     else:
         head = (buffer if buffer is not None else _load_buffer(path))[: 1 << 20]
@@ -355,10 +499,13 @@ def _read_csv(path: Path, *, fmt: str, has_header: bool, separator: str | None,
     ragged = False
     try:
         df = parse(False)
-    except pl.exceptions.ComputeError as exc:
+    except pl.exceptions.PolarsError as exc:
         if "more fields" not in str(exc):
-            raise ValueError(f"{path}: cannot parse as {fmt.upper()}: {exc}") from exc
-        df = parse(True)
+            raise unparsable(exc) from None
+        try:
+            df = parse(True)
+        except pl.exceptions.PolarsError as again:
+            raise unparsable(again) from None
         ragged = True
     src = _TextSource(path, df, fmt, buffer=buffer, sep=sep_byte, quote=quote_byte, header=has_header,
                       skip_blank=False)
@@ -375,40 +522,65 @@ def _read_csv(path: Path, *, fmt: str, has_header: bool, separator: str | None,
     return src
 
 
-def _read_parquet(path: Path, needed: Sequence[str]) -> _Source:
+def _parquet_names(path: Path) -> list[str]:
+    """The column names of a Parquet file (an unreadable file: :class:`UserError`)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    names = pq.read_schema(path).names
+    try:
+        return pq.read_schema(path).names
+    except (pa.ArrowException, OSError) as exc:
+        raise _parquet_problem(path, exc) from None
+
+
+def _read_parquet(path: Path, needed: Sequence[str]) -> _Source:
+    import pyarrow as pa
+
+    names = _parquet_names(path)
     missing = [c for c in needed if c not in names]
     if missing:
         raise ValueError(f"{path}: columns {missing} not found; the file has {names}")
-    df = pl.read_parquet(path, columns=list(dict.fromkeys(needed)))
+    try:
+        df = pl.read_parquet(path, columns=list(dict.fromkeys(needed)))
+    except (pl.exceptions.PolarsError, pa.ArrowException, OSError) as exc:
+        raise _parquet_problem(path, exc) from None
     return _Source(path, df, "parquet")
 
 
-def _read_jsonl(path: Path, needed: Sequence[str]) -> _TextSource:
-    """Read JSON lines with Polars; on malformed JSON fall back to a per-line parse to locate it."""
+def _read_jsonl(path: Path, needed: Sequence[str], scalar: Collection[str] = ()) -> _TextSource:
+    """Read JSON lines with Polars; on malformed JSON (or values Polars cannot put in one column) fall back
+    to a per-line parse that locates the bad lines. ``scalar``: the keys that must hold single values."""
     needed = list(dict.fromkeys(needed))
+    flags: dict[str, list[bool]] = {}
     try:
         lf = pl.scan_ndjson(path, infer_schema_length=None)
         names = lf.collect_schema().names()
         df = lf.select([c for c in needed if c in names]).collect()
         bad_json = None
         line_numbers = None
-    except pl.exceptions.ComputeError:
-        df, bad_json, line_numbers, names = _parse_jsonl_slowly(path, needed)
+    except (pl.exceptions.PolarsError, OSError):  # OSError: a truncated .gz (the slow parser names it)
+        df, bad_json, line_numbers, names, flags = _parse_jsonl_slowly(path, needed, scalar)
     missing = [c for c in needed if c not in names]
     if missing:
         raise ValueError(f"{path}: keys {missing} not found in any JSON object; keys seen: {names}")
     if bad_json is not None:
         df = df.with_columns(_badjson=pl.Series(bad_json))
+    if flags:
+        df = df.with_columns(pl.Series(f"{_NESTED}{key}", flag) for key, flag in flags.items())
     src = _TextSource(path, df, "jsonl", buffer=None, sep=None, quote=None, header=False, skip_blank=True)
     src.line_numbers = line_numbers
     return src
 
 
-def _parse_jsonl_slowly(path: Path, needed: Sequence[str]) -> tuple[pl.DataFrame, list[bool], np.ndarray, list[str]]:
-    good: list[str] = []
+_NESTED = "_nested:"  # prefix of the columns that mark rows whose value of a key is a JSON list or object
+
+
+def _parse_jsonl_slowly(path: Path, needed: Sequence[str], scalar: Collection[str] = (),
+                        ) -> tuple[pl.DataFrame, list[bool], np.ndarray, list[str], dict[str, list[bool]]]:
+    """Parse JSON lines one by one: the ``needed`` keys of every non-blank line, which lines are not JSON
+    objects, their line numbers, the keys seen, and per ``scalar`` key that mixes lists or objects with
+    single values, which rows hold a list or object (those become bad rows)."""
+    rows: list[dict[str, Any]] = []
     bad: list[bool] = []
     lines: list[int] = []
     seen: dict[str, None] = {}
@@ -426,22 +598,27 @@ def _parse_jsonl_slowly(path: Path, needed: Sequence[str]) -> tuple[pl.DataFrame
             bad.append(not ok)
             if ok:
                 seen.update(dict.fromkeys(obj))
-                good.append(json.dumps({k: obj[k] for k in needed if k in obj}))
+                rows.append({k: obj[k] for k in needed if k in obj})
             else:
-                good.append("{}")
-    data = ("\n".join(good) + "\n").encode()
+                rows.append({})
     present = [c for c in needed if c in seen]
-    if good and present:
-        df = pl.read_ndjson(io.BytesIO(data), infer_schema_length=None)
-        df = df.select([c for c in present if c in df.columns])
-    else:
-        df = pl.DataFrame({c: pl.Series([None] * len(good), dtype=pl.Utf8) for c in present})
-    for c in present:
-        if c not in df.columns:
-            df = df.with_columns(pl.lit(None, pl.Utf8).alias(c))
-    if df.width == 0:
-        df = pl.DataFrame({"_dummy": [None] * len(good)})
-    return df, bad, np.asarray(lines, dtype=np.int64), list(seen)
+    columns: dict[str, pl.Series] = {}
+    flags: dict[str, list[bool]] = {}
+    for key in present:
+        values = [r.get(key) for r in rows]
+        nested = [isinstance(v, (list, dict)) for v in values]
+        if key in scalar and any(nested) and not all(n or v is None for n, v in zip(nested, values)):
+            flags[key] = nested  # a list or object among single values: those rows are bad
+            values = [json.dumps(v) if n else v for v, n in zip(values, nested)]
+        try:
+            columns[key] = pl.Series(key, values, strict=False)
+        except (TypeError, ValueError, OverflowError, pl.exceptions.PolarsError):  # e.g. integers past int64
+            columns[key] = pl.Series(key, [None if v is None else v if isinstance(v, str) else json.dumps(v)
+                                           for v in values], dtype=pl.Utf8)
+        if columns[key].dtype == pl.Null:
+            columns[key] = columns[key].cast(pl.Utf8)
+    df = pl.DataFrame(list(columns.values())) if columns else pl.DataFrame({"_dummy": [None] * len(rows)})
+    return df, bad, np.asarray(lines, dtype=np.int64), list(seen), flags
 
 
 # ----------------------------------------------------------------------------------------- validation
@@ -463,30 +640,40 @@ def _bad_int_prefix(s: pl.Series) -> bool:
     return bool(s.str.contains(r"^(?:\+|-?0.)").any())
 
 
-def _check_id(raw: pl.Series) -> tuple[pl.Series, pl.Series | None]:
+def _check_id(raw: pl.Series, max_id_bytes: int = DEFAULT_MAX_ID_BYTES) -> tuple[pl.Series, pl.Series | None]:
     dtype = raw.dtype
+    short = max_id_bytes < 24  # a limit shorter than some integer ids (int64 has at most 20 characters)
     if dtype.is_integer():
         value = raw.cast(pl.Int64, strict=False)
-        return value, _when_codes(pl.DataFrame({"c": raw}), [("missing value", pl.col("c").is_null())])
+        if value.null_count() > raw.null_count():  # past int64 (UInt64, Int128): keep the digits as string ids
+            value = raw.cast(pl.Utf8)
+        rules = [("missing value", pl.col("c").is_null())]
+        if short:
+            rules.append(("id too long", pl.col("c").cast(pl.Utf8).str.len_bytes() > max_id_bytes))
+        return value, _when_codes(pl.DataFrame({"c": raw}), rules)
     if dtype.is_float():
         value = raw.cast(pl.Int64, strict=False)
         c = pl.col("c")
-        return value, _when_codes(pl.DataFrame({"c": raw, "v": value}), [
-            ("missing value", c.is_null() | c.is_nan()),
-            ("non-integral id", ~c.is_finite() | (c != c.floor()) | pl.col("v").is_null()),
-        ])
+        rules = [("missing value", c.is_null() | c.is_nan()),
+                 ("non-integral id", ~c.is_finite() | (c != c.floor()) | pl.col("v").is_null())]
+        if short:
+            rules.append(("id too long", pl.col("v").cast(pl.Utf8).str.len_bytes() > max_id_bytes))
+        return value, _when_codes(pl.DataFrame({"c": raw, "v": value}), rules)
     raw = raw.cast(pl.Utf8)
-    if raw.null_count() == 0:  # fast path: canonical integers
+    if raw.null_count() == 0 and not short:  # fast path: canonical integers
         ints = raw.cast(pl.Int64, strict=False)
         if ints.null_count() == 0 and not _bad_int_prefix(raw):
             return ints, None
     s = raw.str.strip_chars()
     return s, _when_codes(pl.DataFrame({"c": raw, "s": s}),
-                          [("missing value", pl.col("c").is_null()), ("empty id", pl.col("s") == "")])
+                          [("missing value", pl.col("c").is_null()), ("empty id", pl.col("s") == ""),
+                           ("id too long", pl.col("s").str.len_bytes() > max_id_bytes)])
 
 
 def _check_timestamp(raw: pl.Series, unit: str) -> tuple[pl.Series, pl.Series | None]:
-    factor = TIMESTAMP_UNITS[unit]
+    if unit == "iso" and not (isinstance(raw.dtype, pl.Datetime) or raw.dtype == pl.Date):
+        return _check_iso_timestamp(raw)
+    factor = TIMESTAMP_UNITS.get(unit, 1)
     limit = TIMESTAMP_MAX_SECONDS * factor
     dtype = raw.dtype
     v, c, f = pl.col("v"), pl.col("c"), pl.col("f")
@@ -524,6 +711,32 @@ def _check_timestamp(raw: pl.Series, unit: str) -> tuple[pl.Series, pl.Series | 
         ("negative timestamp", (i < 0).fill_null(f < 0)),
         ("timestamp after 2100-01-01", v.is_null() | (v > limit))])
     return (value if factor == 1 else value // factor), codes
+
+
+# ISO-8601 forms tried in order, after a trailing Z became +00:00 and a space between date and time a T
+_ISO_FORMATS: tuple[tuple[str, bool], ...] = (  # (format, has an offset)
+    ("%Y-%m-%dT%H:%M:%S%.f%z", True), ("%Y-%m-%dT%H:%M:%S%.f", False), ("%Y-%m-%dT%H:%M%z", True),
+    ("%Y-%m-%dT%H:%M", False), ("%Y-%m-%d", False),
+)
+
+
+def _check_iso_timestamp(raw: pl.Series) -> tuple[pl.Series, pl.Series | None]:
+    """ISO-8601 dates or datetimes (no offset: UTC) -> unix seconds (floored)."""
+    text = raw.cast(pl.Utf8).str.strip_chars()
+    normal = text.str.replace(r"[zZ]$", "+00:00").str.replace(r"^(\d{4}-\d\d-\d\d) ", "${1}T")
+    value = pl.Series([None] * len(raw), dtype=pl.Int64)
+    for form, offset in _ISO_FORMATS:
+        todo = value.is_null() & normal.is_not_null()
+        if not todo.any():
+            break
+        parsed = normal.str.to_datetime(form, strict=False, exact=True, time_unit="us",
+                                        time_zone="UTC" if offset else None)
+        value = value.fill_null(parsed.dt.epoch("s"))
+    v = pl.col("v")
+    codes = _when_codes(pl.DataFrame({"s": text, "v": value}), [
+        ("missing value", pl.col("s").is_null() | (pl.col("s") == "")), ("not an ISO date", v.is_null()),
+        ("negative timestamp", v < 0), ("timestamp after 2100-01-01", v > TIMESTAMP_MAX_SECONDS)])
+    return value, codes
 
 
 def _check_label(raw: pl.Series) -> tuple[pl.Series, pl.Series | None]:
@@ -611,9 +824,37 @@ class _Validated:
     n_rows: int  # data rows seen (for the row offset of the next file)
 
 
+# What each role's source column may hold; a column of another type cannot be read as that role at all.
+_ROLE_TYPES: dict[str, str] = {
+    "user_id": "one integer or string id per row", "item_id": "one integer or string id per row",
+    "timestamp": "one integer unix timestamp, date or datetime per row", "behavior": "one string per row",
+    "label": "one number per row", "category": "one string per row", "title": "one string per row",
+}
+
+
+def _check_column_type(src: _Source, role: str, column: str, dtype: pl.DataType) -> None:
+    """Raise :class:`UserError` when the column mapped to ``role`` has a type that cannot be that role (lists
+    or structs where ids belong, binary, durations...)."""
+    if role not in _ROLE_TYPES:
+        return
+    nested = isinstance(dtype, (pl.List, pl.Array, pl.Struct))
+    odd = nested or isinstance(dtype, (pl.Binary, pl.Object, pl.Time, pl.Duration))
+    if role in ("user_id", "item_id", "timestamp") and dtype == pl.Boolean:
+        odd = True
+    if not odd:
+        return
+    kind = "lists" if isinstance(dtype, (pl.List, pl.Array)) else "structs" if isinstance(dtype, pl.Struct) else "values"
+    fix = "flatten the column first, or " if nested else ""
+    raise UserError(
+        f"{src.path}: column {column!r} ({role}) holds {kind} of type {dtype}; expected {_ROLE_TYPES[role]}. "
+        f"Fix: {fix}map {role} to another column (--column {role}=NAME)")
+
+
 def _validate(src: _Source, roles: Mapping[str, str], *, unit: str, behaviors: Collection[str] | None,
-              on_bad_rows: str, row_offset: int) -> _Validated:
+              on_bad_rows: str, row_offset: int, max_id_bytes: int = DEFAULT_MAX_ID_BYTES) -> _Validated:
     """Check every row of ``src`` against the roles, then build events and item features."""
+    for role, column in roles.items():
+        _check_column_type(src, role, column, src.df.schema[column])
     df = src.df
     n_rows = df.height
     idx = _range_like(df).alias("_idx")
@@ -633,7 +874,7 @@ def _validate(src: _Source, roles: Mapping[str, str], *, unit: str, behaviors: C
         raw = df[roles[role]]
         code = None
         if role in ("user_id", "item_id"):
-            value, code = _check_id(raw)
+            value, code = _check_id(raw, max_id_bytes)
         elif role == "timestamp":
             value, code = _check_timestamp(raw, unit)
         elif role == "label":
@@ -643,6 +884,10 @@ def _validate(src: _Source, roles: Mapping[str, str], *, unit: str, behaviors: C
         else:
             value = _feature_value(role, raw)
         values[role] = value.alias(role)
+        nested = f"{_NESTED}{roles[role]}"
+        if role in _ROLE_TYPES and nested in df.columns:  # JSON lists or objects among single values
+            flag = pl.select(pl.when(df[nested]).then(pl.lit(_code("nested value"), pl.Int32))).to_series()
+            code = flag if code is None else pl.select(pl.coalesce(flag, code)).to_series()
         if code is not None:
             codes.append(code + i * _CODE_BITS)
 
@@ -653,12 +898,13 @@ def _validate(src: _Source, roles: Mapping[str, str], *, unit: str, behaviors: C
         bad_pos = err.is_not_null().arg_true()
         frame = df.with_columns(idx, err.alias("_err"))
         if on_bad_rows == "error":
-            raise _bad_row_error(src, frame.row(int(bad_pos[0]), named=True), roles, role_list, unit, behaviors)
+            raise _bad_row_error(src, frame.row(int(bad_pos[0]), named=True), roles, role_list, unit, behaviors,
+                                 max_id_bytes)
         rejected = _rejected_frame(src, frame.gather(bad_pos), roles, role_list)
         good = err.is_null()
         first = rejected.row(0, named=True)
         warnings.warn(
-            f"{src.path.name}: skipped {len(bad_pos)} bad row(s); first at line {first['line']}, "
+            f"{src.path.name}: skipped {len(bad_pos)} bad row(s); first at {src.unit} {first['line']}, "
             f"column {first['column']!r}: {first['reason']}", BadRowsSkippedWarning, stacklevel=4)
     elif on_bad_rows == "skip":
         rejected = empty_rejected()
@@ -705,16 +951,29 @@ def _first_values(per_event: pl.DataFrame, chunk: int = 1 << 21) -> pl.DataFrame
     return first(pl.concat([first(per_event.slice(start, chunk)) for start in range(0, per_event.height, chunk)]))
 
 
-def _timestamp_fix(value: str, unit: str) -> str:
+_LOOKS_ISO = re.compile(r"\s*\d{4}-\d\d-\d\d")
+
+
+def timestamp_fix(value: str, unit: str) -> str | None:
+    """Advice when a rejected timestamp looks like another unit (milliseconds, an ISO date), else None."""
+    if unit != "iso" and _LOOKS_ISO.match(value):
+        return "the value looks like an ISO-8601 date: pass --timestamp-unit iso (timestamp_unit='iso' in Python)"
     try:
         v = float(value)
     except ValueError:
-        return DEFAULT_FIX
+        return None
+    if unit == "iso":
+        return None if v != v else "the value looks like a unix timestamp: pass --timestamp-unit s (or ms, us, ns)"
     for smaller in ("ms", "us", "ns"):
         if TIMESTAMP_UNITS[smaller] > TIMESTAMP_UNITS[unit] and 0 <= v / TIMESTAMP_UNITS[smaller] <= TIMESTAMP_MAX_SECONDS:
-            return (f"the value looks like {_UNIT_WORDS[smaller]}: pass timestamp_unit='{smaller}' "
-                    f"(--timestamp-unit {smaller}), or {DEFAULT_FIX}")
-    return DEFAULT_FIX
+            return (f"the value looks like {_UNIT_WORDS[smaller]}: pass --timestamp-unit {smaller} "
+                    f"(timestamp_unit='{smaller}' in Python)")
+    return None
+
+
+def _timestamp_fix(value: str, unit: str) -> str:
+    advice = timestamp_fix(value, unit)
+    return DEFAULT_FIX if advice is None else f"{advice}, or {DEFAULT_FIX}"
 
 
 def _cell_text(value: Any) -> str:
@@ -724,15 +983,16 @@ def _cell_text(value: Any) -> str:
 
 
 def _bad_row_error(src: _Source, row: dict[str, Any], roles: Mapping[str, str], role_list: list[str], unit: str,
-                   behaviors: Collection[str] | None) -> BadRowError:
+                   behaviors: Collection[str] | None, max_id_bytes: int = DEFAULT_MAX_ID_BYTES) -> BadRowError:
     err = int(row["_err"])
     col_index, code = divmod(err, _CODE_BITS)
     reason = _BY_CODE[code]
     line = int(src.lines(np.asarray([row["_idx"]], dtype=np.int64))[0])
     sep = src.separator
-    expected = reason.expected.format(
+    template = reason.expected_iso if unit == "iso" and reason.expected_iso else reason.expected
+    expected = template.format(
         unit=_UNIT_WORDS[unit], expected_fields=src.expected_fields, sep=repr(sep),
-        behaviors=", ".join(repr(b) for b in sorted(behaviors or ())),
+        behaviors=", ".join(repr(b) for b in sorted(behaviors or ())), max_id_bytes=max_id_bytes,
     )
     if col_index == 0:
         raw = src.raw(np.asarray([row["_idx"]], dtype=np.int64))
@@ -740,13 +1000,19 @@ def _bad_row_error(src: _Source, row: dict[str, Any], roles: Mapping[str, str], 
         if code == _code("wrong field count"):
             return BadRowError(str(src.path.name), line, "*", text, expected,
                                f"make every line have {src.expected_fields} fields (quote fields that contain "
-                               f"the separator), or {DEFAULT_FIX}", got=f"{row['_fields']} fields")
-        return BadRowError(str(src.path.name), line, "*", text, expected, DEFAULT_FIX,
-                           got=repr(text[:200]))
+                               f"the separator), or {DEFAULT_FIX}", got=f"{row['_fields']} fields", unit=src.unit)
+        return BadRowError(str(src.path.name), line, "*", text, expected, DEFAULT_FIX, unit=src.unit)
     role = role_list[col_index - 1]
     value = _cell_text(row[roles[role]])
-    fix = _timestamp_fix(value, unit) if code == _code("timestamp after 2100-01-01") else DEFAULT_FIX
-    return BadRowError(str(src.path.name), line, role, value, expected, fix)
+    fix, got = DEFAULT_FIX, None
+    if role == "timestamp" and code in (_code("timestamp after 2100-01-01"), _code("not a number"),
+                                        _code("not an ISO date"), _code("fractional timestamp")):
+        fix = _timestamp_fix(value, unit)
+    elif code == _code("id too long"):
+        fix = (f"shorten the id, or raise the limit with --max-id-bytes (max_id_bytes= in Python) if ids this "
+               f"long are right, or {DEFAULT_FIX}")
+        got = f"an id of {len(value.strip().encode()):,} bytes starting {value.strip()[:40]!r}"
+    return BadRowError(str(src.path.name), line, role, value, expected, fix, got=got, unit=src.unit)
 
 
 def _rejected_frame(src: _Source, bad: pl.DataFrame, roles: Mapping[str, str], role_list: list[str]) -> pl.DataFrame:
@@ -765,9 +1031,9 @@ def _rejected_frame(src: _Source, bad: pl.DataFrame, roles: Mapping[str, str], r
          else pl.lit(None, pl.Utf8)).fill_null("").alias("v"))["v"]
     reason = code.replace_strict({c: r.short for c, r in _BY_CODE.items()}, return_dtype=pl.Utf8)
     raw = src.raw(idx)
-    if raw is None:
-        cols = [roles[r] for r in role_list]
-        raw = [repr(dict(zip(role_list, r))) for r in bad.select(cols).iter_rows()]
+    if raw is None:  # Parquet (or lines that could not be located): the row's source columns as JSON
+        cols = list(dict.fromkeys(roles[r] for r in role_list))
+        raw = [json.dumps(dict(zip(cols, r)), default=str, ensure_ascii=False) for r in bad.select(cols).iter_rows()]
     return pl.DataFrame(
         {
             "file": [src.path.name] * bad.height,
@@ -808,11 +1074,12 @@ def _resolve_roles(columns: Mapping[str, str] | None, available: Sequence[str] |
 
 def _header_names(path: Path, fmt: str, has_header: bool, separator: str | None) -> list[str] | None:
     if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_schema(path).names
+        return _parquet_names(path)
     if fmt == "jsonl":
-        return pl.scan_ndjson(path, infer_schema_length=1000).collect_schema().names()
+        try:
+            return pl.scan_ndjson(path, infer_schema_length=1000).collect_schema().names()
+        except (pl.exceptions.PolarsError, OSError):  # malformed lines: the keys of the lines that parse
+            return _parse_jsonl_slowly(path, [])[3]
     if not has_header:
         return None
     with _open_binary(path) as handle:
@@ -821,34 +1088,44 @@ def _header_names(path: Path, fmt: str, has_header: bool, separator: str | None)
     return [c.strip('"') for c in first.split(sep)]
 
 
+def check_read_options(timestamp_unit: str, max_id_bytes: int) -> None:
+    """Raise :class:`UserError` for a timestamp unit or id limit the readers do not know."""
+    if timestamp_unit not in TIMESTAMP_UNIT_CHOICES:
+        raise UserError(f"timestamp_unit (--timestamp-unit) must be one of {', '.join(TIMESTAMP_UNIT_CHOICES)}, "
+                        f"got {timestamp_unit!r}")
+    if isinstance(max_id_bytes, bool) or not isinstance(max_id_bytes, int) or max_id_bytes < 1:
+        raise UserError(f"max_id_bytes (--max-id-bytes) must be a positive integer, got {max_id_bytes!r}")
+
+
 def read_events_frame(path: str | Path, *, columns: Mapping[str, str] | None = None, fmt: str | None = None,
                       has_header: bool = True, separator: str | None = None, timestamp_unit: str = "s",
                       on_bad_rows: str = "error", behaviors: Collection[str] | None = None,
-                      row_offset: int = 0) -> _Validated:
+                      row_offset: int = 0, max_id_bytes: int = DEFAULT_MAX_ID_BYTES) -> _Validated:
     """Like :func:`read_events` but returns the validated parts (used by recipes that combine files)."""
     path = Path(path)
     check_on_bad_rows(on_bad_rows)
-    if timestamp_unit not in TIMESTAMP_UNITS:
-        raise ValueError(f"timestamp_unit must be one of {tuple(TIMESTAMP_UNITS)}, got {timestamp_unit!r}")
+    check_read_options(timestamp_unit, max_id_bytes)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
-    kind = _detect_format(path, fmt)
-    available = _header_names(path, kind, has_header, separator) if columns is None else None
-    roles = _resolve_roles(columns, available)
-    needed = list(roles.values())
-    if kind in ("csv", "tsv"):
-        src: _Source = _read_csv(path, fmt=kind, has_header=has_header, separator=separator, needed=needed)
-    elif kind == "parquet":
-        src = _read_parquet(path, needed)
-    else:
-        src = _read_jsonl(path, needed)
-    return _validate(src, roles, unit=timestamp_unit, behaviors=behaviors, on_bad_rows=on_bad_rows,
-                     row_offset=row_offset)
+    with gzip_errors(path):  # a .gz file that is truncated or not gzip at all
+        kind = _detect_format(path, fmt)
+        available = _header_names(path, kind, has_header, separator) if columns is None else None
+        roles = _resolve_roles(columns, available)
+        needed = list(roles.values())
+        if kind in ("csv", "tsv"):
+            src: _Source = _read_csv(path, fmt=kind, has_header=has_header, separator=separator, needed=needed)
+        elif kind == "parquet":
+            src = _read_parquet(path, needed)
+        else:
+            src = _read_jsonl(path, needed, scalar=[roles[r] for r in roles if r in _ROLE_TYPES])
+        return _validate(src, roles, unit=timestamp_unit, behaviors=behaviors, on_bad_rows=on_bad_rows,
+                         row_offset=row_offset, max_id_bytes=max_id_bytes)
 
 
 def read_events(path: str | Path, *, columns: Mapping[str, str] | None = None, fmt: str | None = None,
                 has_header: bool = True, separator: str | None = None, timestamp_unit: str = "s",
-                on_bad_rows: str = "error", behaviors: Collection[str] | None = None) -> EventLog:
+                on_bad_rows: str = "error", behaviors: Collection[str] | None = None,
+                max_id_bytes: int = DEFAULT_MAX_ID_BYTES) -> EventLog:
     """Read and validate one event file into an :class:`EventLog`.
 
     path: CSV/TSV (.csv, .tsv, .txt, .dat), Parquet (.parquet, .pq) or JSON lines (.jsonl, .json, .ndjson);
@@ -856,13 +1133,22 @@ def read_events(path: str | Path, *, columns: Mapping[str, str] | None = None, f
     columns: lifelong name -> source column (see the module docstring). Default: the source columns that
         already carry lifelong names. Headerless CSV columns are 'column_1', 'column_2', ...
     separator: field separator for CSV (may be several characters, e.g. '::'; then quoting is off).
-    timestamp_unit: 's', 'ms', 'us' or 'ns'; timestamps are converted to (floored) seconds.
+    timestamp_unit: 's', 'ms', 'us' or 'ns' (unix time), or 'iso' (ISO-8601 dates or datetimes such as
+        2020-01-31 or 2020-01-31T12:00:00Z; without an offset they are UTC); timestamps are converted to
+        (floored) unix seconds. Date and datetime columns (Parquet) are read as they are.
     on_bad_rows: 'error' raises BadRowError for the first bad row; 'skip' drops bad rows into
         ``rejected`` and warns with their count.
     behaviors: when given, the allowed values of the behavior column (others are bad rows).
+    max_id_bytes: user and item ids longer than this (in UTF-8 bytes, after stripping white space) are
+        bad rows.
+
+    A file that cannot be read at all (truncated or corrupt gzip or Parquet, a CSV quote that is never
+    closed, a column of lists where ids belong, an unknown option value) raises
+    :class:`~lifelong.errors.UserError` naming the file and, where it can, the line.
     """
     part = read_events_frame(path, columns=columns, fmt=fmt, has_header=has_header, separator=separator,
-                             timestamp_unit=timestamp_unit, on_bad_rows=on_bad_rows, behaviors=behaviors)
+                             timestamp_unit=timestamp_unit, on_bad_rows=on_bad_rows, behaviors=behaviors,
+                             max_id_bytes=max_id_bytes)
     items = part.item_features
     if items is not None:
         items = items.with_columns(pl.col("item_id").cast(part.events.schema["item_id"]))

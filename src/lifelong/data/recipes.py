@@ -1,12 +1,16 @@
 """Recipes: readers for the raw formats of public recommendation datasets, each returning an EventLog.
 
 Use :func:`load_recipe` (``RECIPES`` lists the names). Every recipe takes ``on_bad_rows`` ('error' or
-'skip'); event files go through the strict reader in :mod:`lifelong.data.readers`.
+'skip'), ``timestamp_unit`` ('s', 'ms', 'us', 'ns' or 'iso') and ``max_id_bytes``; event files go through
+the strict reader in :mod:`lifelong.data.readers`. A missing optional side file that changes the result
+(item attributes, movie genres) is a :class:`MissingSideFileWarning`; a log whose every row was rejected
+is a :class:`~lifelong.errors.UserError` saying why.
 """
 
 from __future__ import annotations
 
 import ast
+import inspect
 import json
 import re
 import warnings
@@ -16,10 +20,14 @@ from typing import Any
 
 import polars as pl
 
-from lifelong.data.readers import BadRowsSkippedWarning, read_events_frame, _integral_ids
-from lifelong.data.schema import BadRowError, EventLog, check_on_bad_rows, empty_rejected, REJECTED_SCHEMA
+from lifelong.data.readers import (DEFAULT_MAX_ID_BYTES, BadRowsSkippedWarning, gzip_errors, read_events_frame,
+                                   timestamp_fix, _integral_ids)
+from lifelong.data.schema import (BadRowError, EventLog, MissingSideFileWarning, check_on_bad_rows, empty_rejected,
+                                  quote, REJECTED_SCHEMA)
+from lifelong.errors import UserError
 
 RECIPES: dict[str, Callable[..., EventLog]] = {}
+NO_CATEGORIES = "0 categories: category-aware models and metrics see one category"  # what a missing side file costs
 
 TAOBAO_BEHAVIORS: tuple[str, ...] = ("pv", "cart", "fav", "buy")
 ML100K_GENRES: tuple[str, ...] = (
@@ -37,13 +45,23 @@ def _register(name: str) -> Callable[[Callable[..., EventLog]], Callable[..., Ev
 
 
 def load_recipe(name: str, input: str | Path, *, on_bad_rows: str = "error", **options: Any) -> EventLog:
-    """Read dataset ``input`` (a folder or file, see each recipe) with recipe ``name``."""
+    """Read dataset ``input`` (a folder or file, see each recipe) with recipe ``name``.
+
+    ``options`` go to the recipe (every recipe takes ``timestamp_unit`` and ``max_id_bytes``; the csv
+    recipe also ``columns``, ``fmt``, ...); an option the recipe does not take is a :class:`UserError`.
+    """
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; expected one of {sorted(RECIPES)}")
     check_on_bad_rows(on_bad_rows)
     path = Path(input)
     if not path.exists():
         raise FileNotFoundError(f"no such file or folder: {path}")
+    taken = inspect.signature(RECIPES[name]).parameters
+    unknown = [k for k in options if k not in taken]
+    if unknown:
+        flags = ", ".join(f"--{'column' if k == 'columns' else k.replace('_', '-')} ({k}=)" for k in unknown)
+        raise UserError(f"the {name} recipe does not take {flags}; it reads its files' own columns. "
+                        f"Fix: drop the option, or use --recipe csv")
     log = RECIPES[name](path, on_bad_rows=on_bad_rows, **options)
     log.recipe = name
     return log
@@ -53,9 +71,15 @@ def load_recipe(name: str, input: str | Path, *, on_bad_rows: str = "error", **o
 
 
 def _assemble(parts: list[Any], items: pl.DataFrame | None, sources: list[Path], recipe: str,
-              on_bad_rows: str) -> EventLog:
-    """Concatenate validated event parts, align item id dtypes, and build the EventLog."""
+              on_bad_rows: str, timestamp_unit: str = "s") -> EventLog:
+    """Concatenate validated event parts, align item id dtypes, and build the EventLog.
+
+    Raises UserError when rows were rejected and none is left (the message says how many and why)."""
     frames = [p.events for p in parts]
+    if all(f.height == 0 for f in frames):
+        rejected_parts = [p.rejected for p in parts if p.rejected is not None and p.rejected.height]
+        if rejected_parts:
+            raise UserError(_all_rejected(pl.concat(rejected_parts), timestamp_unit))
     if len({f.schema["user_id"] for f in frames}) > 1:
         frames = [f.with_columns(pl.col("user_id").cast(pl.Utf8)) for f in frames]
     if len({f.schema["item_id"] for f in frames}) > 1:
@@ -68,6 +92,28 @@ def _assemble(parts: list[Any], items: pl.DataFrame | None, sources: list[Path],
         rejected_parts = [p.rejected for p in parts if p.rejected is not None]
         rejected = pl.concat(rejected_parts) if rejected_parts else empty_rejected()
     return EventLog(events=events, items=items, sources=sources, rejected=rejected, recipe=recipe)
+
+
+def _all_rejected(rejected: pl.DataFrame, timestamp_unit: str, top: int = 3) -> str:
+    """The message for a log whose every row was rejected: the count, the most common reasons (with the
+    first row of each), and what to do."""
+    files = ", ".join(dict.fromkeys(rejected["file"].to_list()))
+    counts = (rejected.with_row_index("_i").group_by("column", "reason")
+              .agg(pl.len().alias("n"), pl.col("_i").min().alias("first"))
+              .sort(["n", "first"], descending=[True, False]))
+    reasons = []
+    for row in counts.head(top).iter_rows(named=True):
+        first = rejected.row(int(row["first"]), named=True)
+        unit = "row" if first["file"].lower().endswith((".parquet", ".pq")) else "line"
+        where = "" if row["column"] == "*" else f"{row['column']}: "
+        reasons.append(f"{row['n']:,} x {where}{row['reason']} (first: {first['file']} {unit} {first['line']}, "
+                       f"{quote(first['value'] or first['raw'] or '', 40)})")
+    more = f"; {counts.height - top} more reasons" if counts.height > top else ""
+    first = rejected.row(int(counts["first"][0]), named=True)
+    advice = timestamp_fix(first["value"] or "", timestamp_unit) if first["column"] == "timestamp" else None
+    fix = advice or "correct the rows, or check the column mapping (--column) and --timestamp-unit"
+    return (f"every row was rejected: {rejected.height:,} bad rows in {files}, nothing is left to prepare "
+            f"(so no dataset and no rejected.csv were written).\nReasons: {'; '.join(reasons)}{more}. Fix: {fix}")
 
 
 def _align_item_ids(events: pl.DataFrame, items: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -116,7 +162,8 @@ def _items_frame(ids: list[Any], **features: list[Any]) -> pl.DataFrame:
 
 
 @_register("amazon-s3rec")
-def amazon_s3rec(input: Path, *, on_bad_rows: str = "error") -> EventLog:
+def amazon_s3rec(input: Path, *, on_bad_rows: str = "error", timestamp_unit: str = "s",
+                 max_id_bytes: int = DEFAULT_MAX_ID_BYTES) -> EventLog:
     """S3-Rec Amazon files: ``interactions.csv`` (user_id,item_id,timestamp) + ``item2attributes.json``.
 
     items: item_id, attributes (List[Utf8] of attribute ids), category = the item's least frequent attribute
@@ -127,14 +174,23 @@ def amazon_s3rec(input: Path, *, on_bad_rows: str = "error") -> EventLog:
     if not events_file.is_file():
         raise FileNotFoundError(f"{folder} has no interactions.csv")
     part = read_events_frame(events_file, columns={"user_id": "user_id", "item_id": "item_id", "timestamp": "timestamp"},
-                             fmt="csv", separator=",", on_bad_rows=on_bad_rows)
+                             fmt="csv", separator=",", on_bad_rows=on_bad_rows, timestamp_unit=timestamp_unit,
+                             max_id_bytes=max_id_bytes)
     sources = [events_file]
     items = None
     attr_file = folder / "item2attributes.json"
     if attr_file.is_file():
         sources.append(attr_file)
         items = _s3rec_items(attr_file)
-    return _assemble([part], items, sources, "amazon-s3rec", on_bad_rows)
+    else:
+        _missing_side_file(attr_file, "items get no attributes and no category")
+    return _assemble([part], items, sources, "amazon-s3rec", on_bad_rows, timestamp_unit)
+
+
+def _missing_side_file(path: Path, lost: str) -> None:
+    """Warn that the optional side file ``path`` is missing and what the prepared dataset loses."""
+    warnings.warn(f"{path.parent} has no {path.name}: {lost} ({NO_CATEGORIES})", MissingSideFileWarning,
+                  stacklevel=3)
 
 
 def _s3rec_items(path: Path) -> pl.DataFrame:
@@ -167,7 +223,8 @@ _ASIN = re.compile(r"""["']asin["']\s*:\s*["']([^"']+)["']""")
 
 
 @_register("amazon-reviews")
-def amazon_reviews(input: Path, *, on_bad_rows: str = "error") -> EventLog:
+def amazon_reviews(input: Path, *, on_bad_rows: str = "error", timestamp_unit: str = "s",
+                   max_id_bytes: int = DEFAULT_MAX_ID_BYTES) -> EventLog:
     """Amazon 2014 review dumps (JSON lines, optionally gzipped).
 
     input: a reviews file, or a folder with ``reviews*.json[.gz]`` and optional ``meta*.json[.gz]``.
@@ -180,13 +237,19 @@ def amazon_reviews(input: Path, *, on_bad_rows: str = "error") -> EventLog:
         metas = sorted({*input.glob("meta*.json"), *input.glob("meta*.json.gz")})
         if not reviews:
             raise FileNotFoundError(f"{input} has no reviews*.json[.gz] file")
+        if not metas:
+            _missing_side_file(input / "meta*.json[.gz]", "items get no category, attributes or title")
     else:
         reviews, metas = [input], []
+        warnings.warn(f"{input} is one reviews file, so no metadata (meta*.json[.gz]) is read: items get no "
+                      f"category, attributes or title ({NO_CATEGORIES}); pass the folder to read the metadata too",
+                      MissingSideFileWarning, stacklevel=2)
     parts = []
     offset = 0
     for path in reviews:
         part = read_events_frame(path, columns={"user_id": "reviewerID", "item_id": "asin", "timestamp": "unixReviewTime"},
-                                 fmt="jsonl", on_bad_rows=on_bad_rows, row_offset=offset)
+                                 fmt="jsonl", on_bad_rows=on_bad_rows, row_offset=offset,
+                                 timestamp_unit=timestamp_unit, max_id_bytes=max_id_bytes)
         offset += part.n_rows
         parts.append(part)
     items = None
@@ -199,7 +262,7 @@ def amazon_reviews(input: Path, *, on_bad_rows: str = "error") -> EventLog:
             frames.append(frame)
             meta_rejected.append(bad)
         items = pl.concat(frames).unique("item_id", keep="first", maintain_order=True)
-    log = _assemble(parts, items, [*reviews, *metas], "amazon-reviews", on_bad_rows)
+    log = _assemble(parts, items, [*reviews, *metas], "amazon-reviews", on_bad_rows, timestamp_unit)
     if log.rejected is not None and meta_rejected:
         log.rejected = pl.concat([log.rejected, *meta_rejected])
     return log
@@ -209,7 +272,7 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
     import gzip
 
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
+    with gzip_errors(path), opener(path, "rb") as handle:
         for number, raw in enumerate(handle, 1):
             yield number, raw.decode("utf-8", "replace").strip()
 
@@ -238,7 +301,7 @@ def _amazon_meta(path: Path, wanted: set[str], on_bad_rows: str) -> tuple[pl.Dat
         if not isinstance(obj, dict) or not obj.get("asin"):
             expected = "a JSON object or Python dict literal with an 'asin'"
             if on_bad_rows == "error":
-                raise BadRowError(path.name, number, "*", text, expected, got=repr(text[:200]))
+                raise BadRowError(path.name, number, "*", text, expected)
             bad.append({"file": path.name, "line": number, "column": "*", "value": text[:200],
                         "reason": "malformed metadata line", "raw": text})
             continue
@@ -265,7 +328,8 @@ def _amazon_meta(path: Path, wanted: set[str], on_bad_rows: str) -> tuple[pl.Dat
 
 
 @_register("movielens")
-def movielens(input: Path, *, on_bad_rows: str = "error") -> EventLog:
+def movielens(input: Path, *, on_bad_rows: str = "error", timestamp_unit: str = "s",
+              max_id_bytes: int = DEFAULT_MAX_ID_BYTES) -> EventLog:
     """MovieLens ML-100K (u.data/u.item), ML-1M/10M (ratings.dat/movies.dat) or ML-20M+ (ratings.csv).
 
     Every rating is an event with label = rating (Float32). items: title, attributes = genre names,
@@ -275,6 +339,7 @@ def movielens(input: Path, *, on_bad_rows: str = "error") -> EventLog:
     if (folder / "u.data").is_file():
         ratings = folder / "u.data"
         part = read_events_frame(ratings, fmt="csv", separator="\t", has_header=False, on_bad_rows=on_bad_rows,
+                                 timestamp_unit=timestamp_unit, max_id_bytes=max_id_bytes,
                                  columns={"user_id": "column_1", "item_id": "column_2", "label": "column_3",
                                           "timestamp": "column_4"})
         movies = folder / "u.item"
@@ -282,6 +347,7 @@ def movielens(input: Path, *, on_bad_rows: str = "error") -> EventLog:
     elif (folder / "ratings.dat").is_file():
         ratings = folder / "ratings.dat"
         part = read_events_frame(ratings, fmt="csv", separator="::", has_header=False, on_bad_rows=on_bad_rows,
+                                 timestamp_unit=timestamp_unit, max_id_bytes=max_id_bytes,
                                  columns={"user_id": "column_1", "item_id": "column_2", "label": "column_3",
                                           "timestamp": "column_4"})
         movies = folder / "movies.dat"
@@ -289,16 +355,18 @@ def movielens(input: Path, *, on_bad_rows: str = "error") -> EventLog:
     elif (folder / "ratings.csv").is_file():
         ratings = folder / "ratings.csv"
         part = read_events_frame(ratings, fmt="csv", separator=",", on_bad_rows=on_bad_rows,
-                                 columns={"user_id": "userId", "item_id": "movieId", "label": "rating",
+                                 timestamp_unit=timestamp_unit, max_id_bytes=max_id_bytes, columns={"user_id": "userId", "item_id": "movieId", "label": "rating",
                                           "timestamp": "timestamp"})
         movies = folder / "movies.csv"
         items = _ml_csv_items(movies) if movies.is_file() else None
     else:
         raise FileNotFoundError(f"{folder} has none of u.data, ratings.dat, ratings.csv (MovieLens)")
+    if items is None:
+        _missing_side_file(movies, "movies get no title and no genre")
     sources = [ratings] + ([movies] if items is not None else [])
     if (folder / "u.genre").is_file() and items is not None and ratings.name == "u.data":
         sources.append(folder / "u.genre")
-    return _assemble([part], items, sources, "movielens", on_bad_rows)
+    return _assemble([part], items, sources, "movielens", on_bad_rows, timestamp_unit)
 
 
 def _ml100k_items(path: Path, genre_file: Path) -> pl.DataFrame:
@@ -336,7 +404,11 @@ def _ml_dat_items(path: Path) -> pl.DataFrame:
 
 
 def _ml_csv_items(path: Path) -> pl.DataFrame:
-    raw = pl.read_csv(path, infer_schema=False, encoding="utf8-lossy")
+    try:
+        raw = pl.read_csv(path, infer_schema=False, encoding="utf8-lossy")
+    except pl.exceptions.PolarsError as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"{path}: cannot parse as CSV: {first[:160]}") from None
     missing = [c for c in ("movieId", "title", "genres") if c not in raw.columns]
     if missing:
         raise ValueError(f"{path}: columns {missing} not found; the file has {raw.columns}")
@@ -357,7 +429,8 @@ def _with_first_genre(items: pl.DataFrame) -> pl.DataFrame:
 
 
 @_register("taobao-userbehavior")
-def taobao_userbehavior(input: Path, *, on_bad_rows: str = "error") -> EventLog:
+def taobao_userbehavior(input: Path, *, on_bad_rows: str = "error", timestamp_unit: str = "s",
+                        max_id_bytes: int = DEFAULT_MAX_ID_BYTES) -> EventLog:
     """Taobao UserBehavior CSV without header: user, item, category, behavior, timestamp.
 
     behavior must be one of pv, cart, fav, buy. input: the file or a folder with exactly one CSV.
@@ -370,10 +443,11 @@ def taobao_userbehavior(input: Path, *, on_bad_rows: str = "error") -> EventLog:
         input = files[0]
     part = read_events_frame(
         input, fmt="csv", separator=",", has_header=False, on_bad_rows=on_bad_rows, behaviors=TAOBAO_BEHAVIORS,
+        timestamp_unit=timestamp_unit, max_id_bytes=max_id_bytes,
         columns={"user_id": "column_1", "item_id": "column_2", "category": "column_3", "behavior": "column_4",
                  "timestamp": "column_5"},
     )
-    return _assemble([part], part.item_features, [input], "taobao-userbehavior", on_bad_rows)
+    return _assemble([part], part.item_features, [input], "taobao-userbehavior", on_bad_rows, timestamp_unit)
 
 
 # ---------------------------------------------------------------------------------------------------- csv
@@ -382,16 +456,18 @@ def taobao_userbehavior(input: Path, *, on_bad_rows: str = "error") -> EventLog:
 @_register("csv")
 def generic(input: Path, *, on_bad_rows: str = "error", columns: dict[str, str] | None = None,
             fmt: str | None = None, has_header: bool = True, separator: str | None = None,
-            timestamp_unit: str = "s", behaviors: Iterable[str] | None = None) -> EventLog:
+            timestamp_unit: str = "s", behaviors: Iterable[str] | None = None,
+            max_id_bytes: int = DEFAULT_MAX_ID_BYTES) -> EventLog:
     """Any CSV/TSV/Parquet/JSON-lines event file with an explicit column mapping (``columns``, required).
 
     Item features in the mapping (category, title, attributes) go to ``items`` (first value per item).
+    ``timestamp_unit``: 's', 'ms', 'us', 'ns' or 'iso' (ISO-8601 dates or datetimes).
     """
     if not columns:
         raise ValueError("the csv recipe needs columns={'user_id': ..., 'item_id': ..., 'timestamp': ...}")
     if input.is_dir():
         raise ValueError(f"the csv recipe reads one file; {input} is a folder")
     part = read_events_frame(input, columns=columns, fmt=fmt, has_header=has_header, separator=separator,
-                             timestamp_unit=timestamp_unit, on_bad_rows=on_bad_rows,
+                             timestamp_unit=timestamp_unit, on_bad_rows=on_bad_rows, max_id_bytes=max_id_bytes,
                              behaviors=None if behaviors is None else tuple(behaviors))
-    return _assemble([part], part.item_features, [input], "csv", on_bad_rows)
+    return _assemble([part], part.item_features, [input], "csv", on_bad_rows, timestamp_unit)

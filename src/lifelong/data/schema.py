@@ -31,29 +31,52 @@ class BadRowError(ValueError):
     """The first bad row of an input file.
 
     ``line`` is 1-based: the physical line for text files (a CSV header is line 1), the row number for
-    Parquet. ``column`` is the lifelong column name, or ``'*'`` when the whole row is wrong (field count,
-    malformed JSON). ``value`` is the text that was there ('' for an empty or null value).
+    Parquet (``unit='row'``, so the message says "row N"). ``column`` is the lifelong column name, or
+    ``'*'`` when the whole row is wrong (field count, malformed JSON). ``value`` is the text that was there
+    ('' for an empty or null value); the message quotes at most :data:`QUOTE_LIMIT` characters of it.
     """
 
     def __init__(self, file: str, line: int, column: str, value: str, expected: str, fix: str = DEFAULT_FIX,
-                 got: str | None = None) -> None:
+                 got: str | None = None, unit: str = "line") -> None:
         self.file = str(file)
         self.line = int(line)
         self.column = column
         self.value = value
         self.expected = expected
         self.fix = fix
-        self.got = got if got is not None else (repr(value) if value != "" else "an empty value")
+        self.got = shorten(got) if got is not None else (quote(value) if value != "" else "an empty value")
+        self.unit = unit
         super().__init__(self._message())
 
     def _message(self) -> str:
-        where = f"{self.file}, line {self.line}"
+        where = f"{self.file}, {self.unit} {self.line}"
         if self.column != "*":
             where += f", column {self.column!r}"
         return f"{where}: got {self.got}, expected {self.expected}. Fix: {self.fix}"
 
     def __reduce__(self):  # keep the exception picklable (multiprocessing)
-        return (type(self), (self.file, self.line, self.column, self.value, self.expected, self.fix, self.got))
+        return (type(self), (self.file, self.line, self.column, self.value, self.expected, self.fix, self.got,
+                             self.unit))
+
+
+class MissingSideFileWarning(UserWarning):
+    """An optional side file of a recipe (item attributes, movie genres) is missing, so the prepared
+    dataset lacks what it would have given (e.g. categories)."""
+
+
+QUOTE_LIMIT = 80  # characters of a user's value quoted in a message
+
+
+def quote(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """``repr(text)``, cut to ``limit`` characters (saying how long the whole text is)."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text):,} characters)"
+
+
+def shorten(text: str, limit: int = 2 * QUOTE_LIMIT) -> str:
+    """``text`` cut to ``limit`` characters (with "..." where it was cut)."""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def check_on_bad_rows(on_bad_rows: str) -> None:

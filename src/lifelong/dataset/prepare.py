@@ -15,8 +15,33 @@ import numpy as np
 import polars as pl
 
 from lifelong.dataset.store import PAD, UNKNOWN
+from lifelong.errors import UserError
 
 FIRST_INDEX = 2  # 0 = padding, 1 = unknown
+PROTOCOL_LABELS = {"ctr-din": "P1", "seq-loo": "P2", "mi-split": "P3", "ctr-time": "P4"}
+
+
+def min_events_per_protocol() -> dict[str, int]:
+    """Each protocol's minimum number of events per user (shorter users are dropped)."""
+    from lifelong.protocols.ctr import P1_MIN_EVENTS
+    from lifelong.protocols.mi import P3_MIN_EVENTS
+    from lifelong.protocols.seq import P2_MIN_EVENTS
+
+    return {"ctr-din": P1_MIN_EVENTS, "seq-loo": P2_MIN_EVENTS, "mi-split": P3_MIN_EVENTS, "ctr-time": 1}
+
+
+def _nothing_left(min_events: int, n_users: int, n_events: int, protocol: str | None) -> UserError:
+    """The error for a log in which every user has fewer than ``min_events`` events."""
+    minimums = min_events_per_protocol()
+    if protocol is None:  # the protocol whose minimum this is
+        protocol = next((p for p, m in minimums.items() if m == min_events), None)
+    name = f"{PROTOCOL_LABELS.get(protocol, '')} {protocol}".strip() if protocol else "the protocol"
+    lower = [f"{PROTOCOL_LABELS[p]} {p} ({m})" for p, m in minimums.items() if m < min_events]
+    other = f", or a protocol with a lower minimum: {', '.join(lower)} (--protocol)" if lower else ""
+    return UserError(
+        f"{name} needs at least {min_events} events per user, and all {n_users:,} users of the log have fewer "
+        f"({n_events:,} events in all): all were dropped, so nothing is left to prepare.\n"
+        f"Fix: use a log with longer user histories (is --column user_id the user column?){other}")
 
 
 def _vocabulary(values: pl.Series) -> pl.DataFrame:
@@ -42,6 +67,7 @@ def prepare_dataset(
     *,
     min_events: int = 1,
     vocab_cutoff: int | None = None,
+    protocol: str | None = None,
 ) -> dict:
     """Write ``events``, ``users``, ``items`` and ``vocab`` into ``folder`` (which must exist).
 
@@ -50,27 +76,35 @@ def prepare_dataset(
         items: item_id[, category][, attributes][, title][, embedding], or None.
         min_events: users with fewer events are dropped (P1 drops users with fewer than 4).
         vocab_cutoff: fit vocabularies on events with ``timestamp < vocab_cutoff`` only.
+        protocol: the protocol whose minimum ``min_events`` is (named in the error when no user has
+            enough events; by default the protocol with that minimum).
+
+    Raises:
+        UserError: the log has no events, or no user has ``min_events`` events.
 
     Returns:
         A summary (counts, vocabulary sizes, flags) that goes into the manifest.
     """
     has_behavior = "behavior" in events.columns
     has_label = "label" in events.columns
+    if events.height == 0:
+        raise UserError("the log has no events, so nothing is left to prepare (is the input only a header?)")
     # Sort by user, then time, ties in file order: one argsort, then each column gathered once. This
     # holds the log plus one sorted copy; a lazy sort-and-rank of the whole frame needed ~2x more.
     order = events.select(pl.arg_sort_by(["user_id", "timestamp", "row"])).to_series()
     user_row = _runs(events["user_id"].gather(order))  # dense rank of user_id, from the sorted column
     counts = np.bincount(user_row)  # events per user
+    n_users = counts.shape[0]
     if min_events > 1:
         kept = counts >= min_events
         keep = kept[user_row]
         order = order.filter(pl.Series(keep))
         user_row, counts = (np.cumsum(kept) - 1)[user_row[keep]], counts[kept]  # renumber the kept users
         del keep
+    if len(counts) == 0:
+        raise _nothing_left(min_events, n_users, events.height, protocol)
     table = pl.DataFrame([events[c].gather(order) for c in events.columns if c != "row"])  # `row` only breaks ties
     del order
-    if table.height == 0:
-        raise ValueError("no events left to prepare (every user has fewer than the minimum number of events?)")
     # item_row: the dense rank of item_id, from 1 (row 0 is padding)
     item_ids = table["item_id"].unique().sort()
     table = table.with_columns(

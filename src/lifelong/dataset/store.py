@@ -16,12 +16,15 @@ training part only, so an item first seen after the training cut has a row but i
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+
+from lifelong.errors import UserError, read_json
 
 PAD = 0
 UNKNOWN = 1
@@ -99,7 +102,7 @@ class PreparedDataset:
             path = self.path / "samples" / f"{split}.parquet"
             if not path.exists():
                 raise FileNotFoundError(f"{path} is missing: was the dataset prepared with a protocol?")
-            self._samples[split] = SampleTable.from_frame(pl.read_parquet(path))
+            self._samples[split] = SampleTable.from_frame(_read_table(path))
         return self._samples[split]
 
     def history(self, user_row: int, end: int) -> np.ndarray:
@@ -108,16 +111,35 @@ class PreparedDataset:
         return self.event_items[start : start + end]
 
 
+FINGERPRINT_FIELDS = ("format", "recipe", "protocol", "seed", "n_events", "n_users", "n_items", "vocab_sizes",
+                      "samples", "rejected_rows", "files")
+
+
+def dataset_fingerprint(manifest: dict) -> str:
+    """A short hash of what makes a prepared dataset what it is: its sources' checksums (not their paths),
+    recipe, protocol and seed, counts and vocabulary sizes, and the checksums of its tables. Two
+    preparations of the same log with the same options have the same fingerprint; another seed, protocol,
+    log or edit of a table gives another. Timestamps and run times are left out."""
+    subset = {key: manifest.get(key) for key in FINGERPRINT_FIELDS}
+    subset["sources"] = sorted((s.get("md5"), s.get("bytes")) for s in manifest.get("sources", []))
+    text = json.dumps(subset, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def load_dataset(path: str | Path) -> PreparedDataset:
     """Load a prepared dataset folder (events as flat numpy columns, no per-sample copies)."""
     path = Path(path)
     manifest_path = path / "manifest.json"
     if not manifest_path.exists():
         raise FileNotFoundError(f"{path} is not a prepared dataset (no manifest.json); run `lifelong prepare` first")
-    manifest = json.loads(manifest_path.read_text())
-    events = pl.read_parquet(path / "events.parquet", columns=_event_columns(manifest))
-    users = pl.read_parquet(path / "users.parquet", columns=["user_idx", "offset", "count"])
-    items = pl.read_parquet(path / "items.parquet", columns=["item_idx", "cate_idx"])
+    manifest = read_json(manifest_path, "the prepared dataset's manifest")
+    if not isinstance(manifest, dict) or "vocab_sizes" not in manifest:
+        raise UserError(f"{manifest_path} is not a lifelong dataset manifest; prepare the dataset again "
+                        f"(`lifelong prepare ... --out {path} --overwrite`)")
+    manifest.setdefault("fingerprint", dataset_fingerprint(manifest))  # datasets prepared before fingerprints
+    events = _read_table(path / "events.parquet", _event_columns(manifest))
+    users = _read_table(path / "users.parquet", ["user_idx", "offset", "count"])
+    items = _read_table(path / "items.parquet", ["item_idx", "cate_idx"])
     offsets = np.zeros(users.height + 1, dtype=np.int64)
     offsets[1:] = np.cumsum(users["count"].to_numpy())
     behaviors = events["behavior"].to_numpy().astype(np.int16) if "behavior" in events.columns else None
@@ -135,6 +157,17 @@ def load_dataset(path: str | Path) -> PreparedDataset:
     )
     del events
     return dataset
+
+
+def _read_table(path: Path, columns: list[str] | None = None) -> pl.DataFrame:
+    """A table of the prepared dataset; a missing or damaged file is a :class:`UserError` naming it."""
+    try:
+        return pl.read_parquet(path, columns=columns)
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing: the prepared dataset is incomplete; prepare it again") from None
+    except (pl.exceptions.PolarsError, OSError) as error:
+        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise UserError(f"{path} is damaged or not a lifelong table ({first}); prepare the dataset again") from None
 
 
 def _event_columns(manifest: dict) -> list[str]:

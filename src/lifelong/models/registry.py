@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -71,6 +73,47 @@ def register(config_class: type[ModelConfig]):
     return wrap
 
 
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a config value has its field's declared type (an int is a float; a bool is not a number)."""
+    if hint is Any:
+        return True
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is typing.Literal:
+        return value in args
+    if origin in (tuple, list):
+        if not isinstance(value, (tuple, list)):
+            return False
+        item = args[0] if args else Any
+        return all(_fits(v, item) for v in value)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    return True  # a type the check does not know: the config's own validate() decides
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin in (tuple, list):
+        return f"a list of {_describe(args[0]) if args else 'values'}"
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+            type(None): "null"}.get(hint, str(hint))
+
+
 def config_from_dict(values: dict[str, Any]) -> ModelConfig:
     """Build and validate a config from a dict with a ``model_type`` key; unknown keys are errors."""
     values = dict(values)
@@ -82,9 +125,12 @@ def config_from_dict(values: dict[str, Any]) -> ModelConfig:
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ValueError(f"{name}: unknown config field(s) {unknown}; known: {sorted(known)}")
+    hints = typing.get_type_hints(config_class)
     for key, value in list(values.items()):  # TOML/YAML give lists where a tuple field is declared
         if isinstance(value, list):
-            values[key] = tuple(value) if isinstance(known[key].default, tuple) else value
+            values[key] = value = tuple(value) if isinstance(known[key].default, tuple) else value
+        if not _fits(value, hints.get(key, Any)):
+            raise ValueError(f"{name}: {key} must be {_describe(hints[key])}, got {value!r}")
     config = config_class(**values)
     config.validate()
     return config

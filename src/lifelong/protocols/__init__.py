@@ -1,4 +1,4 @@
-"""Evaluation protocols (../shared/PROTOCOLS.md): who is a sample, where its history ends, its target and label."""
+"""Evaluation protocols (docs/protocols.md): who is a sample, where its history ends, its target and label."""
 
 from lifelong.protocols.ctr import (
     InteractionIndex,
@@ -13,6 +13,7 @@ from lifelong.protocols.seq import (P2_MIN_EVENTS, seq_loo_samples, target_partn
 
 PROTOCOLS = ("ctr-din", "ctr-time", "seq-loo", "mi-split")
 RETRIEVAL_PROTOCOLS = ("seq-loo", "mi-split")
+TASK_PROTOCOLS = {"ctr": ("ctr-din", "ctr-time"), "retrieval": RETRIEVAL_PROTOCOLS}  # what each model task trains on
 
 __all__ = [
     "P2_MIN_EVENTS",
@@ -22,6 +23,7 @@ __all__ = [
     "target_sets",
     "PROTOCOLS",
     "RETRIEVAL_PROTOCOLS",
+    "TASK_PROTOCOLS",
     "seq_loo_samples",
     "target_partners",
     "training_prefixes",

@@ -130,7 +130,9 @@ def ctr_din_samples(
     """
     counts = np.diff(offsets).astype(np.int64)
     if counts.size and counts.min() < P1_MIN_EVENTS:
-        raise ValueError(f"P1 needs at least {P1_MIN_EVENTS} events per user; drop shorter users first")
+        raise ValueError(f"P1 ctr-din needs at least {P1_MIN_EVENTS} events per user, but "
+                         f"{int((counts < P1_MIN_EVENTS).sum()):,} of {counts.size:,} users have fewer; drop them first "
+                         f"(prepare does)")
     index = index or InteractionIndex.build(offsets, event_items, n_item_rows)
     users = np.arange(counts.shape[0], dtype=np.int64)
     starts = offsets[:-1].astype(np.int64)

@@ -40,7 +40,9 @@ def mi_split_samples(offsets: np.ndarray, event_items: np.ndarray, seed: int, us
     """
     counts = np.diff(offsets).astype(np.int64)
     if counts.size and counts.min() < P3_MIN_EVENTS:
-        raise ValueError(f"P3 needs at least {P3_MIN_EVENTS} events per user; drop shorter users first")
+        raise ValueError(f"P3 mi-split needs at least {P3_MIN_EVENTS} events per user, but "
+                         f"{int((counts < P3_MIN_EVENTS).sum()):,} of {counts.size:,} users have fewer; drop them first "
+                         f"(prepare does)")
     if user_order not in USER_ORDERS:
         raise ValueError(f"user_order must be one of {USER_ORDERS}, got {user_order!r}")
     n_users = counts.shape[0]

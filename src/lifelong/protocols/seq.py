@@ -26,7 +26,9 @@ def seq_loo_samples(offsets: np.ndarray, event_items: np.ndarray) -> dict[str, S
     """P2 sample tables from CSR offsets (users with fewer than 3 events must already be dropped)."""
     counts = np.diff(offsets).astype(np.int64)
     if counts.size and counts.min() < P2_MIN_EVENTS:
-        raise ValueError(f"P2 needs at least {P2_MIN_EVENTS} events per user; drop shorter users first")
+        raise ValueError(f"P2 seq-loo needs at least {P2_MIN_EVENTS} events per user, but "
+                         f"{int((counts < P2_MIN_EVENTS).sum()):,} of {counts.size:,} users have fewer; drop them first "
+                         f"(prepare does)")
     users = np.arange(counts.shape[0], dtype=np.int64)
     offsets = offsets.astype(np.int64)
 

@@ -15,6 +15,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from lifelong.errors import UserError, read_json
+
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     """Split an optimizer state dict into flat tensors and JSON-able hyper-parameters."""
@@ -63,8 +65,45 @@ def save_checkpoint(folder: Path, model: nn.Module, model_config: dict, trainer_
     shutil.rmtree(old, ignore_errors=True)
 
 
+def load_model_config(folder: Path) -> dict:
+    """A checkpoint's model config (``config.json``), checked against the registry; a malformed or
+    incomplete one is a :class:`UserError` naming the file."""
+    from lifelong.models import config_from_dict
+
+    path = Path(folder) / "config.json"
+    values = read_json(path, "the checkpoint's model config")
+    if not isinstance(values, dict):
+        raise UserError(f"{path} must hold the model's config (a JSON object); the checkpoint is damaged")
+    try:
+        return config_from_dict(values).to_dict()
+    except (TypeError, ValueError) as error:
+        raise UserError(f"{path} is not a valid model config ({error}); the checkpoint is damaged or was "
+                        f"written by another version") from None
+
+
+def _read_tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
+    if not path.exists():
+        raise UserError(f"{path} is missing: the checkpoint is incomplete ({what})")
+    try:
+        return load_file(str(path))
+    except Exception as error:  # safetensors raises its own error type for every kind of damage
+        reason = "the file is empty" if path.stat().st_size == 0 else str(error).splitlines()[0][:200]
+        raise UserError(f"{path} is not a readable safetensors file ({reason}); the checkpoint is damaged: "
+                        f"resume from another checkpoint or train again") from None
+
+
 def load_weights(folder: Path, model: nn.Module) -> None:
-    model.load_state_dict(load_file(str(Path(folder) / "model.safetensors")))
+    """Load ``model.safetensors`` into ``model``; damaged weights, or weights of another config, are a
+    :class:`UserError` naming the file."""
+    path = Path(folder) / "model.safetensors"
+    weights = _read_tensors(path, "weights")
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()][1:]
+        detail = "; ".join(lines)[:300] or str(error)[:300]
+        raise UserError(f"{path} does not match the model of {Path(folder) / 'config.json'} ({detail}); the "
+                        f"checkpoint's weights and config belong to different models") from None
 
 
 def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict:
@@ -72,6 +111,13 @@ def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optim
     folder = Path(folder)
     load_weights(folder, model)
     if optimizer is not None and (folder / "optimizer.safetensors").exists():
-        meta = json.loads((folder / "optimizer.json").read_text())
-        load_optimizer(optimizer, load_file(str(folder / "optimizer.safetensors")), meta)
-    return json.loads((folder / "trainer_state.json").read_text())
+        meta = read_json(folder / "optimizer.json", "the checkpoint's optimizer state")
+        try:
+            load_optimizer(optimizer, _read_tensors(folder / "optimizer.safetensors", "optimizer state"), meta)
+        except (KeyError, ValueError, RuntimeError) as error:
+            raise UserError(f"{folder / 'optimizer.safetensors'} does not match the model's optimizer ({error}); "
+                            f"the checkpoint is damaged") from None
+    state = read_json(folder / "trainer_state.json", "the checkpoint's trainer state")
+    if not isinstance(state, dict) or "epoch" not in state:
+        raise UserError(f"{folder / 'trainer_state.json'} is not a trainer state; the checkpoint is damaged")
+    return state

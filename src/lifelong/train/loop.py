@@ -22,11 +22,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from lifelong.batch import Collator, iterate_batches
-from lifelong.dataset.store import PreparedDataset, SampleTable, load_dataset
+from lifelong.dataset.store import PreparedDataset, SampleTable, dataset_fingerprint, load_dataset
+from lifelong.errors import UserError, read_json
 from lifelong.metrics import ctr_metrics
 from lifelong.models import build_model, config_from_dict
 from lifelong.nn import BehaviorEmbedding
-from lifelong.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from lifelong.outputs import RUN, check_output, replace_folder
+from lifelong.protocols import TASK_PROTOCOLS
+from lifelong.train.checkpoint import load_checkpoint, load_model_config, load_weights, save_checkpoint
 
 
 SAMPLE_REGIMES = ("windows", "prefixes")
@@ -174,21 +177,125 @@ def collators_for(model_config: dict[str, Any], dataset: PreparedDataset, max_le
     return evaluation, Collator(dataset, max_length, seed=seed, **needs)
 
 
+RUN_FORMAT = "lifelong-run/1"
+
+
+def read_run(run: str | Path) -> dict:
+    """The resolved ``config.json`` of a run folder; a missing, malformed or incomplete one is a
+    :class:`UserError` naming the file."""
+    run = Path(run)
+    if not run.is_dir():
+        raise UserError(f"{run} is not a run folder (it does not exist or is a file); pass a folder written by "
+                        f"`lifelong train`")
+    path = run / "config.json"
+    if not path.exists():
+        raise UserError(f"{run} is not a lifelong run folder: it has no config.json")
+    resolved = read_json(path, "the run's config")
+    missing = [key for key in ("train", "model") if not isinstance(resolved, dict) or key not in resolved]
+    if missing:
+        raise UserError(f"{path} lacks {', '.join(missing)}: it is not a complete lifelong run config; "
+                        f"train the run again (`lifelong train ... --out {run} --overwrite`)")
+    return resolved
+
+
+def run_dataset_path(resolved: dict) -> str:
+    """Where a run's dataset was: the absolute path stored at training (the options' path in older runs)."""
+    return resolved.get("dataset", {}).get("path") or resolved["train"]["data"]
+
+
+def check_run_dataset(resolved: dict, dataset: PreparedDataset, run: Path) -> None:
+    """Refuse a dataset that is not the one the run was trained on, naming both fingerprints."""
+    stored = resolved.get("dataset", {}).get("fingerprint")
+    if stored is None and "dataset_manifest" in resolved:  # runs written before fingerprints
+        stored = dataset_fingerprint(resolved["dataset_manifest"])
+    found = dataset.manifest["fingerprint"]
+    if stored is None or stored == found:
+        return
+    old = resolved.get("dataset_manifest", {})
+    new = dataset.manifest
+
+    def describe(m: dict) -> str:
+        protocol = m.get("protocol", {}).get("name") if isinstance(m.get("protocol"), dict) else m.get("protocol")
+        return f"protocol {protocol}, seed {m.get('seed')}, {m.get('n_events', '?'):,} events" \
+            if isinstance(m.get("n_events"), int) else f"protocol {protocol}, seed {m.get('seed')}"
+
+    raise UserError(
+        f"{run} was trained on dataset {stored} ({run_dataset_path(resolved)}: {describe(old)}), but {dataset.path} "
+        f"is dataset {found} ({describe(new)}): it was re-prepared or is another dataset, so the run's numbers "
+        f"would not hold. Pass --data with the dataset the run was trained on, or train a new run on this one")
+
+
+def check_task(model: str, protocol: str | None) -> None:
+    """Refuse a model on a dataset of a protocol its task does not train on (before anything is built)."""
+    from lifelong.models import MODELS
+
+    if model not in MODELS:
+        raise UserError(f"unknown model {model!r}; `lifelong models` lists them: {', '.join(sorted(MODELS))}")
+    task = getattr(MODELS[model][0], "task", "ctr")
+    wanted = TASK_PROTOCOLS[task]
+    if protocol not in wanted:
+        kind = "a CTR (ranking) model" if task == "ctr" else "a retrieval model"
+        raise UserError(f"{model} is {kind}: it trains on data prepared with --protocol {' or '.join(wanted)}, "
+                        f"but the dataset's protocol is {protocol!r}; prepare the data with one of those protocols "
+                        f"or choose a model for {protocol!r} (`lifelong models`)")
+
+
+def open_run_folder(config: TrainConfig, *, resume: bool, overwrite: bool, main: bool = True,
+                    log: Callable[[str], None] | None = None) -> bool:
+    """Make ``config.out`` ready for training and say whether to resume from its last checkpoint.
+
+    A new or empty folder starts a run. An existing run continues with ``resume`` (from scratch when it
+    was interrupted before its first checkpoint) or starts again with ``overwrite`` (only a run folder
+    lifelong wrote, holding nothing else: :mod:`lifelong.outputs`). Anything else is refused with what
+    to do. Only the main process changes the folder; the others take the same decision from it."""
+    run = Path(config.out)
+    has_checkpoint = (run / "checkpoints" / "last" / "trainer_state.json").exists()
+    if resume:
+        if not run.exists():
+            raise UserError(f"--resume: {run} does not exist; start the run without --resume")
+        if has_checkpoint:
+            return True
+        if main:  # started, but killed before its first checkpoint: nothing to continue, start it over
+            replace_folder(run, RUN, inputs=[config.data])
+            if log is not None:
+                log(f"{run} has no checkpoint yet (it stopped before its first epoch ended): starting it from "
+                    f"epoch 1 with its saved options")
+        return False
+    if not main:
+        return False
+    if run.is_dir() and any(run.iterdir()) and not overwrite and (run / "config.json").exists():
+        done = "finished" if (run / "results.json").exists() else (
+            "interrupted after a checkpoint" if has_checkpoint else "interrupted before its first checkpoint")
+        fix = "--resume to continue it, " if has_checkpoint else "--resume (starts it again from epoch 1), "
+        raise UserError(f"--out {run} already holds a training run ({done}); pass {fix}--overwrite to replace it, "
+                        f"or choose another --out")
+    check_output(run, RUN, inputs=[config.data], overwrite=overwrite)
+    if overwrite and run.exists():
+        replace_folder(run, RUN, inputs=[config.data])
+    return False
+
+
 def start_run(config: TrainConfig, dataset: PreparedDataset, model_config: dict, model, optimizer, best_key: str,
               resume: bool, command: str | None, main: bool = True) -> dict:
-    """The trainer state of a run: restored from ``checkpoints/last`` (``resume``), or fresh, after the
-    (main process) has created the run folder with the resolved ``config.json`` and ``vocab.json``.
-    ``best_key`` names the selection metric's best value in the state."""
+    """The trainer state of a run: restored from ``checkpoints/last`` (``resume``, after checking that the
+    dataset is the run's), or fresh, after the main process has created the run folder (made ready by
+    :func:`open_run_folder`) with the resolved ``config.json`` (the run's marker, with its dataset's
+    absolute path and fingerprint) and ``vocab.json``. ``best_key`` names the selection metric's best value
+    in the state."""
     run = Path(config.out)
     if resume:
-        if not (run / "checkpoints" / "last").exists():
-            raise FileNotFoundError(f"--resume: {run}/checkpoints/last does not exist")
+        check_run_dataset(read_run(run), dataset, run)
         return load_checkpoint(run / "checkpoints" / "last", model, optimizer)
     if main:
         if run.exists() and any(run.iterdir()):
-            raise FileExistsError(f"{run} is not empty; use --resume to continue it or choose another --out")
-        run.mkdir(parents=True, exist_ok=True)
-        resolved = {"train": dataclasses.asdict(config), "model": model_config, "command": command,
+            raise UserError(f"--out {run} is not empty; pass --overwrite to replace it or choose another --out")
+        try:
+            run.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"--out {run}: cannot create the run folder: {error.strerror or error}") from None
+        resolved = {"format": RUN_FORMAT, "train": dataclasses.asdict(config), "model": model_config,
+                    "command": command,
+                    "dataset": {"path": str(Path(config.data).resolve()), "fingerprint": dataset.manifest["fingerprint"]},
                     "dataset_manifest": dataset.manifest}
         (run / "config.json").write_text(json.dumps(resolved, indent=2, default=str))
         shutil.copyfile(Path(config.data) / "vocab.json", run / "vocab.json")
@@ -238,11 +345,27 @@ def _set_counts(model: torch.nn.Module, dataset: PreparedDataset) -> None:
         counts.copy_(torch.from_numpy(np.bincount(ids, minlength=counts.shape[0])[: counts.shape[0]]).float())
 
 
-def train(config: TrainConfig, *, resume: bool = False, command: str | None = None,
+def dataset_protocol(path: str | Path) -> str | None:
+    """The protocol a prepared dataset folder was prepared with (read from its manifest alone)."""
+    manifest = Path(path) / "manifest.json"
+    if not manifest.exists():
+        raise UserError(f"--data {path} is not a prepared dataset (no manifest.json); run `lifelong prepare` first")
+    values = read_json(manifest, "the prepared dataset's manifest")
+    protocol = values.get("protocol") if isinstance(values, dict) else None
+    return protocol.get("name") if isinstance(protocol, dict) else None
+
+
+def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False, command: str | None = None,
           on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
     """Train, select the epoch with the best validation AUC, evaluate it on test; return the results.
-    A retrieval model (``task = "retrieval"``) trains in :func:`lifelong.train.retrieval.train_retrieval`."""
+    A retrieval model (``task = "retrieval"``) trains in :func:`lifelong.train.retrieval.train_retrieval`.
+
+    Before anything is built: the model's task must fit the dataset's protocol, and ``config.out`` is made
+    ready (:func:`open_run_folder`: ``resume`` continues it, ``overwrite`` replaces a run lifelong wrote)."""
     config.validate()
+    check_task(config.model, dataset_protocol(config.data))
+    resume = open_run_folder(config, resume=resume, overwrite=overwrite, main=int(os.environ.get("RANK", "0")) == 0,
+                             log=lambda message: _log(config, message))
     if config.model and getattr(_config_class(config.model), "task", "ctr") == "retrieval":
         from lifelong.train.retrieval import train_retrieval
 
@@ -397,16 +520,31 @@ class _progress:
             self.bar.__exit__(*exc)
 
 
-def evaluate_run(run: str | Path, split: str = "test", batch_size: int = 8192, index: dict | None = None) -> dict:
+def evaluate_run(run: str | Path, split: str = "test", batch_size: int = 8192, index: dict | None = None,
+                 data: str | Path | None = None) -> dict:
     """Evaluate a finished run's best checkpoint on a split of its dataset (P3 runs: optionally through
-    a faiss ``index``, ``{"kind": ..., **params}``; see :func:`lifelong.train.retrieval.evaluate_mi`)."""
+    a faiss ``index``, ``{"kind": ..., **params}``; see :func:`lifelong.train.retrieval.evaluate_mi`).
+
+    The dataset is the one stored in the run (an absolute path), or ``data`` when the dataset moved; either
+    way it must have the fingerprint the run was trained on (:func:`check_run_dataset`)."""
     run = Path(run)
-    resolved = json.loads((run / "config.json").read_text())
-    config = TrainConfig.from_dict(resolved["train"])
+    resolved = read_run(run)
+    try:
+        config = TrainConfig.from_dict(resolved["train"])
+    except (TypeError, ValueError) as error:
+        raise UserError(f"{run / 'config.json'}: its train options are not valid ({error}); train the run again") from None
+    config.data = str(data) if data is not None else run_dataset_path(resolved)
+    if data is None and not Path(config.data).exists():
+        raise UserError(f"the dataset of {run} is not at {config.data} any more; pass --data with its new place")
     dataset = load_dataset(config.data)
-    model_config = json.loads((run / "checkpoints" / "best" / "config.json").read_text())
+    check_run_dataset(resolved, dataset, run)
+    best = run / "checkpoints" / "best"
+    if not best.is_dir():
+        raise UserError(f"{run} has no best checkpoint ({best} is missing): the run ended before its first epoch "
+                        f"finished; resume it (`lifelong train --out {run} --resume`)")
+    model_config = load_model_config(best)
     model = build_model(model_config)
-    load_weights(run / "checkpoints" / "best", model)
+    load_weights(best, model)
     if dataset.manifest.get("protocol", {}).get("name") == "mi-split":
         from lifelong.train.retrieval import evaluate_mi
 
