@@ -1,7 +1,7 @@
 """lifelong: user-interest modeling for recommender systems.
 
 Behavior sequences in, interest representations out: ranking (CTR) and retrieval models trained and
-evaluated under exact, published protocols. See DESIGN.md for the one-way flow
+evaluated under exact, published protocols. See docs/design.md for the one-way flow
 ``data -> dataset -> protocols -> batch -> models -> train``.
 """
 

@@ -1,4 +1,4 @@
-"""CTR sample protocols P1 ``ctr-din`` and P4 ``ctr-time`` (../shared/PROTOCOLS.md).
+"""CTR sample protocols P1 ``ctr-din`` and P4 ``ctr-time`` (docs/protocols.md).
 
 Both work on the CSR event arrays of a prepared dataset and produce integer sample tables
 ``(user, end, target, label[, timestamp])``: the history of a sample is the user's first ``end``
@@ -125,7 +125,7 @@ def ctr_din_samples(
         offsets: (n_users + 1,) CSR offsets; users with fewer than 4 events must already be dropped.
         event_items: (n_events,) item rows, sorted by user then (timestamp, original row).
         n_item_rows: number of item rows including the padding row 0.
-        seed: negative sampling seed (PROTOCOLS.md default 2024).
+        seed: negative sampling seed (docs/protocols.md default 2024).
         max_train_per_user: keep only each user's most recent training targets (for huge logs).
     """
     counts = np.diff(offsets).astype(np.int64)
@@ -190,8 +190,8 @@ def ctr_time_samples(
     are dropped.
 
     The negative of a target at time ``t`` is drawn from the catalogue as it was at ``t`` (the items
-    with an event at or before ``t``). PROTOCOLS.md leaves "the items" open; drawing from the whole
-    log would give training targets negatives that only appear after ``t_valid``, whose ids are
+    with an event at or before ``t``), a departure from P4 as written (docs/protocols.md, D4): drawing
+    from the whole log would give training targets negatives that only appear after ``t_valid``, whose ids are
     unknown to the vocabulary, and a model learns "unknown id = not clicked", which inverts on the
     test split where most positives are new items (seen: test AUC 0.40 on the Taobao head).
 

@@ -1,4 +1,4 @@
-"""Retrieval protocol P3 ``mi-split`` (../shared/PROTOCOLS.md), the ComiRec protocol: users are split
+"""Retrieval protocol P3 ``mi-split`` (docs/protocols.md), the ComiRec protocol: users are split
 8:1:1 into train / validation / test users; a held-out user's first 80% of behaviors are the input and
 the model must retrieve the remaining 20%.
 

@@ -1,4 +1,4 @@
-"""Retrieval protocol P2 ``seq-loo`` (../shared/PROTOCOLS.md): leave-one-out next-item retrieval.
+"""Retrieval protocol P2 ``seq-loo`` (docs/protocols.md): leave-one-out next-item retrieval.
 
 For a user's time-ordered items ``i1..in`` (n >= 3): validation predicts ``i(n-1)`` from ``i1..i(n-2)``,
 test predicts ``in`` from ``i1..i(n-1)``, and training uses the prefixes of ``i1..i(n-2)``. The tables

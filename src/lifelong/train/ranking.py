@@ -1,5 +1,5 @@
 """Exact full-ranking evaluation of retrieval models (P2): every user's target is ranked against the
-whole catalogue, items of the user's input history removed (PROTOCOLS.md P2.3).
+whole catalogue, items of the user's input history removed (docs/protocols.md, P2 step 3).
 
 Users are scored in chunks: no users x items matrix larger than ``chunk_users x n_items`` exists at
 any time. The item vectors are computed once per evaluation.
