@@ -11,14 +11,11 @@ import pytest
 
 from lifelong.data import RECIPES, BadRowError, BadRowsSkippedWarning, EventLog, load_recipe
 
-DATA = Path(__file__).parents[1].parent / "shared" / "data"
+from helpers import shared_data
 
 
 def need(folder: str) -> Path:
-    path = DATA / folder
-    if not path.exists():
-        pytest.skip(f"{path} not available")
-    return path
+    return shared_data(folder)  # skipped when missing, a failure under CI=true
 
 
 def test_registry_and_errors(tmp_path: Path) -> None:
