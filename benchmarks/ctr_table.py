@@ -29,7 +29,18 @@ from pathlib import Path
 
 import numpy as np
 
+from lifelong.errors import UserError
+from lifelong.outputs import claim_workdir
+
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def workdir(path: Path, script: str) -> Path:
+    """The script's --workdir, claimed for table scripts only (never a folder of the user's files)."""
+    try:
+        return claim_workdir(path, script)
+    except UserError as error:
+        raise SystemExit(f"error: {error}") from None
 SHARED = ROOT.parent / "shared" / "data"
 
 DATASETS = {
@@ -203,8 +214,7 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true", help="train nothing: the table of the finished runs")
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "ctr-table")
     args = parser.parse_args()
-    work = args.workdir
-    work.mkdir(parents=True, exist_ok=True)
+    work = workdir(args.workdir, "ctr_table")
     models, datasets, seeds = args.models.split(","), args.datasets.split(","), args.seeds.split(",")
 
     for dataset in datasets:

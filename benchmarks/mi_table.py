@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ctr_table import SHARED, lifelong, results_of, run, shown  # noqa: E402  (same runner as the CTR table)
+from ctr_table import SHARED, lifelong, results_of, run, shown, workdir  # noqa: E402  (same runner as the CTR table)
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = {
@@ -135,8 +135,7 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true", help="train nothing: the table of the finished runs")
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "mi-table")
     args = parser.parse_args()
-    work = args.workdir
-    work.mkdir(parents=True, exist_ok=True)
+    work = workdir(args.workdir, "mi_table")
     models, seeds = args.models.split(","), args.seeds.split(",")
     datasets = [d for d in args.datasets.split(",") if d]
     shifted_models = [m for m in args.shifted_models.split(",") if m]

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ctr_table import SHARED, lifelong, results_of, run, shown  # noqa: E402  (same runner as the CTR table)
+from ctr_table import SHARED, lifelong, results_of, run, shown, workdir  # noqa: E402  (same runner as the CTR table)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = {
@@ -210,8 +210,7 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, action="append", default=[],
                         help="an earlier table.json: its rows stand for the runs missing here (repeatable)")
     args = parser.parse_args()
-    work = args.workdir
-    work.mkdir(parents=True, exist_ok=True)
+    work = workdir(args.workdir, "seq_table")
     models = PRESETS.get(args.models, args.models).split(",")
     datasets, seeds = args.datasets.split(","), args.seeds.split(",")
     for dataset in datasets:

@@ -427,3 +427,25 @@ def test_only_lifelong_s_own_value_errors_are_messages_a_library_s_is_a_bug():
         assert not _users_mistake(error)
     assert _users_mistake(FileNotFoundError(2, "No such file or directory", "x.csv"))
     assert not _users_mistake(KeyError("n_items"))
+
+
+def test_a_table_script_claims_only_its_own_workdir(tmp_path):
+    """benchmarks/*_table.py write table.md/json, datasets and runs into --workdir: never into a folder
+    of the user's files (the same rule as --overwrite)."""
+    from lifelong.errors import UserError
+    from lifelong.outputs import claim_workdir
+
+    mine = tmp_path / "thesis"
+    mine.mkdir()
+    (mine / "table.md").write_text("my table\n")
+    (mine / "chapter1.tex").write_text("\\chapter{}\n")
+    with pytest.raises(UserError, match="chapter1.tex"):
+        claim_workdir(mine, "seq_table")
+    assert (mine / "table.md").read_text() == "my table\n" and not (mine / "lifelong-table.json").exists()
+    fresh = claim_workdir(tmp_path / "new" / "work", "seq_table")
+    assert json.loads((fresh / "lifelong-table.json").read_text())["format"] == "lifelong-table/1"
+    (fresh / "notes.txt").write_text("a note in a claimed folder is fine: it is never deleted\n")
+    assert claim_workdir(fresh, "seq_table") == fresh
+    script = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "benchmarks" / "seq_table.py"),
+                             "--workdir", str(mine), "--report-only"], capture_output=True, text=True, timeout=120)
+    assert script.returncode != 0 and "chapter1.tex" in script.stderr and "Traceback" not in script.stderr

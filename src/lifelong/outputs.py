@@ -80,6 +80,31 @@ DEMO = OutputKind("demo folder", "demo.json", _is_demo,
                   lambda e: e in {"demo.json", "data", "sumpool", "din", "results.csv"})
 
 
+TABLE_WORKDIR_ENTRIES = {"lifelong-table.json", "data", "runs", "table.json", "table.md", "summary.json",
+                         "results.csv", "auc_by_length_beauty.png"}
+
+
+def claim_workdir(work: str | Path, script: str) -> Path:
+    """The working folder of a table script (``benchmarks/*_table.py``): created and marked
+    (``lifelong-table.json``) when new or empty; an existing one is used only when it carries the marker
+    or holds nothing but what a table script writes there (its datasets, runs and tables), so the script
+    never overwrites a user's ``table.md`` in a folder they named by mistake."""
+    work = Path(work)
+    marker = work / "lifelong-table.json"
+    if work.exists() and not work.is_dir():
+        raise UserError(f"--workdir {work} is a file, not a folder; choose another --workdir")
+    if work.is_dir() and not marker.exists():
+        foreign = sorted(e.name for e in work.iterdir() if e.name not in TABLE_WORKDIR_ENTRIES)
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise UserError(f"--workdir {work} holds files a table script did not write ({shown}); its tables and "
+                            f"datasets would be written over yours: choose another --workdir")
+    work.mkdir(parents=True, exist_ok=True)
+    if not marker.exists():
+        marker.write_text(json.dumps({"format": "lifelong-table/1", "script": script}) + "\n")
+    return work
+
+
 def _resolved(path: Path) -> Path:
     return Path(os.path.abspath(os.path.expanduser(path))).resolve()
 
