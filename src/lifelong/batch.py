@@ -68,6 +68,10 @@ class Batch:
     def to(self, device: torch.device | str) -> "Batch":
         return Batch(**{f.name: _move(getattr(self, f.name), device) for f in fields(self)})
 
+    @property
+    def device(self) -> torch.device:
+        return self.history_items.device
+
     def validate(self) -> None:
         """Raise ``ValueError`` naming the problem when the batch is malformed."""
         if self.history_items.dim() != 2:
@@ -104,7 +108,7 @@ class Batch:
 
 
 def _move(value, device):
-    return value.to(device) if isinstance(value, torch.Tensor) else value
+    return value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
 
 
 class Collator:
@@ -117,12 +121,14 @@ class Collator:
         with_negatives: also gather one sampled negative item per history event (see
             :func:`event_negatives`), e.g. for DIEN's auxiliary loss.
         seed: the seed of those negatives.
+        device: where the batches go (built on the CPU from the columnar dataset, then moved there).
     """
 
     def __init__(self, dataset: PreparedDataset, max_length: int = 50, with_timestamps: bool = False,
-                 with_negatives: bool = False, seed: int = 2024) -> None:
+                 with_negatives: bool = False, seed: int = 2024, device: torch.device | str = "cpu") -> None:
         if max_length < 1:
             raise ValueError(f"max_length must be at least 1, got {max_length}")
+        self.device = torch.device(device)
         self.dataset = dataset
         self.max_length = max_length
         self.with_timestamps = with_timestamps
@@ -165,7 +171,7 @@ class Collator:
             negative_rows = np.where(mask, self.negatives[event], 0)
             batch.history_negative_items = torch.from_numpy(ds.item_idx[negative_rows])
             batch.history_negative_cates = torch.from_numpy(ds.item_cate[negative_rows])
-        return batch
+        return batch if self.device.type == "cpu" else batch.to(self.device)
 
 
 def event_negatives(dataset: PreparedDataset, seed: int = 2024) -> np.ndarray:

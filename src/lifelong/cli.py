@@ -243,6 +243,9 @@ def train(
     desmil: bool = typer.Option(False, help="multi-interest retrieval (P3): DESMIL's sample weighting, alternating "
                                             "per-sample weights that minimise the interests' weighted HSIC with the "
                                             "weighted model update"),
+    device: Optional[str] = typer.Option(None, help="auto (CUDA when available, the default) | cpu | cuda | cuda:N"),
+    precision: Optional[str] = typer.Option(None, help="fp32 (default) | bf16: the training forward pass under "
+                                            "bfloat16 autocast (evaluation stays fp32)"),
     samples: Optional[str] = typer.Option(None, help="sequence retrieval: training rows as `windows` (each "
                                           "window trains every position at once) or `prefixes` (every prefix its "
                                           "own row, the loss on its last position: ICSRec's / BSARec's regime)"),
@@ -272,7 +275,8 @@ def train(
         given = {"data": data, "model": model, "out": out, "epochs": epochs, "batch_size": batch_size, "lr": lr,
                  "weight_decay": weight_decay, "max_length": max_length, "patience": patience, "seed": seed,
                  "lr_decay": lr_decay, "lr_decay_patience": lr_decay_patience,
-                 "threads": threads, "results_csv": results_csv, "samples": samples}
+                 "threads": threads, "results_csv": results_csv, "samples": samples, "device": device,
+                 "precision": precision}
         values.update({k: v for k, v in given.items() if v is not None})
         values["progress"] = progress
         if save_predictions:
@@ -335,6 +339,7 @@ def evaluate(
                                                    "ef_search, ef_construction), repeatable"),
     data: Optional[Path] = typer.Option(None, help="the run's dataset, when it moved (it must be the same dataset: "
                                         "its fingerprint is checked)"),
+    device: str = typer.Option("auto", help="auto (CUDA when available) | cpu | cuda | cuda:N"),
 ) -> None:
     """Evaluate a run's best checkpoint; print the metrics and write eval_<split>[_<index>].json."""
     from lifelong.train import evaluate_run
@@ -354,7 +359,7 @@ def evaluate(
             except ValueError as error:
                 raise UserError(f"--index-param: {error}") from None
             spec = {"kind": index, **params}
-        metrics = evaluate_run(run, split, index=spec, data=data)
+        metrics = evaluate_run(run, split, index=spec, data=data, device=device)
     kind = {"task": "retrieval", "loss": "see config.json"} if "ndcg@10" in metrics else {}
     if "recall@20" in metrics:
         kind = {"task": "retrieval", "protocol": "mi-split", "loss": "see config.json"}

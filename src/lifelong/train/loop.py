@@ -29,6 +29,7 @@ from lifelong.models import build_model, config_from_dict
 from lifelong.nn import BehaviorEmbedding
 from lifelong.outputs import RUN, check_output, replace_folder
 from lifelong.protocols import TASK_PROTOCOLS
+from lifelong.train.device import check_precision, resolve_device, training_autocast
 from lifelong.train.checkpoint import load_checkpoint, load_model_config, load_weights, save_checkpoint
 
 
@@ -59,6 +60,8 @@ class TrainConfig:
     refit_with_valid: bool = False  # retrieval (P2): also refit through the validation item, test that too
     desmil: bool = False  # multi-interest retrieval (P3): DESMIL's sample weighting against the interests' HSIC
     samples: str = "windows"  # sequence retrieval training rows: windows (every position of a window) or prefixes
+    device: str = "auto"  # auto (CUDA when available) | cpu | cuda | cuda:N  (lifelong.train.device)
+    precision: str = "fp32"  # fp32 | bf16 (autocast of the training forward pass; evaluation stays fp32)
     model_options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -76,6 +79,10 @@ class TrainConfig:
         if not 0 < self.lr_decay <= 1 or self.lr_decay_patience < 0:
             raise ValueError(f"train: lr_decay must be in (0, 1] and lr_decay_patience non-negative, got "
                              f"{self.lr_decay} and {self.lr_decay_patience}")
+        check_precision(self.precision)
+        resolve_device(self.device)  # a CUDA request without CUDA is refused before anything is built
+        if self.desmil and self.precision != "fp32":
+            raise ValueError("train: --desmil needs --precision fp32 (its HSIC estimate is not safe in bfloat16)")
         if self.refit_with_valid and self.lr_decay_patience and self.lr_decay != 1:
             raise ValueError("train: --refit-with-valid replays the selected number of epochs at a constant rate; "
                              "it cannot replay a reduce-on-plateau schedule (set lr_decay_patience 0)")
@@ -90,13 +97,17 @@ class TrainConfig:
 
 
 class Distributed:
-    """Rank and world size; initialises gloo (CPU) or NCCL (GPU) when run under torchrun."""
+    """Rank and world size; initialises NCCL when the tensors live on CUDA, gloo otherwise, when run
+    under torchrun (each rank on its own GPU: ``cuda:LOCAL_RANK``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device | None = None) -> None:
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
+        self.device = device if device is not None else torch.device("cpu")
+        if self.world_size > 1 and self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         if self.world_size > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
 
     @property
     def enabled(self) -> bool:
@@ -142,7 +153,7 @@ def predict(model: torch.nn.Module, collator: Collator, samples: SampleTable, ba
     """Logits for every sample, in table order (batches shrink with L so memory stays bounded)."""
     model.eval()
     batch_size = max(1, min(batch_size, EVAL_HISTORY_CELLS // collator.max_length))
-    out = [model(batch).logits.float().numpy() for batch in iterate_batches(collator, samples, batch_size)]
+    out = [model(batch).logits.float().cpu().numpy() for batch in iterate_batches(collator, samples, batch_size)]
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
@@ -166,15 +177,15 @@ def evaluate(model, collator: Collator, samples: SampleTable, batch_size: int, d
 
 
 def collators_for(model_config: dict[str, Any], dataset: PreparedDataset, max_length: int,
-                  seed: int, training: bool = True) -> tuple[Collator, Collator]:
+                  seed: int, training: bool = True, device: torch.device | str = "cpu") -> tuple[Collator, Collator]:
     """(evaluation collator, training collator) with the batch fields the model reads; sampled
     negatives only feed training losses, so evaluation batches never carry them (and with
     ``training=False`` they are not even drawn: both collators are the evaluation one)."""
     needs = config_from_dict(model_config).batch_needs()
-    evaluation = Collator(dataset, max_length, with_timestamps=needs.get("with_timestamps", False))
+    evaluation = Collator(dataset, max_length, with_timestamps=needs.get("with_timestamps", False), device=device)
     if not training or not needs.get("with_negatives", False):
         return evaluation, evaluation
-    return evaluation, Collator(dataset, max_length, seed=seed, **needs)
+    return evaluation, Collator(dataset, max_length, seed=seed, device=device, **needs)
 
 
 RUN_FORMAT = "lifelong-run/1"
@@ -370,20 +381,23 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         from lifelong.train.retrieval import train_retrieval
 
         return train_retrieval(config, resume=resume, command=command, on_epoch_end=on_epoch_end)
-    ctx = Distributed()
+    ctx = Distributed(resolve_device(config.device))
+    device = ctx.device
     if config.threads:
         torch.set_num_threads(config.threads)
     run = Path(config.out)
     dataset = load_dataset(config.data)
     model_config = model_config_for(config, dataset)
-    collator, train_collator = collators_for(model_config, dataset, config.max_length, config.seed)
+    collator, train_collator = collators_for(model_config, dataset, config.max_length, config.seed, device=device)
     train_samples, valid_samples = dataset.samples("train"), dataset.samples("valid")
     torch.manual_seed(config.seed)
     model = build_model(model_config)
     _set_counts(model, dataset)
+    model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     state = start_run(config, dataset, model_config, model, optimizer, "best_auc", resume, command, ctx.main)
     net = torch.nn.parallel.DistributedDataParallel(model) if ctx.enabled else model
+    autocast = training_autocast(config.precision, device)
 
     while not state["done"] and state["epoch"] < config.epochs:
         epoch = state["epoch"] + 1
@@ -396,8 +410,9 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
             for batch in iterate_batches(train_collator, train_samples, config.batch_size, order):
                 if len(batch) < 2:  # batch statistics (Dice) need two samples
                     continue
-                output = net(batch)
-                loss = F.binary_cross_entropy_with_logits(output.logits, batch.labels)
+                with autocast:
+                    output = net(batch)
+                loss = F.binary_cross_entropy_with_logits(output.logits.float(), batch.labels)
                 total = loss + sum(output.aux_losses.values()) if output.aux_losses else loss
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
@@ -521,7 +536,7 @@ class _progress:
 
 
 def evaluate_run(run: str | Path, split: str = "test", batch_size: int = 8192, index: dict | None = None,
-                 data: str | Path | None = None) -> dict:
+                 data: str | Path | None = None, device: str = "auto") -> dict:
     """Evaluate a finished run's best checkpoint on a split of its dataset (P3 runs: optionally through
     a faiss ``index``, ``{"kind": ..., **params}``; see :func:`lifelong.train.retrieval.evaluate_mi`).
 
@@ -545,6 +560,8 @@ def evaluate_run(run: str | Path, split: str = "test", batch_size: int = 8192, i
     model_config = load_model_config(best)
     model = build_model(model_config)
     load_weights(best, model)
+    device = resolve_device(device)
+    model.to(device)
     if dataset.manifest.get("protocol", {}).get("name") == "mi-split":
         from lifelong.train.retrieval import evaluate_mi
 
@@ -563,11 +580,11 @@ def evaluate_run(run: str | Path, split: str = "test", batch_size: int = 8192, i
 
         n_items = model_config["n_items"]
         beyond = {"item_cates": item_categories(dataset, n_items), "popularity": training_popularity(dataset, n_items)}
-        metrics = evaluate_ranking(model, Collator(dataset, config.max_length), dataset.samples(split),
+        metrics = evaluate_ranking(model, Collator(dataset, config.max_length, device=device), dataset.samples(split),
                                    eval_chunk(config, n_items), beyond=beyond)
         (run / f"eval_{split}.json").write_text(json.dumps(metrics, indent=2))
         return metrics
-    collator, _ = collators_for(model_config, dataset, config.max_length, config.seed, training=False)
+    collator, _ = collators_for(model_config, dataset, config.max_length, config.seed, training=False, device=device)
     metrics = evaluate(model, collator, dataset.samples(split), batch_size)
     (run / f"eval_{split}.json").write_text(json.dumps(metrics, indent=2))
     return metrics

@@ -58,10 +58,10 @@ def rank_targets(model: torch.nn.Module, collator: Collator, samples: SampleTabl
         scores[:, :FIRST_RANKED] = float("-inf")
         if exclude_history:
             rows, seen = history_cells(dataset, part)
-            scores[torch.from_numpy(rows), torch.from_numpy(seen)] = float("-inf")
-        out.append(target_ranks(scores, batch.target_items).numpy())
+            scores[torch.from_numpy(rows).to(scores.device), torch.from_numpy(seen).to(scores.device)] = float("-inf")
+        out.append(target_ranks(scores, batch.target_items).cpu().numpy())
         if top_k:
-            tops.append(scores.topk(top_k, dim=1).indices.numpy())
+            tops.append(scores.topk(top_k, dim=1).indices.cpu().numpy())
     ranks = np.zeros(len(samples), np.int64)
     ranks[by_length] = np.concatenate(out) if out else ranks
     if top_k:
@@ -133,9 +133,10 @@ def retrieve_lists(model: torch.nn.Module, collator: Collator, samples: SampleTa
             reachable = min(k, items.shape[0] - FIRST_RANKED)  # a catalogue smaller than K: the rest is -1
             if nested and k != max(ks):  # a plain top-K by score: the shorter lists are prefixes of the longest
                 continue
-            if index is not None:
-                top = torch.from_numpy(model.index_search(index, users, reachable) if hasattr(model, "index_search")
-                                       else index.search_interests(users if users.dim() == 3 else users[:, None],
+            if index is not None:  # faiss searches on the host
+                host = users.cpu()
+                top = torch.from_numpy(model.index_search(index, host, reachable) if hasattr(model, "index_search")
+                                       else index.search_interests(host if host.dim() == 3 else host[:, None],
                                                                    reachable))
             elif hasattr(model, "retrieve"):
                 top = model.retrieve(users, items, reachable)
@@ -143,14 +144,14 @@ def retrieve_lists(model: torch.nn.Module, collator: Collator, samples: SampleTa
                 scores = model.score(users, items).float()
                 scores[:, :FIRST_RANKED] = float("-inf")
                 top = scores.topk(reachable, dim=1).indices
-            parts[k].append(np.pad(top.numpy(), ((0, 0), (0, k - reachable)), constant_values=-1))
+            parts[k].append(np.pad(top.cpu().numpy(), ((0, 0), (0, k - reachable)), constant_values=-1))
         if nested:
             for k in ks:
                 if k != max(ks):
                     parts[k].append(parts[max(ks)][-1][:, :k])
         if interests:
             if hasattr(model, "interests"):
-                redundancy.append(interest_redundancy(*model.interests(batch)).numpy())
+                redundancy.append(interest_redundancy(*model.interests(batch)).cpu().numpy())
             else:
                 redundancy.append(np.full(len(batch), np.nan))
     tops = {}

@@ -60,6 +60,7 @@ from lifelong.models.retrieval import next_items
 from lifelong.protocols import (InteractionIndex, sample_negatives, target_partners, training_prefixes,
                                 training_windows)
 from lifelong.train.checkpoint import load_weights
+from lifelong.train.device import resolve_device, training_autocast
 from lifelong.train.ranking import (evaluate_ranking, evaluate_sets, item_categories, retrieve_lists,
                                     training_popularity)
 
@@ -76,13 +77,13 @@ def eval_chunk(config, n_items: int, interests: int = 1) -> int:
 def add_negatives(batch: Batch, dataset: PreparedDataset, index: InteractionIndex, rng: np.random.Generator) -> None:
     """One negative per real position (for its next item): an item the user never interacted with."""
     _, mask = next_items(batch)
-    users = batch.users.unsqueeze(1).expand_as(mask)[mask].numpy()
+    users = batch.users.unsqueeze(1).expand_as(mask)[mask].cpu().numpy()
     rows = sample_negatives(users, index, rng)
     negatives = torch.zeros_like(batch.history_items)
-    negatives[mask] = torch.from_numpy(dataset.item_idx[rows])
+    negatives[mask] = torch.from_numpy(dataset.item_idx[rows]).to(batch.device)
     batch.history_negative_items = negatives
     batch.history_negative_cates = torch.zeros_like(batch.history_items)
-    batch.history_negative_cates[mask] = torch.from_numpy(dataset.item_cate[rows])
+    batch.history_negative_cates[mask] = torch.from_numpy(dataset.item_cate[rows]).to(batch.device)
 
 
 def train_retrieval(config, *, resume: bool = False, command: str | None = None,
@@ -95,6 +96,7 @@ def train_retrieval(config, *, resume: bool = False, command: str | None = None,
         raise ValueError("retrieval models train in one process for now (torchrun/DDP is for the CTR loop)")
     if config.threads:
         torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
     run = Path(config.out)
     dataset = load_dataset(config.data)
     protocol = dataset.manifest.get("protocol", {}).get("name")
@@ -106,7 +108,7 @@ def train_retrieval(config, *, resume: bool = False, command: str | None = None,
     if config.desmil:
         raise ValueError("--desmil is a training option of multi-interest models under P3 (mi-split)")
     model_config = model_config_for(config, dataset)
-    collator = Collator(dataset, config.max_length)
+    collator = Collator(dataset, config.max_length, device=device)
     valid_samples = dataset.samples("valid")
     chunk = eval_chunk(config, model_config["n_items"])
     model, epoch_of = _trainer(config, dataset, collator, model_config, dataset.samples("train"))
@@ -248,6 +250,7 @@ def _trainer(config, dataset: PreparedDataset, collator: Collator, model_config:
             yield batch
     if hasattr(model, "set_item_categories"):
         model.set_item_categories(torch.from_numpy(item_categories(dataset, model_config["n_items"])))
+    model.to(collator.device)  # after the buffers above are set
     needs_negatives = model.config.batch_needs().get("with_negatives", False)
     needs_partners = getattr(model, "target_partners", False)
     index = InteractionIndex.build(dataset.offsets, dataset.event_items, int(dataset.item_idx.shape[0])) \
@@ -261,6 +264,8 @@ def _trainer(config, dataset: PreparedDataset, collator: Collator, model_config:
             raise ValueError(f"--desmil reweights samples against the dependence of several interests; {config.model} "
                              f"does not train several")
         weighting = SampleWeighting(seed=config.seed)
+
+    autocast = training_autocast(config.precision, collator.device)
 
     def epoch_of(model, optimizer, epoch: int) -> tuple[float, int, int]:
         torch.manual_seed(config.seed * 1000 + epoch)  # dropout and sampled negatives restart exactly on resume
@@ -286,7 +291,8 @@ def _trainer(config, dataset: PreparedDataset, collator: Collator, model_config:
                     loss, _, before, after = desmil_step(model, optimizer, batch, weighting)
                     hsic += (before, after)
                 else:
-                    loss = model(batch).loss
+                    with autocast:
+                        loss = model(batch).loss.float()
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
@@ -340,7 +346,7 @@ def evaluate_mi(model, config, dataset: PreparedDataset, samples: SampleTable, k
     diversity of the lists and (models with several interests) the interests' HSIC. With ``index``
     (``{"kind": "exact" | "ivf" | "hnsw", **params}``) the lists come from a faiss index over the item
     vectors (:mod:`lifelong.index`), and ``index_overlap@K`` is the share of the exact lists it returns."""
-    collator = Collator(dataset, config.max_length)
+    collator = Collator(dataset, config.max_length, device=next(model.parameters()).device)
     chunk = eval_chunk(config, int(model.item_vectors().shape[0]), getattr(model.config, "interests", 1))
     prepare_retrieval(model, dataset, collator, chunk)
     if index is None:
@@ -380,7 +386,7 @@ def train_mi(config, dataset: PreparedDataset, *, resume: bool = False, command:
     if config.refit_with_valid:
         raise ValueError("--refit-with-valid is a P2 option (the held-out users of P3 never train)")
     model_config = model_config_for(config, dataset)
-    collator = Collator(dataset, config.max_length)
+    collator = Collator(dataset, config.max_length, device=resolve_device(config.device))
     train = dataset.samples("train")
     valid_samples, test = dataset.samples("valid"), dataset.samples("test")
     chunk = eval_chunk(config, model_config["n_items"], model_config.get("interests", 1))
