@@ -417,9 +417,10 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 optimizer.step()
-                loss_sum += loss.item() * len(batch)
+                loss_sum += loss.detach() * len(batch)  # a device tensor: no host synchronisation per step
                 seen += len(batch)
                 advance(len(batch))
+        loss_sum = float(loss_sum)
         seconds = time.perf_counter() - started
         valid = evaluate(model, collator, valid_samples, config.eval_batch_size, ctx)
         record = {"epoch": epoch, "train_logloss": loss_sum / max(seen, 1),

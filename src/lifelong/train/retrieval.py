@@ -296,10 +296,11 @@ def _trainer(config, dataset: PreparedDataset, collator: Collator, model_config:
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
-                loss_sum += float(loss.detach() if torch.is_tensor(loss) else loss) * len(batch)
+                loss_sum += (loss.detach() if torch.is_tensor(loss) else loss) * len(batch)  # summed on the device
                 seen += len(batch)
-                targets += len(batch) if one_target_per_row else int(batch.lengths.sum())
+                targets += len(batch) if one_target_per_row else batch.lengths.sum()
                 advance(len(batch))
+        loss_sum, targets = float(loss_sum), int(targets)  # one host synchronisation per epoch
         batches = -(-len(windows) // config.batch_size)
         extra = {"train_hsic_uniform": hsic[0] / batches, "train_hsic_weighted": hsic[1] / batches} if weighting else {}
         return loss_sum, seen, targets, extra
