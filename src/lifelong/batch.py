@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from lifelong.dataset.store import PreparedDataset, SampleTable
+from lifelong.protocols.training import training_event_mask
 
 
 @dataclass
@@ -176,7 +177,9 @@ class Collator:
 
 def event_negatives(dataset: PreparedDataset, seed: int = 2024) -> np.ndarray:
     """One negative item row per event of the store: drawn uniformly, with ``seed``, from the items
-    with a known vocabulary index that the event's user never interacted with.
+    with a known vocabulary index that the event's user never interacted with in the events training
+    sees (:func:`lifelong.protocols.training_event_mask`: a held-out validation or test item is not
+    excluded, so it cannot shape training).
 
     Fixed per event (like the negatives the DIEN authors write into their data files), so an epoch,
     a resumed run and a rerun see the same ones. Vectorised rejection sampling: draws that hit one of
@@ -189,7 +192,8 @@ def event_negatives(dataset: PreparedDataset, seed: int = 2024) -> np.ndarray:
         raise ValueError("negative sampling needs at least one item with a known vocabulary index")
     users = np.repeat(np.arange(ds.offsets.shape[0] - 1, dtype=np.int64), np.diff(ds.offsets))  # (N,)
     n_rows = np.int64(ds.item_idx.shape[0])
-    seen = np.unique(users * n_rows + ds.event_items)  # sorted (user, item row) keys
+    known = training_event_mask(ds.offsets, ds.samples("train"))
+    seen = np.unique((users * n_rows + ds.event_items)[known])  # sorted (user, item row) keys of training events
     rng = np.random.default_rng([seed, 7919])
     negatives = np.zeros(n_events, dtype=np.int64)
     todo = np.arange(n_events)

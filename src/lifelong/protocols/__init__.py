@@ -8,6 +8,7 @@ from lifelong.protocols.ctr import (
     time_cuts,
 )
 from lifelong.protocols.mi import P3_MIN_EVENTS, USER_ORDERS, mi_split_samples, target_sets
+from lifelong.protocols.training import training_event_mask
 from lifelong.protocols.seq import (P2_MIN_EVENTS, seq_loo_samples, target_partners, training_prefixes,
                                     training_windows)
 
@@ -33,4 +34,5 @@ __all__ = [
     "ctr_time_samples",
     "sample_negatives",
     "time_cuts",
+    "training_event_mask",
 ]

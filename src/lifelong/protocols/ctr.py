@@ -27,11 +27,14 @@ class InteractionIndex:
     n_item_rows: int
 
     @classmethod
-    def build(cls, offsets: np.ndarray, event_items: np.ndarray, n_item_rows: int) -> "InteractionIndex":
+    def build(cls, offsets: np.ndarray, event_items: np.ndarray, n_item_rows: int,
+              events: np.ndarray | None = None) -> "InteractionIndex":
+        """The pairs of every event, or of the events where the bool mask ``events`` is True (training
+        builds its index from :func:`lifelong.protocols.training_event_mask`)."""
         counts = np.diff(offsets)
         users = np.repeat(np.arange(counts.shape[0], dtype=np.int64), counts)
-        keys = np.unique(users * n_item_rows + event_items.astype(np.int64))
-        return cls(keys=keys, n_item_rows=n_item_rows)
+        keys = users * n_item_rows + event_items.astype(np.int64)
+        return cls(keys=np.unique(keys if events is None else keys[events]), n_item_rows=n_item_rows)
 
     def contains(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         query = users.astype(np.int64) * self.n_item_rows + items.astype(np.int64)

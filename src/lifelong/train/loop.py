@@ -28,7 +28,7 @@ from lifelong.metrics import ctr_metrics
 from lifelong.models import build_model, config_from_dict
 from lifelong.nn import BehaviorEmbedding
 from lifelong.outputs import RUN, check_output, replace_folder
-from lifelong.protocols import TASK_PROTOCOLS
+from lifelong.protocols import TASK_PROTOCOLS, training_event_mask
 from lifelong.train.device import check_precision, resolve_device, training_autocast
 from lifelong.train.checkpoint import load_checkpoint, load_model_config, load_weights, save_checkpoint
 
@@ -347,12 +347,14 @@ def _config_class(name: str):
 
 
 def _set_counts(model: torch.nn.Module, dataset: PreparedDataset) -> None:
-    """Id frequencies for the mini-batch aware regulariser (events of the prepared log)."""
+    """Id frequencies for the mini-batch aware regulariser, counted over the events training sees
+    (:func:`lifelong.protocols.training_event_mask`): validation and test targets do not count."""
     embedding = getattr(model, "embedding", None)
     if not isinstance(embedding, BehaviorEmbedding):
         return
-    for counts, ids in ((embedding.item_counts, dataset.item_idx[dataset.event_items]),
-                        (embedding.cate_counts, dataset.item_cate[dataset.event_items])):
+    seen = dataset.event_items[training_event_mask(dataset.offsets, dataset.samples("train"))]
+    for counts, ids in ((embedding.item_counts, dataset.item_idx[seen]),
+                        (embedding.cate_counts, dataset.item_cate[seen])):
         counts.copy_(torch.from_numpy(np.bincount(ids, minlength=counts.shape[0])[: counts.shape[0]]).float())
 
 

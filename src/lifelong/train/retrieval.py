@@ -57,8 +57,8 @@ from lifelong.batch import Batch, Collator, iterate_batches, length_bucketed_ord
 from lifelong.dataset.store import PreparedDataset, SampleTable, load_dataset
 from lifelong.models import MODELS, build_model
 from lifelong.models.retrieval import next_items
-from lifelong.protocols import (InteractionIndex, sample_negatives, target_partners, training_prefixes,
-                                training_windows)
+from lifelong.protocols import (InteractionIndex, sample_negatives, target_partners, training_event_mask,
+                                training_prefixes, training_windows)
 from lifelong.train.checkpoint import load_weights
 from lifelong.train.device import resolve_device, training_autocast
 from lifelong.train.ranking import (evaluate_ranking, evaluate_sets, item_categories, retrieve_lists,
@@ -84,6 +84,13 @@ def add_negatives(batch: Batch, dataset: PreparedDataset, index: InteractionInde
     batch.history_negative_items = negatives
     batch.history_negative_cates = torch.zeros_like(batch.history_items)
     batch.history_negative_cates[mask] = torch.from_numpy(dataset.item_cate[rows]).to(batch.device)
+
+
+def negative_index(dataset: PreparedDataset, rows: SampleTable) -> InteractionIndex:
+    """The (user, item) pairs a sampled training negative must avoid: those of the events the training
+    ``rows`` see (:func:`lifelong.protocols.training_event_mask`), never a validation or test target."""
+    return InteractionIndex.build(dataset.offsets, dataset.event_items, int(dataset.item_idx.shape[0]),
+                                  events=training_event_mask(dataset.offsets, rows))
 
 
 def train_retrieval(config, *, resume: bool = False, command: str | None = None,
@@ -253,8 +260,7 @@ def _trainer(config, dataset: PreparedDataset, collator: Collator, model_config:
     model.to(collator.device)  # after the buffers above are set
     needs_negatives = model.config.batch_needs().get("with_negatives", False)
     needs_partners = getattr(model, "target_partners", False)
-    index = InteractionIndex.build(dataset.offsets, dataset.event_items, int(dataset.item_idx.shape[0])) \
-        if needs_negatives else None
+    index = negative_index(dataset, rows) if needs_negatives else None
     weighting = None
     if config.desmil:
         from lifelong.train.desmil import SampleWeighting, desmil_step
