@@ -22,7 +22,7 @@ from lifelong.dataset.store import load_dataset
 from lifelong.models import build_model
 from lifelong.train import TrainConfig
 from lifelong.train.checkpoint import load_weights
-from lifelong.train.loop import check_run_dataset, read_run, run_dataset_path
+from lifelong.train.run import check_run_dataset, read_run, run_dataset_path
 from lifelong.train.retrieval import evaluate_mi
 
 

@@ -71,7 +71,7 @@ def main() -> None:
 
     dataset = load_dataset(args.data)
     if args.run:
-        from lifelong.train.loop import check_run_dataset, read_run
+        from lifelong.train.run import check_run_dataset, read_run
 
         check_run_dataset(read_run(args.run), dataset, args.run)  # the run was trained on this --data
         config = json.loads((args.run / "checkpoints" / "best" / "config.json").read_text())

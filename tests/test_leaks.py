@@ -14,7 +14,8 @@ from lifelong.dataset.store import load_dataset
 from lifelong.models import build_model
 from lifelong.pipeline import ProtocolOptions, prepare
 from lifelong.protocols import training_event_mask
-from lifelong.train.loop import _set_counts, model_config_for, TrainConfig
+from lifelong.train.loop import _set_counts
+from lifelong.train.run import TrainConfig, model_config_for
 from lifelong.train.retrieval import negative_index
 
 from helpers import event_frame

@@ -125,7 +125,7 @@ def test_reduce_on_plateau_decays_the_rate_every_lr_decay_patience_bad_epochs_an
     import torch
 
     from lifelong.train.checkpoint import load_checkpoint
-    from lifelong.train.loop import end_epoch
+    from lifelong.train.run import end_epoch
 
     model = torch.nn.Linear(2, 1)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)

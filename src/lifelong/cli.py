@@ -253,7 +253,7 @@ def train(
     """Train a model (ranking or retrieval); the best validation epoch is evaluated on test."""
     from lifelong.train import TrainConfig, train as run_train
 
-    from lifelong.train.loop import read_run, run_dataset_path
+    from lifelong.train.run import read_run, run_dataset_path
 
     command = " ".join(shlex.quote(a) for a in ["lifelong", *sys.argv[1:]])
     with user_errors():

@@ -63,6 +63,7 @@ from lifelong.train.checkpoint import load_weights
 from lifelong.train.device import resolve_device, training_autocast
 from lifelong.train.ranking import (evaluate_ranking, evaluate_sets, item_categories, retrieve_lists,
                                     training_popularity)
+from lifelong.train.run import Distributed, _log, _progress, end_epoch, model_config_for, start_run, write_result_row
 
 SELECT_METRIC = "ndcg@20"
 SELECT_METRIC_P3 = "recall@50"
@@ -96,8 +97,6 @@ def negative_index(dataset: PreparedDataset, rows: SampleTable) -> InteractionIn
 def train_retrieval(config, *, resume: bool = False, command: str | None = None,
                     on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
     """Train a retrieval model, select the epoch with the best validation NDCG@20, rank test."""
-    from lifelong.train.loop import Distributed, model_config_for, start_run
-
     config.validate()
     if Distributed().enabled:
         raise ValueError("retrieval models train in one process for now (torchrun/DDP is for the CTR loop)")
@@ -173,8 +172,6 @@ def append_retrieval_line(path: Path, config, dataset: PreparedDataset, model_co
             "train_targets_per_s": round(results["train_targets_per_s"], 1)}),
         "command": command or " ".join(sys.argv),
     }
-    from lifelong.train.loop import write_result_row
-
     write_result_row(path, row)
 
 
@@ -200,8 +197,6 @@ def run_epochs(config, state: dict, model, model_config: dict, optimizer, epoch_
     """The epochs of a run (both protocols): train one epoch, validate, record, checkpoint and stop early
     on ``select``; then load the best weights. Returns every epoch's record (``metrics.jsonl``, resumed
     epochs included)."""
-    from lifelong.train.loop import _log, end_epoch
-
     run = Path(config.out)
     while not state["done"] and state["epoch"] < config.epochs:
         epoch = state["epoch"] + 1
@@ -227,8 +222,6 @@ def _trainer(config, dataset: PreparedDataset, collator: Collator, model_config:
     ``windowed = False`` the rows themselves, one target each: P3) and returns ``(loss sum, windows seen,
     targets trained, extra)``; ``extra`` holds DESMIL's batch-mean HSIC of the interests under uniform
     weights (``train_hsic_uniform``) and under the learned weights (``train_hsic_weighted``)."""
-    from lifelong.train.loop import _progress
-
     prefixes = windowed and config.samples == "prefixes"
     one_target_per_row = prefixes or not windowed  # else a window trains each of its real positions
     if not windowed:
@@ -320,8 +313,6 @@ def refit_with_valid(config, dataset: PreparedDataset, collator: Collator, model
     the same seed, trained for the selected number of ``epochs`` on every prefix of ``i1..i(n-1)`` (the
     validation item is now a training target), then ranked on test exactly as the P2 model. Returns its
     test metrics and the epochs trained."""
-    from lifelong.train.loop import _log
-
     model, epoch_of = _trainer(config, dataset, collator, model_config, dataset.samples("valid"))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     for epoch in range(1, epochs + 1):
@@ -387,8 +378,6 @@ def train_mi(config, dataset: PreparedDataset, *, resume: bool = False, command:
              on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
     """P3 ``mi-split``: train on every next-item position of the training users, select the epoch with
     the best validation Recall@50, retrieve the test users' top 20 / 50 (see the module docstring)."""
-    from lifelong.train.loop import model_config_for, start_run
-
     run = Path(config.out)
     if config.refit_with_valid:
         raise ValueError("--refit-with-valid is a P2 option (the held-out users of P3 never train)")
