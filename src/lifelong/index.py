@@ -46,6 +46,8 @@ from typing import Any, ClassVar
 import faiss
 import numpy as np
 
+from lifelong.budgets import interest_budgets  # noqa: F401  (re-exported: the split the budgeted search uses)
+
 FIRST_ID = 2  # vocabulary rows 0 (padding) and 1 (unknown, lifelong.dataset.store) are never returned
 KINDS = ("exact", "ivf", "hnsw")
 
@@ -430,32 +432,6 @@ def merge_unique(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarra
     out_scores[rows, place[rows, cols]] = ranked_scores[rows, cols]
     out_ids[rows, place[rows, cols]] = ranked_ids[rows, cols]
     return out_scores, out_ids
-
-
-def interest_budgets(weights: Any, k: int) -> np.ndarray:
-    """Integer budgets ``(B, C)`` proportional to mixture weights, each row summing to ``k``
-    (largest remainder: floors of ``k w / sum(w)``, the leftover to the largest remainders).
-
-    Args:
-        weights: (B, C) non-negative mixture weights (e.g. kNN-Embed's ``p(c | u)``), rows not all zero.
-        k: the total budget per row.
-
-    Example:
-        >>> interest_budgets(np.array([[0.5, 0.3, 0.2]]), 10).tolist()
-        [[5, 3, 2]]
-    """
-    weights = np.asarray(weights, dtype=np.float64)
-    check_k(k)
-    if weights.ndim != 2 or (weights < 0).any() or not (weights.sum(axis=1) > 0).all():
-        raise ValueError("weights must be (B, C), non-negative, every row with a positive sum; "
-                         f"got shape {weights.shape}")
-    share = k * weights / weights.sum(axis=1, keepdims=True)  # (B, C)
-    budgets = np.floor(share).astype(np.int64)
-    leftover = k - budgets.sum(axis=1)  # (B,) in [0, C)
-    by_remainder = np.argsort(-(share - budgets), axis=1, kind="stable")
-    bonus = np.arange(weights.shape[1])[None, :] < leftover[:, None]  # (B, C) the first `leftover` ranks
-    np.put_along_axis(budgets, by_remainder, np.take_along_axis(budgets, by_remainder, axis=1) + bonus, axis=1)
-    return budgets
 
 
 def as_float32(array: Any, name: str, ndim: int, dim: int | None = None) -> np.ndarray:

@@ -183,16 +183,21 @@ def aggregate(users: torch.Tensor, items: torch.Tensor, k: int, diversity: float
 
 
 def category_diversity(top: torch.Tensor, cates: torch.Tensor) -> float:
-    """ComiRec's diversity of retrieved lists (:func:`lifelong.beyond.category_diversity`) on tensors:
-    the share of item pairs of a list in different categories, averaged over the lists.
+    """ComiRec's diversity of retrieved lists on tensors (the definition of
+    :func:`lifelong.beyond.category_diversity`, which models do not import): the share of item pairs of a
+    list in different categories, averaged over the lists (0 for lists shorter than 2; an id outside
+    ``cates``, e.g. -1 for a missing entry, takes the category of the nearest valid id, 0 for padding).
 
     Example:
         >>> round(category_diversity(torch.tensor([[2, 3, 4]]), torch.tensor([0, 1, 5, 5, 6])), 4)
         0.6667
     """
-    from lifelong.beyond import category_diversity as numpy_diversity
-
-    return numpy_diversity(top.cpu().numpy(), cates.cpu().numpy())
+    c = cates[top.long().clamp(0, cates.shape[0] - 1)]  # (N, K)
+    k = c.shape[1]
+    if k < 2:
+        return 0.0
+    same = (c[:, :, None] == c[:, None, :]).sum(dim=(1, 2)) - k  # ordered same-category pairs, self excluded
+    return float((1.0 - same.double() / (k * (k - 1))).mean())
 
 
 # --- the models ---------------------------------------------------------------------------------------

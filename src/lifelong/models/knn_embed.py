@@ -86,6 +86,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lifelong.batch import Batch
+from lifelong.budgets import interest_budgets  # the same split the faiss budgeted search uses
 from lifelong.models.multi_interest import FIRST_RANKED, MultiInterestConfig, MultiInterestModel
 from lifelong.models.registry import register
 from lifelong.nn.cluster import lloyd
@@ -169,8 +170,6 @@ def budget_split(weights: torch.Tensor, k: int) -> torch.Tensor:
         >>> budget_split(torch.tensor([[0.5, 0.3, 0.2]]), 7)
         tensor([[4, 2, 1]])
     """
-    from lifelong.index import interest_budgets  # the same split the faiss budgeted search uses
-
     if weights.dim() != 2:
         raise ValueError(f"budget_split: weights must be (B, C), got shape {tuple(weights.shape)}")
     if k < 0:
