@@ -39,16 +39,23 @@ def test_gaussian_kl_is_zero_for_equal_distributions_and_matches_torch_otherwise
     assert (expected > 0).all()
 
 
-def test_kl_term_vanishes_when_prior_and_posterior_are_forced_equal():
-    model = tiny(kl_weight=1.0).train()
+def test_kl_term_vanishes_when_prior_and_posterior_are_forced_equal(monkeypatch):
+    model = tiny(kl_weight=0.5, latent_path="global").train()  # paper's path; causal: test_idnp_causal
     batch = random_batch(batch_size=8, seed=1)
     latent = model.latent
     model.latent = lambda hidden, members: latent(hidden, batch.history_mask)  # prior set := posterior set
     output = model(batch)
     assert output.aux_losses["kl"].item() == 0.0
     model.latent = latent
+    drawn, split = [], idnp.split_context
+    monkeypatch.setattr(idnp, "split_context", lambda mask, ratio: drawn.append(split(mask, ratio)) or drawn[-1])
     output = model(batch)
-    assert output.aux_losses["kl"].item() > 0.0
+    # otherwise: kl_weight x the windows' mean KL(q(z | every real step) || q(z | the drawn context steps))
+    hidden = model.sequence(batch)
+    posterior, prior = model.latent(hidden, batch.history_mask), model.latent(hidden, drawn[0])
+    kl = idnp.gaussian_kl(*posterior, *prior).detach()  # (B,)
+    assert float(kl.max()) > 1e-3  # the context is a strict subset: the two latents differ
+    torch.testing.assert_close(output.aux_losses["kl"], 0.5 * kl.mean())
 
 
 def test_context_and_target_steps_cover_every_real_position_exactly_once():
@@ -119,7 +126,7 @@ def test_deterministic_attention_sums_to_one_over_earlier_context_steps_only():
 
 
 def test_training_loss_is_the_next_item_loss_of_the_target_steps_plus_the_weighted_kl(monkeypatch):
-    model = tiny(kl_weight=0.5).train()
+    model = tiny(kl_weight=0.5, latent_path="global").train()  # paper's path; causal: test_idnp_causal
     batch = random_batch(batch_size=5, width=6, seed=6)
     mask = batch.history_mask
     torch.manual_seed(7)

@@ -19,14 +19,16 @@ Mechanism:
     ``c <= t`` (scaled dot product, one head); ``r_d = 0`` when no context step precedes the query.
   - Latent path: one set encoder (``MLP`` on each step's ``h``, mean-pooled, then ``mu`` and
     ``sigma = 1e-3 + softplus(.)`` heads) gives the prior ``q(z | context)`` and the posterior
-    ``q(z | context + target)`` of a global latent ``z`` (``D`` dimensions) per window; training decodes
-    with the reparameterised sample ``z = mu_post + sigma_post * eps``.
+    ``q(z | context + target)`` of a latent ``z`` (``D`` dimensions), both restricted to the steps at or
+    before the query step (see Deviations); training decodes with the reparameterised sample
+    ``z = mu_post + sigma_post * eps``.
   - Interest decoder: ``d_q = MLP([r_d, z, r_q])`` with ``r_q = h_q``, the query step's representation;
     ``d_q`` scores item ``i`` by ``d_q . e_i`` with the input item embeddings.
   - Loss (the negative ELBO): the next-item loss (``loss``: bce / sampled / full, see
     :class:`~lifelong.models.retrieval.RetrievalConfig`) averaged over the target steps, plus
     ``kl_weight * KL(posterior || prior)`` (analytic Gaussian KL, summed over the latent dimensions,
-    averaged over the windows), reported as ``aux_losses["kl"]``.
+    averaged over the target steps; over the windows with ``latent_path = "global"``), reported as
+    ``aux_losses["kl"]``.
   - Inference: every real history step is context, the query is the last step (whose next item is
     predicted), ``z`` is the prior mean (so ``q(z | whole history)``). Deterministic.
 
@@ -34,7 +36,13 @@ Deviations:
   - The deterministic path is causal: a target step attends only to context steps at or before it. With
     the unordered context of a plain NP, a target step ``t`` would see the context step ``t+1``, whose
     representation contains the answer (the item at ``t+1``); and at inference the context is the past
-    only. The latent path keeps the NP's global sets (the posterior sees the targets, as in any NP).
+    only.
+  - The latent path is causal too (``latent_path = "causal"``, the default): the target step ``q`` decodes
+    with ``z_q`` drawn from the posterior over the real steps ``<= q``, and its KL compares that posterior
+    with the prior over the context steps ``<= q`` (averaged over the target steps). The NP's global sets
+    (``latent_path = "global"``, the paper's behaviour: one ``z`` per window from the posterior over every
+    step, the KL averaged over the windows) let a step's latent see the later steps, whose
+    representations hold its answer. Inference is the same either way (the whole history is the past).
   - A time step is one context/target point, encoded by its ``h_t`` (which contains the step's own item,
     i.e. the observation at that time); the target of a step is its next item. At inference the query
     step is also a context step (all of the history is known); in training targets and context are
@@ -82,6 +90,8 @@ class IDNPConfig(RetrievalConfig):
         kl_weight: weight of ``KL(posterior || prior)`` in the loss.
         decoder_hidden: hidden width of the interest decoder's MLP.
         dropout: dropout of item embeddings and of the decoder's hidden layer.
+        latent_path: ``causal`` (each target step's latent from the steps at or before it; the default) or
+            ``global`` (the paper's one latent per window from all of its steps, later ones included).
         loss, negatives: see :class:`RetrievalConfig`.
     """
 
@@ -92,6 +102,7 @@ class IDNPConfig(RetrievalConfig):
     kl_weight: float = 0.1
     decoder_hidden: int = 256
     dropout: float = 0.2
+    latent_path: str = "causal"
 
     def validate(self) -> None:
         super().validate()
@@ -108,6 +119,8 @@ class IDNPConfig(RetrievalConfig):
             raise ValueError(f"idnp: decoder_hidden must be at least 1, got {self.decoder_hidden}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"idnp: dropout must be in [0, 1), got {self.dropout}")
+        if self.latent_path not in ("causal", "global"):
+            raise ValueError(f"idnp: latent_path must be 'causal' or 'global', got {self.latent_path!r}")
 
 
 def gaussian_kl(mu_q: torch.Tensor, sigma_q: torch.Tensor, mu_p: torch.Tensor, sigma_p: torch.Tensor) -> torch.Tensor:
@@ -237,6 +250,13 @@ class IDNP(RetrievalModel):
         pooled = points.sum(1) / members.sum(1, keepdim=True).clamp(min=1)  # (B, D)
         return self.latent_mu(pooled), MIN_SIGMA + F.softplus(self.latent_sigma(pooled))
 
+    def latent_steps(self, hidden: torch.Tensor, members: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``q(z | the set's steps at or before t)`` for every step ``t``: hidden (B, T, D), members (B, T)
+        bool -> (mu, sigma), each (B, T, D) (the causal latent path; at the last step it is :meth:`latent`)."""
+        points = self.latent_point(hidden) * members.unsqueeze(-1)  # (B, T, D)
+        pooled = points.cumsum(1) / members.cumsum(1).clamp(min=1).unsqueeze(-1)  # (B, T, D)
+        return self.latent_mu(pooled), MIN_SIGMA + F.softplus(self.latent_sigma(pooled))
+
     def decode(self, r_d: torch.Tensor, z: torch.Tensor, r_q: torch.Tensor) -> torch.Tensor:
         """(..., D) x 3 -> ``d_q`` (..., D)."""
         return self.decoder(torch.cat([r_d, z, r_q], dim=-1))
@@ -270,10 +290,15 @@ class IDNP(RetrievalModel):
         steps = torch.arange(t, device=mask.device)
         causal = steps[None, :] <= steps[:, None]  # (T, T): context step c <= query step q
         r_d, _ = self.attend(hidden, hidden, context.unsqueeze(1) & causal)  # (B, T, D)
-        mu_prior, sigma_prior = self.latent(hidden, context)
-        mu_post, sigma_post = self.latent(hidden, mask)  # context + target = every real step
-        z = mu_post + sigma_post * torch.randn_like(sigma_post)  # (B, D) reparameterised
-        d_q = self.decode(r_d[target], z.unsqueeze(1).expand(-1, t, -1)[target], hidden[target])  # (N, D)
+        if self.config.latent_path == "causal":  # step q: posterior over the steps <= q, prior over the context <= q
+            mu_prior, sigma_prior = (v[target] for v in self.latent_steps(hidden, context))  # (N, D)
+            mu_post, sigma_post = (v[target] for v in self.latent_steps(hidden, mask))
+            z = mu_post + sigma_post * torch.randn_like(sigma_post)  # (N, D) reparameterised
+        else:  # the paper's global sets: one latent per window, from every real step of it
+            mu_prior, sigma_prior = self.latent(hidden, context)
+            mu_post, sigma_post = self.latent(hidden, mask)  # context + target = every real step
+            z = (mu_post + sigma_post * torch.randn_like(sigma_post)).unsqueeze(1).expand(-1, t, -1)[target]
+        d_q = self.decode(r_d[target], z, hidden[target])  # (N, D)
         positives, _ = next_items(batch)
         negatives = batch.history_negative_items[target] if batch.history_negative_items is not None else None
         nll = next_item_loss(d_q, positives[target], self.item.weight, self.config.loss,
