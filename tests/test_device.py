@@ -97,3 +97,20 @@ def test_a_bf16_run_trains_in_bf16_but_evaluates_in_fp32(data, tmp_path):
 def test_desmil_refuses_bf16(tmp_path):
     with pytest.raises(ValueError, match="--desmil needs --precision fp32"):
         TrainConfig(data="x", out=str(tmp_path), desmil=True, precision="bf16").validate()
+
+
+def test_batch_validate_reads_values_only_when_asked():
+    """On a forward pass's hot path Batch.validate checks shapes and dtypes only (no read-back from the
+    device); the value checks run with values=True or LIFELONG_VALIDATE=1 (set for the test suite)."""
+    from helpers import random_batch
+
+    batch = random_batch()
+    batch.history_items[0, 0] = -3
+    batch.validate(values=False)  # shapes and dtypes are fine
+    with pytest.raises(ValueError, match="negative index"):
+        batch.validate(values=True)
+    with pytest.raises(ValueError, match="negative index"):
+        batch.validate()  # the suite's default (LIFELONG_VALIDATE=1)
+    batch.history_items = batch.history_items.float()
+    with pytest.raises(ValueError, match="integer indices"):
+        batch.validate(values=False)

@@ -7,6 +7,7 @@ events, padding (index 0) follows.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -73,8 +74,13 @@ class Batch:
     def device(self) -> torch.device:
         return self.history_items.device
 
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming the problem when the batch is malformed."""
+    def validate(self, values: bool | None = None) -> None:
+        """Raise ``ValueError`` naming the problem when the batch is malformed.
+
+        Shapes and dtypes are always checked (free: no tensor is read). The checks of the values (no
+        negative index, a left-aligned mask, zeros at padding) read tensors back from the device, so on
+        the hot path of a forward pass they run only when asked: ``values=True``, or the environment
+        variable ``LIFELONG_VALIDATE=1`` (the test suite sets it)."""
         if self.history_items.dim() != 2:
             raise ValueError(f"history_items must be (B, T), got shape {tuple(self.history_items.shape)}")
         b, t = self.history_items.shape
@@ -99,6 +105,10 @@ class Batch:
             value = getattr(self, name)
             if value.dtype not in (torch.int64, torch.int32):
                 raise ValueError(f"{name} must hold integer indices, got {value.dtype}")
+        if not (CHECK_VALUES if values is None else values):
+            return
+        for name in ("history_items", "history_cates", "target_items", "target_cates"):
+            value = getattr(self, name)
             if value.numel() and int(value.min()) < 0:
                 raise ValueError(f"{name} holds a negative index ({int(value.min())}); indices start at 0 (padding)")
         if t > 1 and bool((self.history_mask[:, 1:] & ~self.history_mask[:, :-1]).any()):
@@ -106,6 +116,9 @@ class Batch:
                              "follows a False in some row")
         if bool((self.history_items[~self.history_mask] != 0).any()):
             raise ValueError("history_items must be 0 (padding) wherever history_mask is False")
+
+
+CHECK_VALUES = os.environ.get("LIFELONG_VALIDATE", "") not in ("", "0")  # Batch.validate's value checks by default
 
 
 def _move(value, device):

@@ -370,7 +370,8 @@ class ICLRec(SASRec):
         return represented[:b], represented[b:]
 
     def forward(self, batch: Batch) -> RetrievalOutput:
-        config = self.config  # (no batch.validate() here: its checks synchronise with the device every step)
+        batch.validate()
+        config = self.config
         hidden = self.sequence(batch)  # (B, T, D)
         users = self._last(hidden, batch)  # (B, D)
         if not self.training:
