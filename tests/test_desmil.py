@@ -203,29 +203,55 @@ def test_uniform_weights_give_the_plain_mean_loss_and_weights_select_samples():
     torch.testing.assert_close(model(batch, sample_weights=one_hot).loss, losses[2])
 
 
-def test_desmil_step_trains_any_multi_interest_model():
+def test_desmil_step_lowers_the_hsic_and_updates_with_the_weighted_per_sample_gradients():
     model = tiny_model().train()
     batch = random_batch(batch_size=16, n_items=30, seed=2)
     before = [p.detach().clone() for p in model.parameters()]
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    step = desmil_step(model, optimizer, batch, SampleWeighting(n_features=16, weight_steps=5, seed=0))
+    step = desmil_step(model, optimizer, batch, SampleWeighting(n_features=16, weight_steps=20, seed=0))
     loss, weights, hsic_before, hsic_after = step
-    assert all(math.isfinite(v) for v in (loss, hsic_before, hsic_after)) and hsic_before > 0
     assert weights.shape == (16,) and bool((weights > 0).all()) and abs(float(weights.mean()) - 1) < 1e-5
-    assert any(not torch.equal(p, q) for p, q in zip(before, model.parameters()))
-    # the update is the gradient of the weighted loss at those weights
-    torch.testing.assert_close(torch.tensor(loss), model_loss_at(before, batch, weights))
+    # the weights lower the weighted HSIC of the batch's interests: on the step's own draw, on fresh draws,
+    # and to first order (they move against the HSIC's gradient at uniform weights)
+    assert hsic_after < 0.95 * hsic_before
+    replica = model_at(before)
+    with torch.no_grad():
+        losses, interests, valid, _ = replica.training_terms(batch)
+    draws = [(interest_hsic(interests, valid, weights, 64, gen(seed)),
+              interest_hsic(interests, valid, None, 64, gen(seed))) for seed in range(20, 28)]
+    assert sum(float(w) for w, _ in draws) < 0.95 * sum(float(u) for _, u in draws)
+    uniform = torch.ones(16, requires_grad=True)
+    sum(interest_hsic(interests, valid, uniform, 64, gen(seed)) for seed in range(20, 28)).backward()
+    assert float((weights - 1) @ uniform.grad) < 0
+    # the update is one Adam step on the weighted mean of the per-sample gradients at those weights
+    torch.testing.assert_close(torch.tensor(loss), (losses * weights).mean())
+    per_sample = []
+    for row in range(16):
+        grads = torch.autograd.grad(replica.training_terms(batch)[0][row], list(replica.parameters()),
+                                    allow_unused=True)
+        per_sample.append([torch.zeros_like(p) if g is None else g for g, p in zip(grads, replica.parameters())])
+    weighted = [sum(float(weights[row]) / 16 * per_sample[row][i] for row in range(16)) for i in range(len(before))]
+    plain = [sum(per_sample[row][i] / 16 for row in range(16)) for i in range(len(before))]
+    for p, expected in zip(model.parameters(), weighted):
+        torch.testing.assert_close(p.grad, expected, rtol=1e-4, atol=1e-6)
+    assert max(float((w - u).abs().max()) for w, u in zip(weighted, plain)) > 1e-3  # the weights matter here
+    replica_optimizer = torch.optim.Adam(replica.parameters(), lr=1e-2)
+    for p, expected in zip(replica.parameters(), weighted):
+        p.grad = expected.clone()
+    replica_optimizer.step()
+    for p, q in zip(model.parameters(), replica.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
     model.eval()
     with pytest.raises(ValueError, match="train"):
         desmil_step(model, optimizer, batch, SampleWeighting(seed=0))
 
 
-def model_loss_at(parameters: list[torch.Tensor], batch: Batch, weights: torch.Tensor) -> torch.Tensor:
+def model_at(parameters: list[torch.Tensor]) -> TinyMultiInterest:
     model = tiny_model().train()
     with torch.no_grad():
         for p, value in zip(model.parameters(), parameters):
             p.copy_(value)
-    return model(batch, sample_weights=weights).loss.detach()
+    return model
 
 
 def test_desmil_without_weight_steps_is_the_plain_step():

@@ -31,9 +31,34 @@ def test_assignments_are_a_distribution_per_seen_behavior_and_zero_elsewhere():
     long_sums, short_sums = parts["long_assignment"].sum(-1), parts["short_assignment"].sum(-1)  # (B, T)
     torch.testing.assert_close(long_sums, mask.float())
     torch.testing.assert_close(short_sums, recent.float())
-    assert (parts["long_assignment"] >= 0).all() and (parts["short_assignment"] >= 0).all()
+    # exactly 0 at the behaviors an extractor does not see, and there the softmax over the centres of
+    # <c_j, W_k h_i> / sqrt(D), the centres those of the previous level (hand-computed level by level)
+    for extractor, seen, name in ((model.long_term, mask, "long_assignment"),
+                                  (model.short_term, recent, "short_assignment")):
+        assignment = parts[name]
+        assert torch.equal(assignment[~seen], torch.zeros_like(assignment[~seen]))
+        torch.testing.assert_close(assignment[seen], hand_assignment(extractor, model.item(batch.history_items),
+                                                                     seen)[seen])
     # a real choice between centres, not a uniform split
     assert (parts["long_assignment"][mask].amax(-1) > 0.5 + 1e-3).any()
+
+
+def hand_assignment(extractor: InterestExtractor, behaviors: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+    """The last level's assignment (B, T, K) written out with loops over rows, levels and behaviors."""
+    b, t, d = behaviors.shape
+    out = torch.zeros(b, t, extractor.queries.shape[0])
+    for row in range(b):
+        centres = extractor.queries.detach()  # (K, D)
+        for level in range(len(extractor.values)):
+            keys = extractor.keys[level](behaviors[row])  # (T, D)
+            a = torch.zeros(t, centres.shape[0])
+            for i in range(t):
+                if seen[row, i]:
+                    a[i] = torch.softmax(centres @ keys[i] / d ** 0.5, dim=0)
+            means = a.T @ behaviors[row] / (a.sum(0).unsqueeze(-1) + 1e-6)  # (K, D)
+            centres = centres + extractor.values[level](means)
+        out[row] = a
+    return out
 
 
 def test_recent_window_counts_real_behaviors_from_the_most_recent():

@@ -222,9 +222,31 @@ def test_no_intent_loss_before_clustering_and_both_terms_after():
     output = model(batch)
     assert set(output.aux_losses) == {"instance"}
     model.cluster(windows())
+    seen, views, intents_of = {}, model._views, model.intents_of
+
+    def spy_views(batch):
+        seen["views"] = views(batch)
+        return seen["views"]
+
+    def spy_intents(users):
+        seen["users"] = users
+        return intents_of(users)
+
+    model._views, model.intents_of = spy_views, spy_intents
     output = model(batch)
     assert set(output.aux_losses) == {"instance", "intent"}
-    assert all(torch.isfinite(v) and v > 0 for v in output.aux_losses.values())
+    first, second = seen["views"]
+    # the intent of each history: the centroid nearest its own (un-augmented) representation
+    assert torch.equal(seen["users"], output.user_vectors.detach())
+    intent = torch.cdist(seen["users"], model.centroids).argmin(dim=1)
+    assert len(intent.unique()) > 1  # several intents in the batch: the false-negative mask has work to do
+    prototypes = torch.nn.functional.normalize(model.centroids, dim=1)[intent]
+    same = intent.unsqueeze(0) == intent.unsqueeze(1)
+    # both terms, weight 0.1, temperature 1: NT-Xent of the two views, and each view against its intent
+    torch.testing.assert_close(output.aux_losses["instance"], 0.1 * nt_xent(first, second, 1.0))
+    expected = 0.1 * (nt_xent(first, prototypes, 1.0, false_negatives=same)
+                      + nt_xent(second, prototypes, 1.0, false_negatives=same)) / 2
+    torch.testing.assert_close(output.aux_losses["intent"], expected)
 
 
 def test_total_loss_is_the_next_item_loss_plus_the_weighted_terms():

@@ -64,8 +64,14 @@ def test_the_split_depends_on_the_seed_and_the_time_order_holds_out_the_latest_u
     counts = [5] * 20
     offsets = np.concatenate([[0], np.cumsum(counts)])
     items = np.arange(100, dtype=np.int32)
-    a, b = mi_split_samples(offsets, items, 1), mi_split_samples(offsets, items, 2)
-    assert a["test"].user.tolist() != b["test"].user.tolist()
+    # the seed draws the held-out users: the same seed the same users, and over seeds every user is held
+    # out for test about 10% of the time (2 of 20), never always the same ones
+    held = np.zeros(20)
+    for seed in range(200):
+        tables = mi_split_samples(offsets, items, seed)
+        assert tables["test"].user.tolist() == mi_split_samples(offsets, items, seed)["test"].user.tolist()
+        held[tables["test"].user] += 1
+    assert held.sum() == 400 and held.min() >= 5 and held.max() <= 45  # binomial(200, 0.1): 20 +- 4.2
     last_time = np.random.default_rng(0).permutation(20)  # user u's last event at time last_time[u]
     stamps = np.repeat(last_time, 5) - np.tile(np.arange(5)[::-1], 20)
     shifted = mi_split_samples(offsets, items, 1, user_order="time", event_timestamps=stamps)
@@ -273,16 +279,51 @@ def test_a_desmil_run_resumes_exactly(tmp_path):
     assert resumed["test"] == straight["test"] and resumed["train_hsic_weighted"] == straight["train_hsic_weighted"]
 
 
-def test_a_desmil_run_reweights_toward_lower_hsic_and_reports_the_interests_hsic(tmp_path):
+def test_a_desmil_run_is_the_plain_loop_weighted_by_the_learned_weights_and_reports_the_interests_hsic(
+        tmp_path, monkeypatch):
+    from lifelong.models.comirec import ComiRecSA
+    from lifelong.train import retrieval
+    from lifelong.train.checkpoint import load_model_config, load_weights
+    from lifelong.train.desmil import SampleWeighting, interest_hsic
+
     events, items = grouped_log()
     data = prepare(EventLog(events=events, items=items, recipe="test"), tmp_path / "d", ProtocolOptions(name="mi-split"))
-    options = {"embedding_dim": 8, "max_positions": 8, "negatives": 6}
-    plain = train(config(data, tmp_path / "plain", model="comirec_sa", epochs=2, model_options=options))
+    options = {"embedding_dim": 8, "max_positions": 8, "loss": "full"}  # full softmax: no sampling in the loss
+    learned, learn = [], SampleWeighting.learn
+
+    def record(self, interests, valid):
+        result = learn(self, interests, valid)
+        learned.append(result.weights)
+        return result
+
+    monkeypatch.setattr(SampleWeighting, "learn", record)
     desmil = train(config(data, tmp_path / "desmil", model="comirec_sa", epochs=2, desmil=True, model_options=options))
-    assert desmil["desmil"] and not plain["desmil"]
-    assert desmil["train_hsic_weighted"] < desmil["train_hsic_uniform"]
-    assert desmil["test"]["interest_hsic"] >= 0 and plain["test"]["interest_hsic"] >= 0
-    assert desmil["test"] != plain["test"]  # the weighted updates train another model
+    monkeypatch.undo()
+    assert desmil["desmil"] and desmil["train_hsic_weighted"] < desmil["train_hsic_uniform"]
+    assert len(learned) == 2 * math.ceil(len(load_dataset(data).samples("train")) / 32)  # every batch reweighted
+    assert all(float((w - 1).abs().max()) > 0.1 for w in learned)  # ... by weights far from uniform
+    # replay: the plain loop in DESMIL's batch order (no length bucketing), each update weighted by the
+    # weights DESMIL learned for that batch, trains the same model
+    replayed, forward = iter(learned), ComiRecSA.forward
+
+    def weighted(self, batch, sample_weights=None):
+        return forward(self, batch, next(replayed) if self.training else sample_weights)
+
+    monkeypatch.setattr(retrieval, "length_bucketed_order", lambda order, lengths, size, rng: order)
+    monkeypatch.setattr(ComiRecSA, "forward", weighted)
+    replay = train(config(data, tmp_path / "replay", model="comirec_sa", epochs=2, model_options=options))
+    monkeypatch.undo()
+    assert next(replayed, None) is None and replay["test"] == desmil["test"]
+    # the reported interests' HSIC is that of the selected model's interests of the test users
+    best = tmp_path / "desmil" / "checkpoints" / "best"
+    model = build_model(load_model_config(best))
+    load_weights(best, model)
+    dataset = load_dataset(data)
+    with torch.no_grad():
+        vectors, valid = model.eval().interests(Collator(dataset, 8)(dataset.samples("test")))
+    seed = config(data, tmp_path).seed
+    expected = interest_hsic(vectors, valid, generator=torch.Generator().manual_seed(seed))
+    assert desmil["test"]["interest_hsic"] == pytest.approx(float(expected), rel=1e-5)
 
 
 def test_evaluating_through_an_exact_faiss_index_retrieves_the_exact_lists(tmp_path):

@@ -8,7 +8,7 @@ import torch
 
 from lifelong.models import MODELS, build_model
 
-from helpers import random_batch
+from helpers import random_batch, select
 from model_configs import TINY_CONFIGS, TINY_VOCAB
 
 NAMES = sorted(name for name, (config_class, _) in MODELS.items() if getattr(config_class, "multi_interest", False))
@@ -50,7 +50,12 @@ def test_the_training_loss_is_the_sample_weighted_mean_of_the_per_sample_losses_
     model = tiny(name, loss="full").train()
     batch = random_batch(batch_size=8, seed=5)
     losses, vectors, valid, extra = model.training_terms(batch)
-    assert losses.shape == (8,) and (losses > 0).all()
+    assert losses.shape == (8,)
+    # per-sample: each loss is the one the sample has alone, so that a sample weight scales that sample's
+    # term and nothing else (the values themselves: the hard-label-attention test below)
+    for row in range(8):
+        alone = model.training_terms(select(batch, torch.tensor([row])))[0]
+        torch.testing.assert_close(alone, losses[row : row + 1])
     rest = sum(extra.values()) if extra else 0.0
     torch.testing.assert_close(model(batch).loss, losses.mean() + rest)
     weights = torch.arange(1.0, 9.0) / 4.5  # positive, mean one

@@ -79,7 +79,14 @@ def test_samples_are_deterministic_for_a_seed(tmp_path):
     b = load_dataset(prepare(EventLog(events=events, items=items), tmp_path / "b", ProtocolOptions(seed=7)))
     c = load_dataset(prepare(EventLog(events=events, items=items), tmp_path / "c", ProtocolOptions(seed=8)))
     assert np.array_equal(a.samples("train").target, b.samples("train").target)
-    assert not np.array_equal(a.samples("train").target, c.samples("train").target)
+    # the seed draws the negatives and nothing else: the same rows and positives, other negative items
+    # (a draw from ~60 items matches the other seed's about once in 60)
+    first, other = a.samples("train"), c.samples("train")
+    for column in ("user", "end", "label"):
+        assert np.array_equal(getattr(first, column), getattr(other, column))
+    negative = first.label == 0
+    assert np.array_equal(first.target[~negative], other.target[~negative])
+    assert (first.target[negative] != other.target[negative]).mean() > 0.9
 
 
 def test_p4_splits_by_time_and_fits_vocabularies_on_training_events(tmp_path):

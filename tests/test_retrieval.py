@@ -128,12 +128,56 @@ def test_prefix_rows_give_the_window_loss_of_the_same_positions(data):
     assert torch.allclose(model(prefix_batch).loss, model(window_batch).loss, atol=1e-5)
 
 
-def test_prefix_samples_train_from_the_loop_and_a_model_that_ignores_them_is_refused(data, tmp_path):
+def spy_on_trainers(monkeypatch) -> list[dict]:
+    """Record every trainer the loop builds: its model, the rows it trains from, each epoch's (rows, targets)
+    and each training batch's (rows, last_target_only, real positions)."""
+    from lifelong.train import retrieval
+
+    trainers, build = [], retrieval._trainer
+
+    def spy(config, dataset, collator, model_config, rows, *args, **kwargs):
+        model, epoch_of = build(config, dataset, collator, model_config, rows, *args, **kwargs)
+        record = {"rows": rows, "epochs": [], "batches": [], "model": model}
+        trainers.append(record)
+        forward = model.forward
+
+        def forward_spy(batch, *a, **kw):
+            if model.training:
+                record["batches"].append((len(batch), bool(batch.last_target_only), int(batch.lengths.sum())))
+            return forward(batch, *a, **kw)
+
+        def epoch_spy(*a, **kw):
+            out = epoch_of(*a, **kw)
+            record["epochs"].append(out[1:3])
+            return out
+
+        model.forward = forward_spy
+        return model, epoch_spy
+
+    monkeypatch.setattr(retrieval, "_trainer", spy)
+    return trainers
+
+
+def test_prefix_samples_train_from_the_loop_and_a_model_that_ignores_them_is_refused(data, tmp_path, monkeypatch):
+    trainers = spy_on_trainers(monkeypatch)
     results = train(config(data, tmp_path / "prefixes", samples="prefixes", epochs=2))
     saved = json.loads((tmp_path / "prefixes" / "config.json").read_text())["train"]
-    assert saved["samples"] == "prefixes" and results["test"]["n"] == load_dataset(data).n_users
+    dataset = load_dataset(data)
+    assert saved["samples"] == "prefixes" and results["test"]["n"] == dataset.n_users
     windows = train(config(data, tmp_path / "windows", epochs=2))
-    assert results["test"] != windows["test"]  # another regime, another model
+    monkeypatch.undo()
+    rows = dataset.samples("train")
+    targets = len(training_prefixes(rows, dataset.offsets, dataset.event_items))  # every training target once
+    n_windows = len(training_windows(rows, dataset.offsets, dataset.event_items, 8))
+    assert targets > n_windows  # the windows hold several targets each
+    prefix_run, window_run = trainers
+    # prefixes: one row per training target, its last position trained only; windows: every position
+    assert prefix_run["epochs"] == [(targets, targets)] * 2 and window_run["epochs"] == [(n_windows, targets)] * 2
+    assert {last for _, last, _ in prefix_run["batches"]} == {True}
+    assert sum(n for n, _, _ in prefix_run["batches"]) == 2 * targets
+    assert {last for _, last, _ in window_run["batches"]} == {False}
+    assert sum(n for n, _, _ in window_run["batches"]) == 2 * n_windows
+    assert sum(real for _, _, real in window_run["batches"]) == 2 * targets
     with pytest.raises(ValueError, match="last_target_only"):
         train(config(data, tmp_path / "idnp", model="idnp", samples="prefixes",
                      model_options={"embedding_dim": 8}))
@@ -307,8 +351,19 @@ def test_retrieval_run_writes_ranks_and_a_result_line_naming_the_loss(data, tmp_
     saved = np.load(tmp_path / "run" / "test_ranks.npz")
     accuracy = ranking_metrics(saved["rank"])
     assert {k: results["test"][k] for k in accuracy} == accuracy
-    # beyond-accuracy metrics of the top 10, next to accuracy
-    assert 1 <= results["test"]["top10_category_coverage"] <= 10 and results["test"]["top10_novelty"] > 0
+    # beyond-accuracy metrics of the selected model's top 10 (training popularity), next to accuracy
+    from lifelong.beyond import beyond_accuracy
+    from lifelong.train.checkpoint import load_model_config, load_weights
+    from lifelong.train.ranking import item_categories, training_popularity
+
+    best = tmp_path / "run" / "checkpoints" / "best"
+    model = build_model(load_model_config(best))
+    load_weights(best, model)
+    dataset = load_dataset(data)
+    _, top = rank_targets(model.eval(), Collator(dataset, 8), dataset.samples("test"), top_k=10)
+    n_items = dataset.vocab_sizes["item"]
+    expected = beyond_accuracy(top, item_categories(dataset, n_items), training_popularity(dataset, n_items))
+    assert {k: results["test"][f"top10_{k}"] for k in expected} == pytest.approx(expected)
     row = next(csv.DictReader(open(results_csv)))
     assert row["loss"] == "full" and row["protocol"] == "seq-loo" and float(row["test_ndcg@10"]) == round(results["test"]["ndcg@10"], 5)
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -346,7 +401,8 @@ def test_top_lists_are_the_highest_scored_unseen_items_and_popularity_counts_tra
     assert popularity.sum() == (counts - 2).sum()
 
 
-def test_refit_with_valid_trains_through_the_validation_item_and_leaves_the_p2_test_alone(data, tmp_path):
+def test_refit_with_valid_trains_through_the_validation_item_and_leaves_the_p2_test_alone(data, tmp_path,
+                                                                                          monkeypatch):
     dataset = load_dataset(data)
     valid = dataset.samples("valid")
     train_windows = training_windows(dataset.samples("train"), dataset.offsets, dataset.event_items, 4)
@@ -358,7 +414,20 @@ def test_refit_with_valid_trains_through_the_validation_item_and_leaves_the_p2_t
     assert all(e < valid_position[u] for u, e in last_trained(train_windows).items())  # P2 never trains on i(n-1)
     assert last_trained(refit_windows) == valid_position  # the refit does, for every user
     plain = train(config(data, tmp_path / "plain"))
+    trainers = spy_on_trainers(monkeypatch)
     refit = train(config(data, tmp_path / "refit", refit_with_valid=True))
+    monkeypatch.undo()
     assert refit["test"] == plain["test"] and refit["best_epoch"] == plain["best_epoch"]  # selection untouched
-    assert refit["refit_epochs"] == refit["best_epoch"]
-    assert set(refit["test_refit"]) == set(refit["test"]) and refit["test_refit"] != refit["test"]
+    assert refit["refit_epochs"] == refit["best_epoch"] and set(refit["test_refit"]) == set(refit["test"])
+    # the refit is a second, fresh trainer on the validation rows, trained for the selected number of epochs,
+    # each epoch on every training target plus each user's validation item i(n-1)
+    main, refitted = trainers
+    assert main["rows"].end.tolist() == dataset.samples("train").end.tolist()
+    assert refitted["rows"].user.tolist() == valid.user.tolist() and refitted["rows"].end.tolist() == valid.end.tolist()
+    train_targets, refit_targets = int(dataset.samples("train").end.sum()), int(valid.end.sum())
+    assert refit_targets == train_targets + len(valid)  # one more target per user
+    assert {targets for _, targets in main["epochs"]} == {train_targets}
+    assert [targets for _, targets in refitted["epochs"]] == [refit_targets] * refit["best_epoch"]
+    # ... and test_refit is that model's ranking of the test items
+    expected = ranking_metrics(rank_targets(refitted["model"].eval(), Collator(dataset, 8), dataset.samples("test")))
+    assert {k: refit["test_refit"][k] for k in expected} == pytest.approx(expected)

@@ -48,7 +48,17 @@ def test_user_and_item_vectors_have_matching_shapes_and_scores_cover_the_catalog
     assert items.shape[0] == TINY_VOCAB["n_items"]
     scores = model.score(users, items)
     assert scores.shape == (len(batch), TINY_VOCAB["n_items"])
-    assert torch.isfinite(scores).all()
+    # column j scores item j by its own vector alone (what an index over the item vectors relies on): the
+    # items in another order give the same scores in that order, and a changed item moves its column only
+    order = torch.randperm(items.shape[0], generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(model.score(users, items[order]), scores[:, order])
+    changed = items.detach().clone()
+    d = TINY_CONFIGS[name]["embedding_dim"]
+    changed[5, :d] += torch.randn(d, generator=torch.Generator().manual_seed(1))
+    moved = model.score(users, changed)
+    assert not torch.allclose(moved[:, 5], scores[:, 5])
+    others = torch.arange(items.shape[0]) != 5
+    torch.testing.assert_close(moved[:, others], scores[:, others])
     torch.testing.assert_close(model(batch).user_vectors, users)
 
 

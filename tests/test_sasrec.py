@@ -185,7 +185,7 @@ def test_bsarec_filter_keeps_the_low_frequencies_and_rescales_the_rest_by_beta_s
     torch.testing.assert_close(block(x), F.layer_norm(2 * x, (8,), block.norm.weight, block.norm.bias, eps=1e-12))
 
 
-def test_bsarec_with_alpha_zero_is_the_bert_encoder():
+def test_bsarec_mixes_the_filter_and_attention_by_alpha_and_alpha_zero_is_the_bert_encoder():
     """alpha = 0 leaves only the attention path: the same weights give the bert encoder's outputs."""
     bsarec = tiny(encoder="bsarec", bsarec_alpha=0.0, dropout=0.0)
     bert = tiny(encoder="bert", dropout=0.0)
@@ -193,8 +193,13 @@ def test_bsarec_with_alpha_zero_is_the_bert_encoder():
     assert missing.missing_keys == [] and all(".filter." in key for key in missing.unexpected_keys)
     batch = random_batch(batch_size=5, width=7, seed=21)
     torch.testing.assert_close(bsarec.sequence(batch), bert.sequence(batch))
-    mixed = tiny(encoder="bsarec", dropout=0.0)
-    assert not torch.allclose(mixed.sequence(batch), bert.sequence(batch))
+    # any other alpha mixes the two paths in that proportion before the feed-forward sublayer
+    mixed = tiny(encoder="bsarec", bsarec_alpha=0.7, dropout=0.0)
+    block = mixed.blocks[0]
+    x = torch.randn(5, 7, 8, generator=torch.Generator().manual_seed(22)) * batch.history_mask.unsqueeze(-1)
+    mix = 0.7 * block.filter(x) + 0.3 * block.attend(x)
+    expected = block.ffn_norm(mix + block.ffn(mix)) * batch.history_mask.unsqueeze(-1)
+    torch.testing.assert_close(block(x, batch.history_mask), expected)
 
 
 def test_bsarec_user_vector_does_not_depend_on_the_batch_width_but_its_filter_sees_later_items():
