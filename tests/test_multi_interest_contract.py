@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from lifelong.models import MODELS, build_model
+from lifelong.streams import STREAMS
 
 from helpers import random_batch, select
 from model_configs import TINY_CONFIGS, TINY_VOCAB
@@ -80,16 +81,16 @@ def test_the_chosen_interest_is_the_one_nearest_the_target_under_hard_label_atte
 def test_history_negatives_contrast_the_target_with_the_samples_own_history_items(name):
     batch = random_batch(batch_size=8, seed=7)
     plain, with_history = tiny(name).train(), tiny(name, history_negatives=True).train()
-    torch.manual_seed(3)
+    torch.manual_seed(3), STREAMS.reset(3)  # dropout; the negatives stream
     base = plain.training_terms(batch)[0]
-    torch.manual_seed(3)
+    torch.manual_seed(3), STREAMS.reset(3)  # dropout; the negatives stream
     losses, vectors, valid, _ = with_history.training_terms(batch)
     items = with_history.item_vectors()
     target = items[batch.target_items]
     best = torch.einsum("bkd,bd->bk", vectors, target).masked_fill(~valid, float("-inf")).argmax(1)
     chosen = vectors[torch.arange(8), best]
-    torch.manual_seed(3)
-    drawn = torch.randint(2, items.shape[0], (with_history.config.negatives,))
+    torch.manual_seed(3), STREAMS.reset(3)  # dropout; the negatives stream
+    drawn = torch.randint(2, items.shape[0], (with_history.config.negatives,), generator=STREAMS("negatives"))
     for row in range(8):
         negatives = set(drawn.tolist()) | set(batch.history_items[row][batch.history_mask[row]].tolist())
         negatives.discard(int(batch.target_items[row]))

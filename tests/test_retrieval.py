@@ -20,6 +20,7 @@ from lifelong.models import build_model
 from lifelong.models.retrieval import next_item_loss, next_items
 from lifelong.pipeline import ProtocolOptions, prepare
 from lifelong.protocols import seq_loo_samples, target_partners, training_prefixes, training_windows
+from lifelong.streams import STREAMS
 from lifelong.train import TrainConfig, evaluate_run, train
 from lifelong.train.ranking import rank_targets
 
@@ -283,10 +284,10 @@ def test_losses_full_is_cross_entropy_and_sampled_masks_accidental_hits():
     manual = -(logits[:, 2:].log_softmax(-1)[torch.arange(5), positives - 2]).mean()
     torch.testing.assert_close(next_item_loss(hidden, positives, items, "full"), manual)
     # sampled softmax: the positive against the shared draws, a draw equal to the row's positive masked
-    torch.manual_seed(1)
+    STREAMS.reset(1)  # the shared draw comes from the negatives stream (lifelong.streams)
     sampled_loss = next_item_loss(hidden, positives, items, "sampled", n_sampled=6)
-    torch.manual_seed(1)
-    drawn = torch.randint(2, 12, (6,))
+    STREAMS.reset(1)
+    drawn = torch.randint(2, 12, (6,), generator=STREAMS("negatives"))
     expected = []
     for row in range(5):
         negatives_row = [int(j) for j in drawn if int(j) != int(positives[row])]
@@ -308,10 +309,10 @@ def test_sampled_loss_with_row_negatives_adds_each_rows_own_items_once():
     # row 0: 5 and 6 (6 twice, padding 0 ignored); row 1: its own positive 3 (dropped) and 7;
     # row 2: 8, plus whatever the shared draw also holds (dropped from the extra columns)
     extra = torch.tensor([[5, 6, 6, 0], [3, 7, 0, 0], [8, 0, 0, 0]])
-    torch.manual_seed(1)
+    STREAMS.reset(1)
     loss = next_item_loss(hidden, positives, items, "sampled", n_sampled=4, reduction="none", row_negatives=extra)
-    torch.manual_seed(1)
-    drawn = [int(j) for j in torch.randint(2, 12, (4,))]
+    STREAMS.reset(1)
+    drawn = [int(j) for j in torch.randint(2, 12, (4,), generator=STREAMS("negatives"))]
     logits = hidden @ items.T
     for row in range(3):
         shared = [j for j in drawn if j != int(positives[row])]
@@ -322,7 +323,7 @@ def test_sampled_loss_with_row_negatives_adds_each_rows_own_items_once():
         row_logits = torch.cat([logits[row, positives[row]].view(1), logits[row, shared + own]])
         torch.testing.assert_close(loss[row], -row_logits.log_softmax(0)[0])
     # without extra negatives the loss is the plain sampled softmax of the same draw
-    torch.manual_seed(1)
+    STREAMS.reset(1)
     plain = next_item_loss(hidden, positives, items, "sampled", n_sampled=4, reduction="none")
     assert (loss >= plain - 1e-6).all() and bool((loss > plain + 1e-6).any())
 

@@ -82,6 +82,7 @@ from lifelong.models.registry import register
 from lifelong.models.retrieval import RetrievalOutput, next_item_loss
 from lifelong.models.sasrec import SASRec, SASRecConfig
 from lifelong.nn.cluster import lloyd, nearest_centroid
+from lifelong.streams import STREAMS
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,8 @@ def _run_length(lengths: torch.Tensor, rate: float) -> torch.Tensor:
 
 def _uniform_start(last: torch.Tensor) -> torch.Tensor:
     """(B,) a uniform draw from ``0 .. last`` per row (float64, clamped: float rounding never overshoots)."""
-    draw = torch.rand(last.shape, device=last.device, dtype=torch.float64) * (last + 1)
+    draw = torch.rand(last.shape, device=last.device, dtype=torch.float64, generator=STREAMS("augment", last.device))
+    draw = draw * (last + 1)
     return torch.minimum(draw.floor().long(), last)
 
 
@@ -165,7 +167,8 @@ def mask_items(items: torch.Tensor, mask: torch.Tensor, rate: float,
                mask_index: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Replace ``floor(rate * n)`` random real items (without replacement) by ``mask_index``."""
     count = _run_length(mask.sum(1), rate)  # (B,)
-    scores = torch.rand(items.shape, device=items.device).masked_fill(~mask, 2.0)  # padding ranks last
+    scores = torch.rand(items.shape, device=items.device, generator=STREAMS("augment", items.device))
+    scores = scores.masked_fill(~mask, 2.0)  # padding ranks last
     rank = scores.argsort(1).argsort(1)  # (B, T) rank of every position's draw
     masked = rank < count.unsqueeze(1)
     return items.masked_fill(masked, mask_index), mask
@@ -180,7 +183,8 @@ def reorder(items: torch.Tensor, mask: torch.Tensor, rate: float) -> tuple[torch
     inside = (steps >= start.unsqueeze(1)) & (steps < (start + size).unsqueeze(1))  # (B, T)
     # sort keys: a position outside the run keeps its index; inside, a random key in
     # [start - 0.5, start + size - 0.5), which stays between the run's neighbours
-    draw = torch.rand(items.shape, device=items.device, dtype=torch.float64)  # (B, T)
+    draw = torch.rand(items.shape, device=items.device, dtype=torch.float64,
+                      generator=STREAMS("augment", items.device))  # (B, T)
     random_key = start.unsqueeze(1) - 0.5 + draw * size.unsqueeze(1)
     key = torch.where(inside, random_key, steps.double().expand_as(random_key))
     return items.gather(1, key.argsort(1)), mask
@@ -189,7 +193,8 @@ def reorder(items: torch.Tensor, mask: torch.Tensor, rate: float) -> tuple[torch
 def augment(items: torch.Tensor, mask: torch.Tensor, config: ICLRecConfig,
             mask_index: int) -> tuple[torch.Tensor, torch.Tensor]:
     """One view: per history, one operator drawn uniformly from crop, mask, reorder."""
-    operator = torch.randint(0, 3, (items.shape[0], 1), device=items.device)  # (B, 1)
+    operator = torch.randint(0, 3, (items.shape[0], 1), device=items.device,
+                             generator=STREAMS("augment", items.device))  # (B, 1)
     cropped, cropped_mask = crop(items, mask, config.crop_rate)
     masked, _ = mask_items(items, mask, config.mask_rate, mask_index)
     reordered, _ = reorder(items, mask, config.reorder_rate)
@@ -297,14 +302,14 @@ class ICLRec(SASRec):
     @torch.no_grad()
     def cluster(self, batches: Iterable[Batch]) -> torch.Tensor:
         """Encode ``batches`` in evaluation mode, run k-means, store the centroids; return the intent of
-        every encoded history, (N,) in ``0..K-1``. The k-means seed is drawn from torch's RNG."""
+        every encoded history, (N,) in ``0..K-1``. The k-means seed comes from the ``kmeans`` stream."""
         was_training = self.training
         self.eval()
         try:
             points = torch.cat([self.user_vectors(batch) for batch in batches])  # (N, D)
         finally:
             self.train(was_training)
-        generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ())))
+        generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (), generator=STREAMS("kmeans"))))
         centroids, assignment = kmeans(points, self.config.intents, self.config.kmeans_iterations, generator)
         self.centroids.copy_(centroids)
         self.clustered.fill_(True)

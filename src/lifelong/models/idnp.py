@@ -77,6 +77,7 @@ from torch import nn
 from lifelong.batch import Batch
 from lifelong.models.registry import register
 from lifelong.models.retrieval import RetrievalConfig, RetrievalModel, RetrievalOutput, next_item_loss, next_items
+from lifelong.streams import STREAMS
 
 MIN_SIGMA = 1e-3  # floor of the latent standard deviation (keeps the KL finite)
 
@@ -135,8 +136,14 @@ def gaussian_kl(mu_q: torch.Tensor, sigma_q: torch.Tensor, mu_p: torch.Tensor, s
     return 0.5 * (ratio + ((mu_q - mu_p) / sigma_p) ** 2 - 1.0 - torch.log(ratio)).sum(-1)
 
 
+def latent_noise(like: torch.Tensor) -> torch.Tensor:
+    """Standard normal noise shaped like ``like``, from the ``latent_noise`` stream (:mod:`lifelong.streams`)."""
+    return torch.randn(like.shape, dtype=like.dtype, device=like.device, generator=STREAMS("latent_noise", like.device))
+
+
 def split_context(mask: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Random context steps of left-aligned windows (torch's RNG); the targets are ``mask & ~context``.
+    """Random context steps of left-aligned windows (the ``context_split`` stream of
+    :mod:`lifelong.streams`); the targets are ``mask & ~context``.
 
     Args:
         mask: (B, T) bool real steps.
@@ -146,7 +153,8 @@ def split_context(mask: torch.Tensor, ratio: float) -> torch.Tensor:
         (B, T) bool context mask, a subset of ``mask``; a row with ``n >= 2`` real steps has at least one
         context and one target step, a row with one step has no context step.
     """
-    draw = torch.rand(mask.shape, device=mask.device).masked_fill(~mask, 2.0)  # (B, T), padding last
+    draw = torch.rand(mask.shape, device=mask.device, generator=STREAMS("context_split", mask.device))
+    draw = draw.masked_fill(~mask, 2.0)  # (B, T), padding last
     rows = torch.arange(mask.shape[0], device=mask.device)
     context = (draw < ratio) & mask
     several = mask.sum(1) >= 2  # (B,)
@@ -293,11 +301,11 @@ class IDNP(RetrievalModel):
         if self.config.latent_path == "causal":  # step q: posterior over the steps <= q, prior over the context <= q
             mu_prior, sigma_prior = (v[target] for v in self.latent_steps(hidden, context))  # (N, D)
             mu_post, sigma_post = (v[target] for v in self.latent_steps(hidden, mask))
-            z = mu_post + sigma_post * torch.randn_like(sigma_post)  # (N, D) reparameterised
+            z = mu_post + sigma_post * latent_noise(sigma_post)  # (N, D) reparameterised
         else:  # the paper's global sets: one latent per window, from every real step of it
             mu_prior, sigma_prior = self.latent(hidden, context)
             mu_post, sigma_post = self.latent(hidden, mask)  # context + target = every real step
-            z = (mu_post + sigma_post * torch.randn_like(sigma_post)).unsqueeze(1).expand(-1, t, -1)[target]
+            z = (mu_post + sigma_post * latent_noise(sigma_post)).unsqueeze(1).expand(-1, t, -1)[target]
         d_q = self.decode(r_d[target], z, hidden[target])  # (N, D)
         positives, _ = next_items(batch)
         negatives = batch.history_negative_items[target] if batch.history_negative_items is not None else None

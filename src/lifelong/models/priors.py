@@ -83,6 +83,7 @@ from lifelong.batch import Batch
 from lifelong.models.registry import register
 from lifelong.models.retrieval import RetrievalOutput, next_item_loss, next_items
 from lifelong.models.sasrec import SASRec, SASRecConfig
+from lifelong.streams import STREAMS
 
 PRIORS = ("category", "term", "category,term")
 GROUPINGS = ("balanced", "modulo")
@@ -367,7 +368,8 @@ class SASRecPriors(SASRec):
             logits = (hidden @ items.T).masked_fill_(drop, float("-inf"))  # (N, n_items)
             return F.cross_entropy(logits, positives)
         if kind == "sampled":
-            sampled = torch.randint(2, items.shape[0], (self.config.negatives,), device=hidden.device)  # (S,)
+            sampled = torch.randint(2, items.shape[0], (self.config.negatives,), device=hidden.device,
+                                    generator=STREAMS("negatives", hidden.device))  # (S,)
             keep = self.compatible_items(heads, recent, sampled) & (sampled.unsqueeze(0) != positives.unsqueeze(1))
             pos = (hidden * items[positives]).sum(-1, keepdim=True)  # (N, 1)
             neg = (hidden @ items[sampled].T).masked_fill(~keep, float("-inf"))  # (N, S)

@@ -25,6 +25,7 @@ from torch import nn
 
 from lifelong.batch import Batch
 from lifelong.models.registry import ModelConfig
+from lifelong.streams import STREAMS
 
 LOSSES = ("bce", "sampled", "full")
 
@@ -121,7 +122,8 @@ def next_item_loss(hidden: torch.Tensor, positives: torch.Tensor, items: torch.T
         losses = F.softplus(-pos) + F.softplus(neg)
         return losses if reduction == "none" else losses.mean()
     if kind == "sampled":
-        sampled = torch.randint(2, items.shape[0], (n_sampled,), device=hidden.device)  # (S,)
+        sampled = torch.randint(2, items.shape[0], (n_sampled,), device=hidden.device,
+                                generator=STREAMS("negatives", hidden.device))  # (S,)
         pos = (hidden * items[positives]).sum(-1, keepdim=True)  # (N, 1)
         neg = hidden @ items[sampled].T  # (N, S)
         neg = neg.masked_fill(sampled.unsqueeze(0) == positives.unsqueeze(1), float("-inf"))

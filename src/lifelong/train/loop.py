@@ -26,6 +26,7 @@ from lifelong.metrics import ctr_metrics
 from lifelong.models import build_model, config_from_dict
 from lifelong.nn import BehaviorEmbedding
 from lifelong.protocols import training_event_mask
+from lifelong.streams import STREAMS
 from lifelong.train.checkpoint import load_model_config, load_weights
 from lifelong.train.device import resolve_device, training_autocast
 from lifelong.train.ranking import evaluate_ranking, item_categories, training_popularity
@@ -130,6 +131,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     while not state["done"] and state["epoch"] < config.epochs:
         epoch = state["epoch"] + 1
         torch.manual_seed(config.seed * 1000 + epoch)  # dropout etc. restart exactly on resume
+        STREAMS.reset(config.seed, epoch)  # each random component its own stream (lifelong.streams)
         order = np.random.default_rng([config.seed, epoch]).permutation(len(train_samples))
         order = ctx.shard(order, equal=True)
         net.train()

@@ -59,6 +59,7 @@ from lifelong.models import MODELS, build_model
 from lifelong.models.retrieval import next_items
 from lifelong.protocols import (InteractionIndex, sample_negatives, target_partners, training_event_mask,
                                 training_prefixes, training_windows)
+from lifelong.streams import STREAMS
 from lifelong.train.checkpoint import load_weights
 from lifelong.train.device import resolve_device, training_autocast
 from lifelong.train.ranking import (evaluate_ranking, evaluate_sets, item_categories, retrieve_lists,
@@ -267,7 +268,8 @@ def _trainer(config, dataset: PreparedDataset, collator: Collator, model_config:
     autocast = training_autocast(config.precision, collator.device)
 
     def epoch_of(model, optimizer, epoch: int) -> tuple[float, int, int]:
-        torch.manual_seed(config.seed * 1000 + epoch)  # dropout and sampled negatives restart exactly on resume
+        torch.manual_seed(config.seed * 1000 + epoch)  # dropout restarts exactly on resume
+        STREAMS.reset(config.seed, epoch)  # so do the components' own streams (negatives, splits, noise, ...)
         shuffle = np.random.default_rng([config.seed, epoch])
         order = shuffle.permutation(len(windows))
         if weighting is None:  # DESMIL learns its weights on batches that mix lengths (a batch of one-event
