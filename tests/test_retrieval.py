@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -432,3 +436,28 @@ def test_refit_with_valid_trains_through_the_validation_item_and_leaves_the_p2_t
     # ... and test_refit is that model's ranking of the test items
     expected = ranking_metrics(rank_targets(refitted["model"].eval(), Collator(dataset, 8), dataset.samples("test")))
     assert {k: refit["test_refit"][k] for k in expected} == pytest.approx(expected)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", ["sampled", "bce"])
+def test_two_process_ddp_retrieval_metrics_equal_a_single_process_evaluation(data, tmp_path, loss):
+    """SASRec under torchrun with two processes (gloo): each rank trains its share of the windows and
+    ranks its share of the users; the reported metrics, computed on the gathered ranks, are exactly what
+    one process ranks with the same best checkpoint."""
+    run = tmp_path / "ddp"
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "lifelong", "train", "--data", str(data),
+               "--model", "sasrec", "--out", str(run), "--epochs", "2", "--batch-size", "16", "--max-length", "8",
+               "--no-progress", "--set", "embedding_dim=8", "--set", "max_positions=8", "--set", f"loss={loss}",
+               "--set", "negatives=5"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    reported = json.loads((run / "results.json").read_text())
+    metrics = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert metrics["train_targets_per_s"] * metrics["train_seconds"] > 0
+    for split in ("valid", "test"):
+        single = evaluate_run(run, split)
+        assert single["n"] == reported[split]["n"] == 50
+        for metric in ("hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@20", "ndcg@20", "recall@50"):
+            assert single[metric] == pytest.approx(reported[split][metric], abs=1e-12), (split, metric)

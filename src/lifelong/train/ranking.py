@@ -73,20 +73,30 @@ def rank_targets(model: torch.nn.Module, collator: Collator, samples: SampleTabl
 
 
 def evaluate_ranking(model: torch.nn.Module, collator: Collator, samples: SampleTable, chunk_users: int = 2048,
-                     exclude_history: bool = True, keep_ranks: bool = False, beyond: dict | None = None):
+                     exclude_history: bool = True, keep_ranks: bool = False, beyond: dict | None = None,
+                     dist_ctx=None):
     """HR@5/10/20, NDCG@5/10/20 and Recall@50 over ``samples``; with ``keep_ranks`` also the ranks.
 
     With ``beyond = {"item_cates": (n_items,), "popularity": (n_items,)}`` the beyond-accuracy metrics
     of every user's top 10 are added (``top10_category_coverage``, ``top10_catalogue_category_coverage``,
-    ``top10_category_entropy``, ``top10_novelty``; see :mod:`lifelong.beyond`)."""
-    if beyond is None:
-        ranks = rank_targets(model, collator, samples, chunk_users, exclude_history)
-        metrics = ranking_metrics(ranks)
-    else:
-        from lifelong.beyond import beyond_accuracy
+    ``top10_category_entropy``, ``top10_novelty``; see :mod:`lifelong.beyond`). Under DDP
+    (``dist_ctx``, a :class:`lifelong.train.run.Distributed`) each rank ranks its share of the rows and the
+    metrics are computed on the gathered ranks of all rows (never averaged across ranks)."""
+    from lifelong.beyond import beyond_accuracy
 
-        ranks, top = rank_targets(model, collator, samples, chunk_users, exclude_history, top_k=10)
-        metrics = ranking_metrics(ranks)
+    index = np.arange(len(samples)) if dist_ctx is None else dist_ctx.shard(np.arange(len(samples)), equal=False)
+    part = samples.subset(index)
+    if beyond is None:
+        ranks = rank_targets(model, collator, part, chunk_users, exclude_history)
+        top = np.zeros((len(part), 0), np.int64)
+    else:
+        ranks, top = rank_targets(model, collator, part, chunk_users, exclude_history, top_k=10)
+    if dist_ctx is not None and dist_ctx.enabled:  # every rank's rows, back in table order
+        index, ranks, top = dist_ctx.gather((index, ranks, top))
+        order = np.argsort(index, kind="stable")
+        ranks, top = ranks[order], top[order]
+    metrics = ranking_metrics(ranks)
+    if beyond is not None:
         metrics.update({f"top10_{k}": v for k, v in
                         beyond_accuracy(top, beyond["item_cates"], beyond["popularity"]).items()})
     return (metrics, ranks) if keep_ranks else metrics

@@ -52,9 +52,11 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from lifelong.batch import Batch, Collator, iterate_batches, length_bucketed_order, length_order
 from lifelong.dataset.store import PreparedDataset, SampleTable, load_dataset
+from lifelong.errors import UserError
 from lifelong.models import MODELS, build_model
 from lifelong.models.retrieval import next_items
 from lifelong.protocols import (InteractionIndex, sample_negatives, target_partners, training_event_mask,
@@ -99,17 +101,19 @@ def train_retrieval(config, *, resume: bool = False, command: str | None = None,
                     on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
     """Train a retrieval model, select the epoch with the best validation NDCG@20, rank test."""
     config.validate()
-    if Distributed().enabled:
-        raise ValueError("retrieval models train in one process for now (torchrun/DDP is for the CTR loop)")
+    ctx = Distributed(resolve_device(config.device))
+    device = ctx.device
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = resolve_device(config.device)
     run = Path(config.out)
     dataset = load_dataset(config.data)
     protocol = dataset.manifest.get("protocol", {}).get("name")
     if protocol not in ("seq-loo", "mi-split"):
         raise ValueError(f"{config.model} is a retrieval model: it needs a dataset prepared with --protocol seq-loo "
                          f"or mi-split, got {protocol!r}")
+    if ctx.enabled and (protocol == "mi-split" or config.refit_with_valid):
+        raise UserError("under torchrun, retrieval trains P2 (seq-loo) without --refit-with-valid; P3 (mi-split) "
+                        "and the refit train in one process for now: run without torchrun")
     if protocol == "mi-split":
         return train_mi(config, dataset, resume=resume, command=command, on_epoch_end=on_epoch_end)
     if config.desmil:
@@ -118,18 +122,18 @@ def train_retrieval(config, *, resume: bool = False, command: str | None = None,
     collator = Collator(dataset, config.max_length, device=device)
     valid_samples = dataset.samples("valid")
     chunk = eval_chunk(config, model_config["n_items"])
-    model, epoch_of = _trainer(config, dataset, collator, model_config, dataset.samples("train"))
+    model, epoch_of = _trainer(config, dataset, collator, model_config, dataset.samples("train"), dist_ctx=ctx)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    state = start_run(config, dataset, model_config, model, optimizer, "best_score", resume, command)
+    state = start_run(config, dataset, model_config, model, optimizer, "best_score", resume, command, ctx.main)
 
     records = run_epochs(config, state, model, model_config, optimizer, epoch_of,
-                        lambda: evaluate_ranking(model, collator, valid_samples, chunk), SELECT_METRIC,
-                        ("hr@10", "ndcg@10", "ndcg@20"), on_epoch_end)
+                        lambda: evaluate_ranking(model, collator, valid_samples, chunk, dist_ctx=ctx), SELECT_METRIC,
+                        ("hr@10", "ndcg@10", "ndcg@20"), on_epoch_end, dist_ctx=ctx)
     test = dataset.samples("test")
     started = time.perf_counter()
     beyond = {"item_cates": item_categories(dataset, model_config["n_items"]),
               "popularity": training_popularity(dataset, model_config["n_items"])}
-    test_metrics, ranks = evaluate_ranking(model, collator, test, chunk, keep_ranks=True, beyond=beyond)
+    test_metrics, ranks = evaluate_ranking(model, collator, test, chunk, keep_ranks=True, beyond=beyond, dist_ctx=ctx)
     results = {
         "task": "retrieval",
         "loss": model_config.get("loss"),
@@ -141,14 +145,15 @@ def train_retrieval(config, *, resume: bool = False, command: str | None = None,
         "test": test_metrics,
         "test_seconds": time.perf_counter() - started,
     }
-    if config.save_predictions:
-        np.savez_compressed(run / "test_ranks.npz", user=test.user, target=test.target, rank=ranks)
     if config.refit_with_valid:
         results["test_refit"], results["refit_epochs"] = refit_with_valid(config, dataset, collator, model_config,
                                                                           state["best_epoch"], chunk, beyond)
-    (run / "results.json").write_text(json.dumps(results, indent=2))
-    if config.results_csv:
-        append_retrieval_line(Path(config.results_csv), config, dataset, model_config, results, run, command)
+    if ctx.main:
+        if config.save_predictions:
+            np.savez_compressed(run / "test_ranks.npz", user=test.user, target=test.target, rank=ranks)
+        (run / "results.json").write_text(json.dumps(results, indent=2))
+        if config.results_csv:
+            append_retrieval_line(Path(config.results_csv), config, dataset, model_config, results, run, command)
     return results
 
 
@@ -194,7 +199,8 @@ def median_speed(records: list[dict]) -> float:
 
 
 def run_epochs(config, state: dict, model, model_config: dict, optimizer, epoch_of, validate: Callable[[], dict],
-               select: str, shown: tuple[str, ...], on_epoch_end: Callable[[int, dict], None] | None) -> list[float]:
+               select: str, shown: tuple[str, ...], on_epoch_end: Callable[[int, dict], None] | None,
+               dist_ctx: Distributed | None = None) -> list[float]:
     """The epochs of a run (both protocols): train one epoch, validate, record, checkpoint and stop early
     on ``select``; then load the best weights. Returns every epoch's record (``metrics.jsonl``, resumed
     epochs included)."""
@@ -207,17 +213,22 @@ def run_epochs(config, state: dict, model, model_config: dict, optimizer, epoch_
         valid = validate()
         record = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "train_targets_per_s": targets / seconds,
                   "train_seconds": seconds, **extra, **{f"valid_{k}": v for k, v in valid.items()}}
+        main = dist_ctx is None or dist_ctx.main
         end_epoch(run, state, "best_score", valid[select], valid, record, config, model, model_config,
-                  optimizer)
-        _log(config, f"epoch {epoch}: train loss {record['train_loss']:.4f}, {record['train_targets_per_s']:,.0f} "
-                     f"targets/s, valid " + ", ".join(f"{k} {valid[k]:.4f}" for k in shown))
+                  optimizer, main)
+        if main:
+            _log(config, f"epoch {epoch}: train loss {record['train_loss']:.4f}, {record['train_targets_per_s']:,.0f} "
+                         f"targets/s, valid " + ", ".join(f"{k} {valid[k]:.4f}" for k in shown))
+        if dist_ctx is not None and dist_ctx.enabled:
+            dist.barrier()  # the main process has written the epoch's checkpoints
         if on_epoch_end is not None:
             on_epoch_end(epoch, record)
     load_weights(run / "checkpoints" / "best", model)
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def _trainer(config, dataset: PreparedDataset, collator: Collator, model_config: dict, rows, windowed: bool = True):
+def _trainer(config, dataset: PreparedDataset, collator: Collator, model_config: dict, rows, windowed: bool = True,
+             dist_ctx: Distributed | None = None):
     """Build the model (seeded) and return it with ``epoch_of(model, optimizer, epoch)``, which trains
     one epoch on the windows of ``rows`` (every prefix of each row's sequence up to its target; with
     ``windowed = False`` the rows themselves, one target each: P3) and returns ``(loss sum, windows seen,
@@ -252,6 +263,8 @@ def _trainer(config, dataset: PreparedDataset, collator: Collator, model_config:
     if hasattr(model, "set_item_categories"):
         model.set_item_categories(torch.from_numpy(item_categories(dataset, model_config["n_items"])))
     model.to(collator.device)  # after the buffers above are set
+    ddp = dist_ctx is not None and dist_ctx.enabled  # each rank trains its share of every epoch's windows
+    net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if ddp else model
     needs_negatives = model.config.batch_needs().get("with_negatives", False)
     needs_partners = getattr(model, "target_partners", False)
     index = negative_index(dataset, rows) if needs_negatives else None
@@ -274,6 +287,8 @@ def _trainer(config, dataset: PreparedDataset, collator: Collator, model_config:
         order = shuffle.permutation(len(windows))
         if weighting is None:  # DESMIL learns its weights on batches that mix lengths (a batch of one-event
             order = length_bucketed_order(order, window_lengths, config.batch_size, shuffle)  # histories has no spread)
+        if ddp:
+            order = dist_ctx.shard(order, equal=True)
         else:
             weighting.generator.manual_seed(config.seed * 1000 + epoch)  # its RFF draws restart exactly on resume
         negative_rng = np.random.default_rng([config.seed, epoch, 1])
@@ -284,7 +299,7 @@ def _trainer(config, dataset: PreparedDataset, collator: Collator, model_config:
         model.train()
         loss_sum, seen, targets = 0.0, 0, 0
         hsic = np.zeros(2)
-        with _progress(config.progress, f"epoch {epoch}", order.shape[0]) as advance:
+        with _progress(config.progress and (not ddp or dist_ctx.main), f"epoch {epoch}", order.shape[0]) as advance:
             for batch in batches_of(order, partners):
                 if needs_negatives:
                     add_negatives(batch, dataset, index, negative_rng)
@@ -293,7 +308,7 @@ def _trainer(config, dataset: PreparedDataset, collator: Collator, model_config:
                     hsic += (before, after)
                 else:
                     with autocast:
-                        loss = model(batch).loss.float()
+                        loss = net(batch).loss.float()
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
@@ -302,6 +317,8 @@ def _trainer(config, dataset: PreparedDataset, collator: Collator, model_config:
                 targets += len(batch) if one_target_per_row else batch.lengths.sum()
                 advance(len(batch))
         loss_sum, targets = float(loss_sum), int(targets)  # one host synchronisation per epoch
+        if ddp:  # every rank trained an equal share
+            targets *= dist_ctx.world_size
         batches = -(-len(windows) // config.batch_size)
         extra = {"train_hsic_uniform": hsic[0] / batches, "train_hsic_weighted": hsic[1] / batches} if weighting else {}
         return loss_sum, seen, targets, extra
