@@ -287,10 +287,10 @@ def _trainer(config, dataset: PreparedDataset, collator: Collator, model_config:
         order = shuffle.permutation(len(windows))
         if weighting is None:  # DESMIL learns its weights on batches that mix lengths (a batch of one-event
             order = length_bucketed_order(order, window_lengths, config.batch_size, shuffle)  # histories has no spread)
-        if ddp:
-            order = dist_ctx.shard(order, equal=True)
         else:
             weighting.generator.manual_seed(config.seed * 1000 + epoch)  # its RFF draws restart exactly on resume
+        if ddp:
+            order = dist_ctx.shard(order, equal=True)
         negative_rng = np.random.default_rng([config.seed, epoch, 1])
         partners = target_partners(windows.target, np.random.default_rng([config.seed, epoch, 2])) \
             if needs_partners else None
