@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from lifelong.models import build_model
 from lifelong.models.knn_embed import budget_split, budgeted_union, component_weights, distinct_clusters, kmeans
 from lifelong.models.multi_interest import MultiInterestModel
+from lifelong.streams import STREAMS
 from lifelong.train.checkpoint import load_weights, save_checkpoint
 
 from helpers import random_batch, select
@@ -130,9 +131,9 @@ def test_before_fitting_the_model_is_youtube_dnn_with_one_interest():
         assert torch.equal(model.retrieve(model.user_vectors(batch), items, k),
                            MultiInterestModel.retrieve(model, model.user_vectors(batch), items, k))
     model.train(), baseline.train()
-    torch.manual_seed(9)
+    torch.manual_seed(9), STREAMS.reset(9)  # dropout; the negatives stream
     ours = model(batch).loss
-    torch.manual_seed(9)
+    torch.manual_seed(9), STREAMS.reset(9)
     torch.testing.assert_close(ours, baseline(batch).loss)
     with pytest.raises(ValueError, match="prepare_retrieval"):
         model.mixture(batch)
@@ -144,9 +145,9 @@ def test_training_stays_single_vector_after_fitting():
     batch = random_batch(seed=4)
     assert model.interests(batch)[0].shape[1] == 2  # fitted: two components in evaluation
     model.train(), unfitted.train()
-    torch.manual_seed(1)
+    torch.manual_seed(1), STREAMS.reset(1)  # dropout; the negatives stream
     output = model(batch)
-    torch.manual_seed(1)
+    torch.manual_seed(1), STREAMS.reset(1)
     torch.testing.assert_close(output.loss, unfitted(batch).loss)
     assert output.user_vectors.shape == (len(batch), 1, 8)
 

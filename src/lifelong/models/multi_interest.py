@@ -158,13 +158,6 @@ class MultiInterestModel(RetrievalModel):
             loss = loss + term
         return RetrievalOutput(user_vectors=fill_switched_off(vectors, valid), loss=loss, aux_losses=extra)
 
-    @torch.no_grad()
-    def retrieve(self, users: torch.Tensor, items: torch.Tensor, k: int) -> torch.Tensor:
-        """Top-``k`` item indices (B, k), best first, from user vectors (B, K, D) and items (N, D):
-        the per-interest top-``k`` lists merged by score (padding and unknown rows never retrieved)."""
-        scores = self.score(users, items)
-        scores[:, :FIRST_RANKED] = float("-inf")
-        return scores.topk(k, dim=1).indices
 
 
 def fill_switched_off(vectors: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ model is evaluated by the same code.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Callable, ClassVar, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -73,15 +73,52 @@ class RetrievalConfig(ModelConfig):
 
 
 class RetrievalModel(nn.Module):
-    """Base class: inner-product scoring over the catalogue."""
+    """Base class: inner-product scoring over the catalogue, and the whole contract the training loop
+    and the evaluation read (no ``hasattr`` probes): what a model declares (class attributes) and the
+    hooks the loop always calls (no-ops unless a model needs them).
+
+    Declared:
+        multi_interest: the user is several vectors (:class:`lifelong.models.multi_interest.MultiInterestModel`).
+        last_target_loss: the training loss follows ``Batch.last_target_only`` (prefix samples).
+        target_partners: training batches carry another row with the same target (``partner_items``).
+        trains_one_vector: training never uses the interests (DESMIL has nothing to decorrelate).
+    """
 
     task: ClassVar[str] = "retrieval"
+    multi_interest: ClassVar[bool] = False
+    last_target_loss: ClassVar[bool] = False
+    target_partners: ClassVar[bool] = False
+    trains_one_vector: ClassVar[bool] = False
 
     def user_vectors(self, batch: Batch) -> torch.Tensor:  # (B, D) or (B, K, D)
         raise NotImplementedError
 
     def item_vectors(self) -> torch.Tensor:  # (n_items, D)
         raise NotImplementedError
+
+    def set_item_categories(self, cates: torch.Tensor) -> None:
+        """Called once before training with the category of every item vocabulary index, ``(n_items,)``."""
+
+    def epoch_start(self, batches: Callable[[], Iterable[Batch]], epoch: int) -> None:
+        """Called before every training epoch with a way to iterate the epoch's training windows."""
+
+    def prepare_retrieval(self, user_batches: Callable[[], Iterable[Batch]]) -> None:
+        """Called before a retrieval evaluation with one batch stream of the training users."""
+
+    single_query: ClassVar = None  # a context manager where a model has a single-vector query to compare
+
+    @torch.no_grad()
+    def retrieve(self, users: torch.Tensor, items: torch.Tensor, k: int) -> torch.Tensor:
+        """Top-``k`` item indices (B, k), best first, by :meth:`score` (several interests: the per-interest
+        lists merged by score); padding and unknown rows are never retrieved."""
+        scores = self.score(users, items).float()
+        scores[:, :2] = float("-inf")
+        return scores.topk(k, dim=1).indices
+
+    def index_search(self, index, users: torch.Tensor, k: int):
+        """Top-``k`` item ids through a faiss :class:`lifelong.index.ItemIndex` (host tensors): the
+        per-interest searches merged by score."""
+        return index.search_interests(users if users.dim() == 3 else users[:, None], k)
 
     def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """users (B, D) or (B, K, D), items (N, D) -> (B, N); several interests score by their best."""

@@ -128,7 +128,8 @@ def retrieve_lists(model: torch.nn.Module, collator: Collator, samples: SampleTa
     Returns:
         ``{K: (N, K)}`` (and the (N,) redundancies with ``interests``).
     """
-    from lifelong.models.multi_interest import MultiInterestModel, interest_redundancy
+    from lifelong.models.multi_interest import interest_redundancy
+    from lifelong.models.retrieval import RetrievalModel
 
     model.eval()
     items = model.item_vectors()
@@ -138,29 +139,22 @@ def retrieve_lists(model: torch.nn.Module, collator: Collator, samples: SampleTa
     for begin in range(0, len(samples), chunk_users):
         batch = collator(samples.subset(order[begin : begin + chunk_users]))
         users = model.user_vectors(batch)
-        nested = index is None and getattr(type(model), "retrieve", None) in (None, MultiInterestModel.retrieve)
+        nested = index is None and type(model).retrieve is RetrievalModel.retrieve  # a plain top-K by score
         for k in ks:
             reachable = min(k, items.shape[0] - FIRST_RANKED)  # a catalogue smaller than K: the rest is -1
             if nested and k != max(ks):  # a plain top-K by score: the shorter lists are prefixes of the longest
                 continue
             if index is not None:  # faiss searches on the host
-                host = users.cpu()
-                top = torch.from_numpy(model.index_search(index, host, reachable) if hasattr(model, "index_search")
-                                       else index.search_interests(host if host.dim() == 3 else host[:, None],
-                                                                   reachable))
-            elif hasattr(model, "retrieve"):
-                top = model.retrieve(users, items, reachable)
+                top = torch.from_numpy(model.index_search(index, users.cpu(), reachable))
             else:
-                scores = model.score(users, items).float()
-                scores[:, :FIRST_RANKED] = float("-inf")
-                top = scores.topk(reachable, dim=1).indices
+                top = model.retrieve(users, items, reachable)
             parts[k].append(np.pad(top.cpu().numpy(), ((0, 0), (0, k - reachable)), constant_values=-1))
         if nested:
             for k in ks:
                 if k != max(ks):
                     parts[k].append(parts[max(ks)][-1][:, :k])
         if interests:
-            if hasattr(model, "interests"):
+            if model.multi_interest:
                 redundancy.append(interest_redundancy(*model.interests(batch)).cpu().numpy())
             else:
                 redundancy.append(np.full(len(batch), np.nan))

@@ -246,7 +246,7 @@ def _trainer(config, dataset: PreparedDataset, collator: Collator, model_config:
     windows_by_length = length_order(windows, config.max_length)
     torch.manual_seed(config.seed)
     model = build_model(model_config)
-    if prefixes and not getattr(model, "last_target_loss", False):
+    if prefixes and not model.last_target_loss:
         raise ValueError(f"--samples prefixes trains the loss of each row's last position only; {config.model}'s "
                          f"training loss does not follow Batch.last_target_only")
 
@@ -260,20 +260,18 @@ def _trainer(config, dataset: PreparedDataset, collator: Collator, model_config:
                 partner = next(partner_batches)
                 batch.partner_items, batch.partner_mask = partner.history_items, partner.history_mask
             yield batch
-    if hasattr(model, "set_item_categories"):
-        model.set_item_categories(torch.from_numpy(item_categories(dataset, model_config["n_items"])))
+    model.set_item_categories(torch.from_numpy(item_categories(dataset, model_config["n_items"])))
     model.to(collator.device)  # after the buffers above are set
     ddp = dist_ctx is not None and dist_ctx.enabled  # each rank trains its share of every epoch's windows
     net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if ddp else model
     needs_negatives = model.config.batch_needs().get("with_negatives", False)
-    needs_partners = getattr(model, "target_partners", False)
+    needs_partners = model.target_partners
     index = negative_index(dataset, rows) if needs_negatives else None
     weighting = None
     if config.desmil:
         from lifelong.train.desmil import SampleWeighting, desmil_step
 
-        if not getattr(model, "multi_interest", False) or model.config.interests < 2 \
-                or getattr(model, "trains_one_vector", False):
+        if not model.multi_interest or model.config.interests < 2 or model.trains_one_vector:
             raise ValueError(f"--desmil reweights samples against the dependence of several interests; {config.model} "
                              f"does not train several")
         weighting = SampleWeighting(seed=config.seed)
@@ -294,8 +292,7 @@ def _trainer(config, dataset: PreparedDataset, collator: Collator, model_config:
         negative_rng = np.random.default_rng([config.seed, epoch, 1])
         partners = target_partners(windows.target, np.random.default_rng([config.seed, epoch, 2])) \
             if needs_partners else None
-        if hasattr(model, "epoch_start"):
-            model.epoch_start(lambda: batches_of(windows_by_length), epoch)
+        model.epoch_start(lambda: batches_of(windows_by_length), epoch)
         model.train()
         loss_sum, seen, targets = 0.0, 0, 0
         hsic = np.zeros(2)
@@ -348,13 +345,12 @@ def training_user_rows(dataset: PreparedDataset, train: SampleTable) -> SampleTa
 
 
 def prepare_retrieval(model, dataset: PreparedDataset, collator: Collator, chunk: int) -> None:
-    """Call a model's ``prepare_retrieval(user_batches)`` hook (if it has one) with one row per training
-    user (its most recent L training events), in eval mode."""
-    if hasattr(model, "prepare_retrieval"):
-        users = training_user_rows(dataset, dataset.samples("train"))
-        order = length_order(users, collator.max_length)
-        model.eval()
-        model.prepare_retrieval(lambda: iterate_batches(collator, users, chunk, order))
+    """Call the model's ``prepare_retrieval(user_batches)`` hook (a no-op for most) with one row per
+    training user (its most recent L training events), in eval mode."""
+    users = training_user_rows(dataset, dataset.samples("train"))
+    order = length_order(users, collator.max_length)
+    model.eval()
+    model.prepare_retrieval(lambda: iterate_batches(collator, users, chunk, order))
 
 
 def evaluate_mi(model, config, dataset: PreparedDataset, samples: SampleTable, keep_tops: bool = False,
@@ -384,11 +380,11 @@ def evaluate_mi(model, config, dataset: PreparedDataset, samples: SampleTable, k
                      for a, b in zip(exact[k], tops[k])]
             metrics[f"index_overlap@{k}"] = float(np.mean(found))
         metrics["index"] = index["kind"]
-    if hasattr(model, "single_query"):  # kNN-Embed: the same model's single-embedding query at the same K
+    if model.single_query is not None:  # kNN-Embed: the same model's single-embedding query at the same K
         with model.single_query():
             single = evaluate_sets(model, collator, samples, chunk, details=True)
         metrics.update({f"single_{k}": v for k, v in single.items() if k != "n"})
-    if getattr(model, "multi_interest", False) and model.config.interests > 1:
+    if model.multi_interest and model.config.interests > 1:
         metrics["interest_hsic"] = interest_hsic_of(model, collator, samples, chunk, seed=config.seed)
     return (metrics, tops) if keep_tops else metrics
 
@@ -405,7 +401,7 @@ def train_mi(config, dataset: PreparedDataset, *, resume: bool = False, command:
     train = dataset.samples("train")
     valid_samples, test = dataset.samples("valid"), dataset.samples("test")
     chunk = eval_chunk(config, model_config["n_items"], model_config.get("interests", 1))
-    if getattr(MODELS[config.model][0], "multi_interest", False):
+    if MODELS[config.model][1].multi_interest:
         model, epoch_of = _trainer(config, dataset, collator, model_config, train, windowed=False)
     else:  # a sequence model (SASRec...) trains every position of its window: each target once per epoch
         model, epoch_of = _trainer(config, dataset, collator, model_config, training_user_rows(dataset, train))
