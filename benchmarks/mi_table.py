@@ -44,7 +44,7 @@ SOURCES = {
 # ComiRec's settings: D = 64, K = 4, batch 128, Adam 1e-3, truncation 50 (its Taobao setting)
 SETTINGS = ["--batch-size", "128", "--max-length", "50", "--lr", "0.001", "--set", "embedding_dim=64"]
 TRAIN_FLAGS = {"lr": "--lr", "batch_size": "--batch-size", "epochs": "--epochs", "patience": "--patience"}
-# ComiRec-DR at lr 0.005, the default of ComiRec's code for DR (../shared/reference/papers.md)
+# ComiRec-DR at lr 0.005, the default of ComiRec's code for DR (as released with the paper)
 # then every model again with its own history items as extra negatives of the sampled softmax
 # (``history_negatives``, an option of ours, not of the papers), and ComiRec's linear baseline tower
 PLAIN = "youtube_dnn,youtube_dnn:hidden=[],mind,comirec_dr:lr=0.005,comirec_sa,hcn,knn_embed"

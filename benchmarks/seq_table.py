@@ -1,7 +1,7 @@
 """The README's next-item retrieval table: every P2 model on Amazon Beauty, Amazon Sports and
 MovieLens-100K (full ranking, history items masked), HR/NDCG@5/10/20 and Recall@50 as mean ± std over
 seeds, with the training loss of each row, next to the published numbers for the same protocol
-(../shared/reference/seqrec_tables.md).
+(the papers' own tables and the authors' released logs; each published row names its source).
 
 Every number comes from the CLI commands this script runs and prints. Model selection (early stopping)
 uses validation NDCG@20 only; the table reports the test metrics of the best validation epoch. Finished
@@ -263,7 +263,7 @@ def main() -> None:
               f"Rows marked *stopped by hand* are runs stopped before their end (no ``results.json``) whose "
               f"best-validation checkpoint was tested with `lifelong evaluate RUN --split test`; "
               f"`lifelong train --out RUN --resume` finishes them. "
-              f"Published rows: from ../shared/reference/seqrec_tables.md.")
+              f"Published rows: from the papers' tables and the authors' released logs, each named in its row.")
     table = summarise(rows, models, datasets)
     (work / "table.md").write_text(header + "\n\n" + table + "\n")
     print("\n" + header + "\n\n" + table + "\n\nCommands:")
