@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from lifelong.batch import Batch
+from lifelong.models.ranking import Candidates
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -70,6 +72,29 @@ def select(batch: Batch, index: torch.Tensor, width: int | None = None) -> Batch
                 value = torch.cat([value, pad], dim=1)
         out[name] = value
     return Batch(**out)
+
+
+def random_candidates(batch: Batch, k: int = 5, n_items: int = 30, n_cates: int = 8, seed: int = 0) -> Candidates:
+    """K random candidates per user of ``batch`` (never padding), scored at the batch's sample times."""
+    g = torch.Generator().manual_seed(seed)
+    return Candidates(items=torch.randint(2, n_items, (len(batch), k), generator=g),
+                      cates=torch.randint(2, n_cates, (len(batch), k), generator=g), timestamps=batch.timestamps)
+
+
+def assert_candidates_score_as_forward_passes(model, batch: Batch, k: int = 5, seed: int = 0) -> torch.Tensor:
+    """A ranking model in eval mode: K candidates scored against one encoded state (without gradients, as
+    serving does) equal K forward passes with each candidate as the batch's target, and a user's
+    candidates get different scores. Returns the (B, K) scores."""
+    candidates = random_candidates(batch, k, seed=seed)
+    with torch.no_grad():
+        scores = model.score(model.encode_user(batch), candidates)  # (B, K)
+    assert scores.shape == (len(batch), k)
+    expected = torch.stack([model(dataclasses.replace(batch, target_items=candidates.items[:, j],
+                                                      target_cates=candidates.cates[:, j])).logits
+                            for j in range(k)], dim=1)  # (B, K), one forward pass per candidate
+    torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-5)
+    assert bool((scores.std(dim=1) > 1e-4).all()), "a user's candidates get (nearly) equal scores"
+    return scores
 
 
 def event_frame(rows: list[tuple], with_behavior: bool = False) -> pl.DataFrame:

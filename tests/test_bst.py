@@ -3,12 +3,16 @@ positions break the permutation invariance of self-attention."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from lifelong.models import build_model
+from lifelong.models.bst import attention_with_log_normalizer
+from lifelong.models.ranking import Candidates
 
-from helpers import random_batch, select
+from helpers import assert_candidates_score_as_forward_passes, random_batch, random_candidates, select
 from model_configs import TINY_VOCAB
 
 
@@ -82,3 +86,52 @@ def test_fused_and_reference_attention_agree_in_eval_and_in_gradients():
         model(batch).logits.sum().backward()
     for (name, a), (_, b) in zip(fused.named_parameters(), reference.named_parameters()):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("options", [{}, {"num_layers": 2}, {"attention_impl": "reference"}, {"max_positions": 3}])
+def test_the_split_first_layer_scores_several_candidates_as_the_plain_encoder(options):
+    """K > 1 candidates run the split first layer; each forward pass (K = 1) the plain encoder."""
+    assert_candidates_score_as_forward_passes(bst(**options), random_batch(batch_size=6, seed=44), k=4)
+
+
+def test_the_split_first_layer_trains_as_the_plain_encoder():
+    """Same gradients (through the log-normaliser too) as one plain forward pass per candidate."""
+    split, plain = bst(), bst()
+    split.train(), plain.train()
+    batch = random_batch(batch_size=6, seed=45)
+    candidates = random_candidates(batch, k=3, seed=46)
+    split.score(split.encode_user(batch), candidates).sum().backward()
+    sum(plain(dataclasses.replace(batch, target_items=candidates.items[:, j], target_cates=candidates.cates[:, j]))
+        .logits.sum() for j in range(3)).backward()
+    for (name, a), (_, b) in zip(split.named_parameters(), plain.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("logits_per_chunk", [1 << 18, 7])
+def test_behaviors_only_attention_and_its_log_normalizer(logits_per_chunk, monkeypatch):
+    monkeypatch.setattr("lifelong.models.bst.LOGITS_PER_CHUNK", logits_per_chunk)
+    torch.manual_seed(7)
+    q, k, v = torch.randn(3, 2, 5, 4), torch.randn(3, 2, 5, 4), torch.randn(3, 2, 5, 4)
+    mask = torch.arange(5)[None, :] < torch.tensor([5, 2, 0])[:, None]  # the last history is empty
+    logits = (q @ k.transpose(-1, -2) / 2).masked_fill(~mask[:, None, None, :], float("-inf"))
+    with torch.no_grad():
+        context, lse = attention_with_log_normalizer(q, k, v, mask, torch.nn.Dropout(0.0).eval())
+    torch.testing.assert_close(context[:2], (torch.softmax(logits, dim=-1) @ v)[:2])
+    torch.testing.assert_close(lse[:2], torch.logsumexp(logits, dim=-1)[:2])
+    assert torch.isfinite(context).all() and torch.isfinite(lse).all()  # never read for an empty history
+    at_once, lse_at_once = attention_with_log_normalizer(q, k, v, mask, torch.nn.Dropout(0.0))  # with gradients
+    torch.testing.assert_close(at_once, context)
+    torch.testing.assert_close(lse_at_once, lse)
+
+
+def test_the_behaviors_half_of_the_first_layer_is_computed_once_per_state():
+    model = bst()
+    batch = random_batch(seed=47)
+    state = model.encode_user(batch)
+    model.score(state, Candidates.from_targets(batch))  # one candidate: the plain encoder
+    assert state.log_normalizer is None
+    first = model.score(state, random_candidates(batch, k=3))
+    kept = state.context
+    assert kept is not None
+    torch.testing.assert_close(model.score(state, random_candidates(batch, k=3)), first)
+    assert state.context is kept

@@ -14,7 +14,7 @@ from lifelong.models.dien import AttentionalGRU
 from lifelong.pipeline import ProtocolOptions, prepare
 from lifelong.train.loop import collators_for
 
-from helpers import random_batch, random_log, select
+from helpers import assert_candidates_score_as_forward_passes, random_batch, random_log, select
 from model_configs import TINY_VOCAB
 
 
@@ -83,9 +83,9 @@ def test_padded_steps_leave_the_state_unchanged(kind):
 def test_attention_is_a_softmax_over_real_behaviors():
     model = tiny_dien()
     batch = random_batch(seed=4)
-    states = model.extract(model.embedding(batch.history_items, batch.history_cates), batch.history_mask)
+    state = model.encode_user(batch)
     target = model.embedding(batch.target_items, batch.target_cates)
-    weights = model.attention_scores(states, target, batch.history_mask)
+    weights = model.attention_scores(state.keys, target.unsqueeze(1), batch.history_mask).squeeze(1)
     torch.testing.assert_close(weights.sum(dim=1), torch.ones(len(batch)))
     assert bool((weights[~batch.history_mask] == 0).all())
 
@@ -209,3 +209,31 @@ def test_the_loop_gives_negatives_to_training_batches_only(dataset):
     plain = {**config, "aux_weight": 0.0}
     evaluation, training = collators_for(plain, dataset, 10, seed=3)
     assert training is evaluation and training.negatives is None
+
+
+@pytest.mark.parametrize("options", [{}, {"evolution": "aigru"}, {"evolution": "agru"}, {"hidden_size": 6}])
+def test_variants_score_several_candidates_as_forward_passes(options):
+    model = tiny_dien(**options)
+    with torch.no_grad():  # O(1) embeddings: the 1e-2 init hides the candidate's effect
+        for table in (model.embedding.item, model.embedding.cate):
+            table.weight.normal_()
+            table.weight[0].zero_()
+    assert_candidates_score_as_forward_passes(model.eval(), random_batch(batch_size=6, seed=41), k=4)
+
+
+@pytest.mark.parametrize("kind", ["augru", "aigru", "agru"])
+def test_k_attention_sequences_over_shared_inputs_equal_k_runs(kind):
+    """Attention (B, K, T): K runs over the same inputs, sharing their projection (given or not)."""
+    torch.manual_seed(6)
+    gru = AttentionalGRU(5, 3, kind)
+    mask = torch.arange(6)[None, :] < torch.tensor([6, 2, 0, 4])[:, None]  # one history is empty
+    inputs = torch.randn(4, 6, 5) * mask.unsqueeze(-1)
+    attention = torch.rand(4, 3, 6) * mask.unsqueeze(1)
+    initial = torch.randn(4, 3)
+    together = gru(inputs, mask, attention, initial=initial)  # (B, K, H)
+    shared = gru(None, mask, attention, initial=initial, projected=gru.project(inputs))
+    assert together.shape == (4, 3, 3)
+    torch.testing.assert_close(shared, together)
+    for j in range(3):
+        torch.testing.assert_close(together[:, j], gru(inputs, mask, attention[:, j], initial=initial))
+    torch.testing.assert_close(together[2], initial[2].expand(3, 3))  # no step: the initial state

@@ -8,7 +8,7 @@ import torch
 from lifelong.models import build_model
 from lifelong.models.diffumin import OrthogonalInterestExtractor, contrastive_loss
 
-from helpers import random_batch
+from helpers import assert_candidates_score_as_forward_passes, random_batch
 from model_configs import TINY_CONFIGS, TINY_VOCAB
 
 
@@ -100,22 +100,63 @@ def test_contrastive_negatives_exclude_the_same_users_other_samples():
     assert plain_cut > row_cut  # without the mask the look-alike raises sample 0's loss
 
 
+C, D = 3, 8  # the tiny config's channels and behavior width (2 * embedding_dim)
+
+
+def spy_on_the_mlp_input(model) -> list[torch.Tensor]:
+    """Every input of the prediction MLP, ``[r, r*, short-term, target]`` per row, as it is called."""
+    inputs = []
+    model.dnn.register_forward_pre_hook(lambda module, args: inputs.append(args[0].detach()))
+    return inputs
+
+
+def interest_blocks(mlp_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """r and r* (N, c, D) from the MLP input."""
+    return mlp_input[:, : C * D].view(-1, C, D), mlp_input[:, C * D : 2 * C * D].view(-1, C, D)
+
+
+def unit_rms(r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """r / (|r| / sqrt(D)) per channel (0 for an empty channel) and that scale (N, c, 1)."""
+    scale = r.norm(dim=-1, keepdim=True).clamp(min=1e-6) / D**0.5
+    return r / scale, scale
+
+
 def test_inference_generation_reads_the_interest_at_a_unit_scale():
-    """The denoiser sees unit-RMS interests, so r* follows r, and it comes back at r's scale."""
+    """The generator sees unit-RMS interests whatever the embeddings' scale (1e-2 at initialisation,
+    10 after multiplying the tables by 1000), and r* comes back at r's scale: r* scales with r."""
     model = tiny().eval()
     batch = random_batch(seed=6)
-    history = model.embedding(batch.history_items, batch.history_cates)
-    target = model.embedding(batch.target_items, batch.target_cates)
-    interests, channels, _, _ = model.extractor(history, batch.history_mask, target)
-    scale = interests.norm(dim=-1, keepdim=True).clamp(min=1e-6) / interests.shape[-1] ** 0.5
-    clean = interests / scale
-    assert torch.allclose(clean.pow(2).mean(dim=-1)[interests.norm(dim=-1) > 0], torch.tensor(1.0))
-    assert not torch.allclose(model.generator.generate(clean, channels), model.generator.generate(-clean, channels))
-    model.train()
-    torch.manual_seed(1)
-    output = model(batch)
-    assert set(output.aux_losses) == {"diffusion", "contrastive"}
-    assert output.aux_losses["diffusion"] < 0.01 * 10  # MSE of unit-RMS vectors, weighted by 0.01
+    calls, generate = [], model.generator.generate
+
+    def spy(clean, channels):
+        calls.append((clean.detach(), generate(clean, channels).detach()))
+        return calls[-1][1]
+
+    model.generator.generate = spy
+    inputs = spy_on_the_mlp_input(model)
+    with torch.no_grad():
+        model(batch)
+        for table in model.embedding.parameters():
+            table.mul_(1000.0)
+        model(batch)
+    (seen_small, out_small), (seen_big, out_big) = calls
+    (r_small, star_small), (r_big, star_big) = (interest_blocks(x) for x in inputs)
+    real = r_small.norm(dim=-1) > 0  # (N, c) channels with behaviors (the length-1 row leaves some empty)
+    assert real.any() and not real.all()
+    rms = r_small.pow(2).mean(dim=-1).sqrt()
+    assert float(rms[real].max()) < 0.1  # the interests are far from unit scale, ...
+    torch.testing.assert_close(r_big, 1000.0 * r_small, rtol=1e-4, atol=1e-6)  # ... and 1000 times that here
+    for seen, r in ((seen_small, r_small), (seen_big, r_big)):  # the denoiser sees r / (|r| / sqrt(D))
+        torch.testing.assert_close(seen.pow(2).mean(dim=-1)[real], torch.ones(int(real.sum())))
+        torch.testing.assert_close(seen, unit_rms(r)[0], rtol=1e-4, atol=1e-5)
+        assert torch.equal(seen[~real], torch.zeros_like(seen[~real]))
+    torch.testing.assert_close(seen_big, seen_small, rtol=1e-4, atol=1e-5)
+    for out, star, r in ((out_small, star_small, r_small), (out_big, star_big, r_big)):  # r* = output * scale
+        torch.testing.assert_close(star, out * unit_rms(r)[1], rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(star_big[real], 1000.0 * star_small[real], rtol=1e-3, atol=1e-5)  # homogeneous in r
+    with torch.no_grad():  # and r* follows r
+        channels = model.extractor.orthonormal_channels(model.embedding(batch.target_items, batch.target_cates))
+        assert not torch.allclose(generate(seen_small, channels), generate(-seen_small, channels))
 
 
 def test_evaluation_is_deterministic_and_start_step_zero_is_one_clean_prediction():
@@ -148,9 +189,32 @@ def test_inference_runs_evenly_spaced_ddim_steps():
 def test_training_returns_weighted_diffusion_and_contrastive_losses():
     model = tiny().train()
     batch = random_batch(batch_size=8, seed=6)
+    calls, q_sample, denoise = {}, model.generator.q_sample, model.generator.denoise
+
+    def spy_q_sample(x0, step, noise):
+        calls.update(x0=x0.detach(), step=step)
+        return q_sample(x0, step, noise)
+
+    def spy_denoise(noisy, step, channels):
+        calls.update(predicted=denoise(noisy, step, channels))
+        return calls["predicted"]
+
+    model.generator.q_sample, model.generator.denoise = spy_q_sample, spy_denoise
+    batch.users = torch.tensor([7, 7, 8, 9, 10, 11, 12, 13])  # samples 0 and 1: one user, not each other's negative
+    inputs = spy_on_the_mlp_input(model)
     aux = model(batch).aux_losses
     assert set(aux) == {"diffusion", "contrastive"}
-    assert all(torch.isfinite(v) and v > 0 for v in aux.values())
+    r, r_star = interest_blocks(inputs[0])
+    clean, scale = unit_rms(r)
+    # L_diff: 0.01 x the MSE of the x_0 prediction against the clean unit-RMS interest (not the noisy one),
+    # at a step drawn from 1 .. infer_start_step
+    torch.testing.assert_close(calls["x0"], clean, rtol=1e-4, atol=1e-5)
+    assert 1 <= int(calls["step"].min()) and int(calls["step"].max()) <= 100
+    predicted = calls["predicted"].detach()
+    torch.testing.assert_close(aux["diffusion"], 0.01 * (predicted - clean).pow(2).mean())
+    # L_cl: 0.001 x InfoNCE between r and r* (the prediction at r's scale), other users' samples as negatives
+    torch.testing.assert_close(r_star, predicted * scale, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(aux["contrastive"], 0.001 * contrastive_loss(r, r_star, 0.05, batch.users))
     assert model.eval()(batch).aux_losses == {}
     assert set(tiny(use_contrastive=False).train()(batch).aux_losses) == {"diffusion"}
 
@@ -169,13 +233,17 @@ def test_short_term_branch_reads_only_the_most_recent_behaviors():
     model = tiny(use_diffusion=False).eval()  # short_length 3
     batch = random_batch(batch_size=4, width=7, seed=8)
     history = model.embedding(batch.history_items, batch.history_cates)
-    target = model.embedding(batch.target_items, batch.target_cates)
-    before = model.short_term(history, batch.history_mask, target)
+    target = model.embedding(batch.target_items, batch.target_cates).unsqueeze(1)  # (B, 1, D)
+
+    def short_term(behaviors):
+        return model.short_term(*model.recent_tokens(behaviors, batch.history_mask), target)[:, 0]
+
+    before = short_term(history)
     changed = history.clone()
     changed[0, :4] = torch.randn(4, 8)  # sample 0 has 7 events; the recent three are 4, 5, 6
-    torch.testing.assert_close(model.short_term(changed, batch.history_mask, target), before)
+    torch.testing.assert_close(short_term(changed), before)
     changed[0, 6] += 1.0
-    assert not torch.allclose(model.short_term(changed, batch.history_mask, target)[0], before[0])
+    assert not torch.allclose(short_term(changed)[0], before[0])
 
 
 def test_dice_moving_averages_update_at_the_configured_rate():
@@ -190,3 +258,25 @@ def test_dice_moving_averages_update_at_the_configured_rate():
 def test_invalid_config_is_rejected(field, value):
     with pytest.raises(ValueError, match=field):
         tiny(**{field: value})
+
+
+@pytest.mark.parametrize("options", [{}, {"use_diffusion": False}, {"infer_start_step": 0}, {"use_contrastive": False}])
+def test_variants_score_several_candidates_as_forward_passes(options):
+    model = tiny(**options)
+    with torch.no_grad():  # O(1) embeddings: the 1e-2 init hides the candidate's effect
+        for table in (model.embedding.item, model.embedding.cate):
+            table.weight.normal_()
+            table.weight[0].zero_()
+    assert_candidates_score_as_forward_passes(model.eval(), random_batch(batch_size=6, seed=48), k=4)
+
+
+def test_extractor_with_k_targets_equals_k_calls_with_one():
+    torch.manual_seed(9)
+    omie = OrthogonalInterestExtractor(dim=8, channels=3, top_per_channel=2)
+    mask = torch.arange(6)[None, :] < torch.tensor([6, 4, 0])[:, None]
+    history = torch.randn(3, 6, 8) * mask.unsqueeze(-1)
+    targets = torch.randn(3, 4, 8)
+    together = omie(history, mask, targets)  # each with a K dimension after B
+    for j in range(4):
+        for joint, alone in zip(together, omie(history, mask, targets[:, j])):
+            torch.testing.assert_close(joint[:, j], alone)

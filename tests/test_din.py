@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from lifelong.models import build_model
 from lifelong.nn import BehaviorEmbedding, Dice, TargetAttention
 
-from helpers import random_batch
+from helpers import assert_candidates_score_as_forward_passes, random_batch
+from model_configs import TINY_VOCAB
 
 
 def test_fused_attention_equals_the_reference_concatenation():
@@ -84,3 +86,60 @@ def test_din_adds_the_regulariser_only_in_training():
     batch = random_batch()
     assert "l2_mba" in model.train()(batch).aux_losses
     assert not model.eval()(batch).aux_losses
+
+
+def visible_din(**options):
+    """A DIN in eval mode with O(1) embeddings (the 1e-2 init hides the candidate's effect)."""
+    torch.manual_seed(3)
+    model = build_model({"model_type": "din", **TINY_VOCAB, "embedding_dim": 4, "attention_hidden": (8, 4),
+                         "dnn_hidden": (16, 8), **options})
+    with torch.no_grad():
+        for table in (model.embedding.item, model.embedding.cate):
+            table.weight.normal_()
+            table.weight[0].zero_()
+    return model.eval()
+
+
+@pytest.mark.parametrize("options", [{}, {"attention_normalization": "softmax"}, {"attention_impl": "reference"},
+                                     {"attention_activation": "prelu", "dnn_activation": "relu"}])
+def test_variants_score_several_candidates_as_forward_passes(options):
+    assert_candidates_score_as_forward_passes(visible_din(**options), random_batch(batch_size=6, seed=40), k=4)
+
+
+@pytest.mark.parametrize("pairs_per_chunk", [1 << 14, 5])
+@pytest.mark.parametrize("impl", ["fused", "reference"])
+@pytest.mark.parametrize("normalization", ["none", "softmax"])
+def test_attention_over_k_candidates_equals_k_calls_with_one(impl, normalization, pairs_per_chunk, monkeypatch):
+    monkeypatch.setattr("lifelong.nn.layers.PAIRS_PER_CHUNK", pairs_per_chunk)
+    torch.manual_seed(4)
+    att = TargetAttention(6, [8, 4], "dice", normalization, impl)
+    with torch.no_grad():
+        att.first_activation.norm.running_mean.normal_()
+        att.first_activation.norm.running_var.uniform_(0.5, 2.0)
+    att.eval()
+    keys, targets = torch.randn(5, 7, 6), torch.randn(5, 3, 6)
+    mask = torch.arange(7)[None, :] < torch.tensor([7, 3, 1, 0, 5])[:, None]  # one history is empty
+    keys = keys * mask.unsqueeze(-1)
+    with torch.no_grad():
+        interest, weights = att(targets, keys, mask)  # (B, K, D), (B, K, T)
+    for j in range(3):
+        one_interest, one_weights = att(targets[:, j], keys, mask)
+        torch.testing.assert_close(interest[:, j], one_interest, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(weights[:, j], one_weights, rtol=1e-5, atol=1e-6)
+    assert bool((weights[3] == 0).all()) and bool((interest[3] == 0).all())
+
+
+def test_dice_at_inference_is_the_moving_average_formula_with_or_without_gradients():
+    dice = Dice(3)
+    with torch.no_grad():
+        dice.alpha.copy_(torch.tensor([0.5, -0.2, 0.1]))
+        dice.norm.running_mean.copy_(torch.tensor([1.0, -2.0, 0.0]))
+        dice.norm.running_var.copy_(torch.tensor([4.0, 0.5, 1.0]))
+    dice.eval()
+    x = torch.randn(16, 3) * 3
+    p = torch.sigmoid((x - dice.norm.running_mean) / torch.sqrt(dice.norm.running_var + 1e-8))
+    expected = p * x + (1 - p) * dice.alpha.detach() * x
+    with_gradients = dice(x)
+    torch.testing.assert_close(with_gradients, expected)
+    with torch.no_grad():  # the in-place path
+        assert torch.equal(dice(x), with_gradients.detach())

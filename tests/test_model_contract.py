@@ -1,7 +1,8 @@
-"""The common contract, run on every registered model automatically (STYLE.md habits 5 and 6)."""
+"""The common contract, run on every registered model automatically (the common tests: the domain's invariances, not only shapes)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -9,9 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from lifelong.models import MODELS, build_model
+from lifelong.models.ranking import Candidates, RankingModel
+from lifelong.nn import BehaviorEmbedding
 from lifelong.train.checkpoint import load_weights, save_checkpoint
 
-from helpers import random_batch, select
+from helpers import assert_candidates_score_as_forward_passes, random_batch, random_candidates, select
 from model_configs import TINY_CONFIGS, TINY_VOCAB
 
 NAMES = sorted(name for name, (config_class, _) in MODELS.items() if config_class.task == "ctr")  # ranking models
@@ -115,6 +118,132 @@ def test_loss_falls_when_overfitting_one_tiny_batch(name):
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], f"{name}: loss {losses[0]:.3f} -> {losses[-1]:.3f}"
+
+
+# The user side apart from the candidates: encode_user(batch) -> state, score(state, candidates) -> (B, K).
+
+
+def warm_and_visible(name: str):
+    """A warmed-up model whose id embeddings are scaled from ~1e-2 up to ~1, so that every effect of a
+    candidate on a score is far above the tolerance of a comparison."""
+    model = warm_up(tiny_model(name))
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, BehaviorEmbedding):
+                module.item.weight.mul_(30.0)
+                module.cate.weight.mul_(30.0)
+    return model
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_ranking_model_splits_the_user_side_from_the_candidates(name):
+    model_class = MODELS[name][1]
+    assert issubclass(model_class, RankingModel)
+    for method in ("encode_user", "score"):
+        assert getattr(model_class, method) is not getattr(RankingModel, method), f"{name} does not define {method}"
+
+
+@pytest.mark.parametrize("chunks", ["at once", "in chunks"])
+@pytest.mark.parametrize("name", NAMES)
+def test_scoring_k_candidates_equals_k_forward_passes(name, chunks, monkeypatch):
+    """One encoded user state, K candidates scored together (as serving does, without gradients) equal K
+    forward passes with each candidate as the target; and the candidates get different scores."""
+    if chunks == "in chunks":  # inference splits the (behavior, candidate) pairs into chunks of this many
+        monkeypatch.setattr("lifelong.nn.layers.PAIRS_PER_CHUNK", 8)
+    model = warm_and_visible(name)
+    assert_candidates_score_as_forward_passes(model, random_batch(batch_size=6, seed=21), k=5, seed=22)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_candidates_score_does_not_depend_on_the_other_candidates(name):
+    model = warm_and_visible(name)
+    batch = random_batch(batch_size=6, seed=23)
+    candidates = random_candidates(batch, k=6, seed=24)
+    state = model.encode_user(batch)
+    scores = model.score(state, candidates)  # (B, K)
+    # permuted, differently for each user: the scores follow their candidates
+    order = torch.argsort(torch.rand(len(batch), 6, generator=torch.Generator().manual_seed(25)), dim=1)
+    permuted = Candidates(candidates.items.gather(1, order), candidates.cates.gather(1, order), candidates.timestamps)
+    torch.testing.assert_close(model.score(state, permuted), scores.gather(1, order), rtol=1e-5, atol=1e-5)
+    # the others replaced: candidate 0 keeps its score
+    others = random_candidates(batch, k=6, seed=26)
+    replaced = Candidates(torch.cat([candidates.items[:, :1], others.items[:, 1:]], dim=1),
+                          torch.cat([candidates.cates[:, :1], others.cates[:, 1:]], dim=1), candidates.timestamps)
+    torch.testing.assert_close(model.score(state, replaced)[:, 0], scores[:, 0], rtol=1e-5, atol=1e-5)
+    # alone (K = 1): the same score
+    for j in (0, 3):
+        alone = Candidates(candidates.items[:, j : j + 1], candidates.cates[:, j : j + 1], candidates.timestamps)
+        torch.testing.assert_close(model.score(state, alone)[:, 0], scores[:, j], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+@pytest.mark.parametrize("name", NAMES)
+def test_forward_equals_encode_user_then_score_of_the_targets(name, mode):
+    model = warm_and_visible(name)
+    getattr(model, mode)()
+    batch = random_batch(batch_size=8, seed=27)
+    torch.manual_seed(3)  # dropout and the diffusion's noise draw the same in both
+    forward = model(batch).logits
+    torch.manual_seed(3)
+    split = model.score(model.encode_user(batch), Candidates.from_targets(batch))
+    assert split.shape == (len(batch), 1)
+    torch.testing.assert_close(split[:, 0], forward, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_user_state_reads_neither_targets_nor_labels_nor_sample_times(name):
+    model = warm_and_visible(name)
+    batch = random_batch(seed=28)
+    other = dataclasses.replace(batch, target_items=batch.target_items.flip(0), target_cates=batch.target_cates.flip(0),
+                                labels=1 - batch.labels, timestamps=batch.timestamps + 10**6)
+    state, other_state = model.encode_user(batch), model.encode_user(other)
+    assert type(state) is type(other_state) and len(state) == len(batch)
+    for field in dataclasses.fields(state):
+        a, b = getattr(state, field.name), getattr(other_state, field.name)
+        assert (a is None and b is None) or torch.equal(a, b), f"{name}: state.{field.name} depends on the targets"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_states_of_some_users_score_as_in_the_whole_batch(name):
+    """``UserState.select`` (a cache's rows) keeps each user's state intact."""
+    model = warm_and_visible(name)
+    batch = random_batch(batch_size=6, seed=29)
+    candidates = random_candidates(batch, k=4, seed=30)
+    state = model.encode_user(batch)
+    scores = model.score(state, candidates)
+    index = torch.tensor([4, 1])
+    some = Candidates(candidates.items[index], candidates.cates[index], candidates.timestamps[index])
+    torch.testing.assert_close(model.score(state.select(index), some), scores[index], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_scoring_several_candidates_in_training_mode_backpropagates(name):
+    """Training mode normalises over all B * K rows (Dice, dropout): not the scores of eval mode, but a
+    loss over several candidates per user trains."""
+    model = tiny_model(name).train()
+    batch = random_batch(batch_size=6, seed=31)
+    scores = model.score(model.encode_user(batch), random_candidates(batch, k=3, seed=32))
+    assert scores.shape == (6, 3) and torch.isfinite(scores).all()
+    scores.logsumexp(dim=1).sum().backward()
+    assert any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_candidates_that_do_not_fit_the_state_raise_a_value_error(name):
+    model = tiny_model(name).eval()
+    batch = random_batch(seed=33)
+    state = model.encode_user(batch)
+    candidates = random_candidates(batch, k=3)
+    too_many = Candidates(torch.cat([candidates.items, candidates.items[:1]]),
+                          torch.cat([candidates.cates, candidates.cates[:1]]), candidates.timestamps)
+    with pytest.raises(ValueError, match="users"):
+        model.score(state, too_many)
+    negative = Candidates(candidates.items.clone(), candidates.cates, candidates.timestamps)
+    negative.items[0, 0] = -1
+    with pytest.raises(ValueError, match="negative"):
+        model.score(state, negative)
+    with pytest.raises(ValueError, match="shape"):
+        model.score(state, Candidates(candidates.items, candidates.cates[:, :2], candidates.timestamps))
 
 
 def _malformed_batches():

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from lifelong.models import build_model
+from lifelong.models.ranking import Candidates
 from lifelong.models.tin import interval_buckets
 from lifelong.nn import relative_positions
 
-from helpers import random_batch, select
+from helpers import assert_candidates_score_as_forward_passes, random_batch, select
 from model_configs import TINY_VOCAB
 
 
@@ -32,15 +35,21 @@ def test_relative_positions_are_length_minus_index():
     assert torch.equal(relative_positions(mask), expected)
 
 
+def parts_of(model, batch):
+    """The intermediate tensors of the batch's targets (K = 1), squeezed to (B, ...)."""
+    parts = model.attend(model.encode_user(batch), Candidates.from_targets(batch))
+    return {name: value if name == "history" else value.squeeze(1) for name, value in parts.items()}
+
+
 def test_position_encoding_uses_rows_l_minus_t_and_row_0_for_the_target():
     model = tin("position")
     batch = random_batch(seed=1)
-    history, target = model.temporal(batch)
+    history, target = model.position_embeddings(batch.history_mask), model.target_temporal()
     for i in range(len(batch)):
         length = int(batch.history_mask[i].sum())
         for t in range(length):
             torch.testing.assert_close(history[i, t], model.position.weight[length - t])
-        torch.testing.assert_close(target[i], model.position.weight[0])
+    torch.testing.assert_close(target, model.position.weight[0])
 
 
 def test_interval_buckets_are_log2_minutes_and_clipped():
@@ -67,7 +76,7 @@ def test_score_depends_on_a_behavior_timestamp_only_in_interval_modes(encoding, 
 def test_attention_weights_sum_to_one_over_real_behaviors_and_are_zero_at_padding():
     model = tin("both")
     batch = random_batch(seed=3)
-    weights = model.encode(batch)["weights"]
+    weights = parts_of(model, batch)["weights"]
     assert torch.all(weights[~batch.history_mask] == 0)
     assert torch.all(weights[batch.history_mask] > 0)
     torch.testing.assert_close(weights.sum(dim=1), torch.ones(len(batch)))
@@ -76,7 +85,7 @@ def test_attention_weights_sum_to_one_over_real_behaviors_and_are_zero_at_paddin
 def test_attention_is_a_scaled_dot_product_and_interest_is_the_four_way_interaction():
     model = tin("both")
     batch = random_batch(seed=4)
-    parts = model.encode(batch)
+    parts = parts_of(model, batch)
     history, target, weights = parts["history"], parts["target"], parts["weights"]
     for i in range(len(batch)):
         length = int(batch.history_mask[i].sum())
@@ -86,11 +95,16 @@ def test_attention_is_a_scaled_dot_product_and_interest_is_the_four_way_interact
     torch.testing.assert_close(parts["interest"], pooled)
 
 
-def test_temporal_embedding_is_added_to_behaviors_and_target():
-    model = tin("position")
+@pytest.mark.parametrize("encoding", ["position", "both"])
+def test_temporal_embedding_is_added_to_behaviors_and_target(encoding):
+    model = tin(encoding)
     batch = random_batch(seed=5)
-    parts = model.encode(batch)
-    history_time, target_time = model.temporal(batch)
+    parts = parts_of(model, batch)
+    history_time, target_time = model.position_embeddings(batch.history_mask), model.target_temporal()
+    if encoding == "both":
+        history_time = history_time + model.interval_embeddings(batch.timestamps, batch.history_timestamps,
+                                                                batch.history_mask)
+        torch.testing.assert_close(target_time, model.position.weight[0] + model.interval.weight[0])
     plain_history = model.embedding(batch.history_items, batch.history_cates)
     torch.testing.assert_close(parts["history"], plain_history + history_time)
     torch.testing.assert_close(parts["target"], parts["plain_target"] + target_time)
@@ -119,3 +133,20 @@ def test_interval_mode_asks_for_timestamps():
 def test_config_rejects_an_unknown_temporal_encoding():
     with pytest.raises(ValueError, match="temporal_encoding"):
         build_model({"model_type": "tin", **TINY_VOCAB, "temporal_encoding": "clock"})
+
+
+@pytest.mark.parametrize("encoding", ["position", "interval", "both", "none"])
+def test_every_encoding_scores_several_candidates_as_forward_passes(encoding):
+    assert_candidates_score_as_forward_passes(tin(encoding), random_batch(batch_size=6, seed=42), k=4)
+
+
+def test_a_state_scores_at_any_time_as_forward_passes_at_that_time():
+    """The state holds no scoring time (a cached state stays valid); the interval encoding is added per call."""
+    model = tin("both")
+    batch = random_batch(seed=43)
+    state = model.encode_user(batch)
+    later = dataclasses.replace(batch, timestamps=batch.timestamps + 10**6)
+    now, then = (model.score(state, Candidates.from_targets(b))[:, 0] for b in (batch, later))
+    torch.testing.assert_close(now, model(batch).logits)
+    torch.testing.assert_close(then, model(later).logits)
+    assert not torch.allclose(now, then, atol=1e-4)

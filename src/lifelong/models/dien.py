@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lifelong.batch import Batch
+from lifelong.models.ranking import Candidates, RankingModel, UserState
 from lifelong.models.registry import ModelConfig, ModelOutput, register
 from lifelong.nn import ACTIVATIONS, MLP, BehaviorEmbedding
 
@@ -119,6 +120,10 @@ class AttentionalGRU(nn.Module):
     update gate by ``a_t``; ``agru`` uses ``a_t`` as the update gate; ``aigru`` scales the input by
     ``a_t``. Padded steps are skipped: the state after a history is the state after its last real step.
 
+    Several attention sequences over the same inputs (attention (B, K, T): one per candidate) run as
+    ``B * K`` rows that share the inputs' projection, computed once per history (:meth:`project`, which
+    a caller may compute once and pass in).
+
     Args:
         input_size: width of the inputs.
         hidden_size: state width.
@@ -128,6 +133,8 @@ class AttentionalGRU(nn.Module):
         >>> gru = AttentionalGRU(4, 3, "augru")
         >>> gru(torch.randn(2, 5, 4), torch.ones(2, 5, dtype=torch.bool), torch.rand(2, 5)).shape
         torch.Size([2, 3])
+        >>> gru(torch.randn(2, 5, 4), torch.ones(2, 5, dtype=torch.bool), torch.rand(2, 7, 5)).shape
+        torch.Size([2, 7, 3])
     """
 
     def __init__(self, input_size: int, hidden_size: int, kind: str = "augru") -> None:
@@ -139,65 +146,120 @@ class AttentionalGRU(nn.Module):
         self.input_proj = nn.Linear(input_size, gates * hidden_size)  # W i + b, every step at once
         self.state_proj = nn.Linear(hidden_size, gates * hidden_size, bias=False)  # U h
 
-    def forward(self, inputs: torch.Tensor, mask: torch.Tensor, attention: torch.Tensor | None = None,
-                initial: torch.Tensor | None = None, all_states: bool = False) -> torch.Tensor:
+    def project(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The input side of the gates, ``W i + b``: (..., I) -> (..., G * H). For ``aigru`` it is
+        ``W i`` without the bias: the step scales it by ``a_t`` (``W (a_t i) = a_t W i``) and adds ``b``."""
+        if self.kind == "aigru":
+            return F.linear(inputs, self.input_proj.weight)
+        return self.input_proj(inputs)
+
+    def forward(self, inputs: torch.Tensor | None, mask: torch.Tensor, attention: torch.Tensor | None = None,
+                initial: torch.Tensor | None = None, all_states: bool = False,
+                projected: torch.Tensor | None = None) -> torch.Tensor:
         """Args:
-            inputs: (B, T, I).
+            inputs: (B, T, I); may be None when ``projected`` is given.
             mask: (B, T) bool, True at real steps.
-            attention: (B, T) attention scores (0 at padding); required unless ``kind="gru"``.
+            attention: (B, T) attention scores (0 at padding), or (B, K, T) for K sequences of scores
+                over the same inputs; required unless ``kind="gru"``.
             initial: (B, H) initial state (zeros by default).
-            all_states: return every step's state instead of the last one.
+            all_states: return every step's state instead of the last one (not with (B, K, T) scores).
+            projected: (B, T, G * H) :meth:`project` of ``inputs``, when already computed.
 
         Returns:
-            (B, H) the state after the last real step (the initial state for an empty history), or
-            (B, T, H) every state (0 at padding) when ``all_states``.
+            (B, H) the state after the last real step (the initial state for an empty history), (B, K, H)
+            for (B, K, T) scores, or (B, T, H) every state (0 at padding) when ``all_states``.
         """
-        b = inputs.shape[0]
         if self.kind != "gru" and attention is None:
             raise ValueError(f"{self.kind} needs attention scores")
-        if self.kind == "aigru":
-            inputs = inputs * attention.unsqueeze(-1)
-        state = inputs.new_zeros(b, self.hidden_size) if initial is None else initial
+        several = attention is not None and attention.dim() == 3
+        if several and all_states:
+            raise ValueError("all_states needs one sequence of attention scores per history, (B, T)")
+        b, hidden = mask.shape[0], self.hidden_size
+        k = attention.shape[1] if several else 1
         steps = TimeMajor(mask)
         # Step s updates only the samples with more than s real behaviors (sorted longest first), so the
         # cost follows the real events, not the padded width. (torch.nn.GRU on a PackedSequence does the
         # same, but its CPU backward zero-fills a full-size gradient per step.)
-        projected = self.input_proj(steps.gather(inputs)).split(steps.batch_sizes)  # T x (n_s, G*H)
+        packed = self.project(steps.gather(inputs)) if projected is None else steps.gather(projected)  # (N, G*H)
+        projected_steps = packed.unsqueeze(1).split(steps.batch_sizes)  # T x (n_s, 1, G*H), shared by the K rows
         if attention is not None:
-            scores = attention[steps.order[steps.row], steps.step].unsqueeze(-1).split(steps.batch_sizes)  # T x (n_s, 1)
-        sorted_state = state[steps.order]  # (B, H)
+            scores = attention.reshape(b, k, -1).transpose(1, 2)  # (B, T, K)
+            scores = scores[steps.order[steps.row], steps.step].unsqueeze(-1)  # (N, K, 1)
+            scores = scores.split(steps.batch_sizes)  # T x (n_s, K, 1)
+        if initial is None:
+            state = packed.new_zeros(b, k, hidden)
+        else:
+            state = initial.unsqueeze(1).expand(b, k, hidden)  # (B, K, H)
+        sorted_state = state[steps.order]  # (B, K, H)
+        gated = (self.gates - 1) * hidden  # reset (and update) gates
         current, finished, outputs = sorted_state, [], []
         for step, n in enumerate(steps.batch_sizes):
             if n < current.shape[0]:  # the shortest histories ended: their state is final
                 finished.append(current[n:])
                 current = current[:n]
-            x_parts = projected[step].chunk(self.gates, dim=-1)
-            h_parts = self.state_proj(current).chunk(self.gates, dim=-1)
-            reset = torch.sigmoid(x_parts[0] + h_parts[0])  # (n, H)
-            candidate = torch.tanh(x_parts[-1] + reset * h_parts[-1])  # (n, H)
+            x = projected_steps[step]  # (n, 1, G*H)
+            if self.kind == "aigru":  # W (a_t i_t) + b
+                x = torch.addcmul(self.input_proj.bias, scores[step], x)  # (n, K, G*H)
+            x_gates, x_candidate = x.split([gated, hidden], dim=-1)
+            h_gates, h_candidate = self.state_proj(current).split([gated, hidden], dim=-1)  # (n, K, (G-1)*H), (n, K, H)
+            gates = torch.sigmoid(x_gates + h_gates)
             if self.kind == "agru":
-                update = scores[step]  # (n, 1)
+                reset, update = gates, scores[step]  # (n, K, H), (n, K, 1)
             else:
-                update = torch.sigmoid(x_parts[1] + h_parts[1])
+                reset, update = gates.chunk(2, dim=-1)
                 if self.kind == "augru":
                     update = scores[step] * update
-            current = (1 - update) * current + update * candidate
+            candidate = torch.tanh(torch.addcmul(x_candidate, reset, h_candidate))  # (n, K, H)
+            current = torch.lerp(current, candidate, update)  # (1 - u) h + u h~
             outputs.append(current)
         if all_states:
             if not outputs:
-                return inputs.new_zeros(*mask.shape, self.hidden_size)
-            return steps.unpack(torch.cat(outputs))  # (B, T, H)
+                return packed.new_zeros(*mask.shape, hidden)
+            return steps.unpack(torch.cat(outputs).squeeze(1))  # (B, T, H)
         if steps.batch_sizes:
             sorted_state = torch.cat([current, *reversed(finished)])  # longest first again
-        return sorted_state[steps.inverse]  # (B, H)
+        final = sorted_state[steps.inverse]  # (B, K, H)
+        return final if several else final.squeeze(1)
+
+
+@dataclass
+class DIENState(UserState):
+    """DIEN's user side: all but the candidate's attention and the AUGRU it drives.
+
+    Attributes:
+        history: (B, T, D) behavior embeddings (0 at padding).
+        mask: (B, T) bool, True at real behaviors.
+        interests: (B, T, H) the interest extractor's states ``h_t`` (0 at padding).
+        keys: (B, T, D) ``h_t W``, the user's half of the bilinear attention ``h_t W e_a``.
+        evolution_inputs: (B, T, G * H) the AUGRU's input projection of ``h_t``
+            (:meth:`AttentionalGRU.project`).
+        pooled: (B, D) sum-pooled behaviors.
+    """
+
+    history: torch.Tensor
+    mask: torch.Tensor
+    interests: torch.Tensor
+    keys: torch.Tensor
+    evolution_inputs: torch.Tensor
+    pooled: torch.Tensor
 
 
 @register(DIENConfig)
-class DIEN(nn.Module):
+class DIEN(RankingModel):
     """GRU interest extractor (+ auxiliary loss) -> target attention -> AUGRU -> MLP -> logit.
+
+    The user side runs the interest extractor once per user; each candidate then costs its attention
+    over the interest states and one AUGRU pass (the AUGRU's gates depend on the candidate), which
+    reuses the states' input projection.
 
     Example:
         >>> model = DIEN(DIENConfig(n_items=10, n_cates=4, embedding_dim=4, aux_hidden=(8,), dnn_hidden=(8,)))
+        >>> batch = Batch(history_items=torch.tensor([[2, 3, 0]]), history_cates=torch.tensor([[1, 2, 0]]),
+        ...               history_mask=torch.tensor([[True, True, False]]), target_items=torch.tensor([4]),
+        ...               target_cates=torch.tensor([2]), labels=torch.tensor([1.0]), users=torch.tensor([0]))
+        >>> candidates = Candidates(items=torch.tensor([[4, 5, 6]]), cates=torch.tensor([[2, 2, 3]]))
+        >>> model.eval().score(model.encode_user(batch), candidates).shape  # 3 candidates, one user
+        torch.Size([1, 3])
     """
 
     def __init__(self, config: DIENConfig) -> None:
@@ -218,10 +280,19 @@ class DIEN(nn.Module):
         """The interest extractor GRU over the real behaviors only: (B, T, D) -> (B, T, H), 0 at padding."""
         return self.extractor(history, mask, all_states=True)
 
-    def attention_scores(self, states: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """``softmax_t(h_t W e_a)`` over the real steps: (B, T, H), (B, D), (B, T) -> (B, T), 0 at padding."""
-        logits = torch.einsum("btd,bd->bt", self.attention(states), target)  # (B, T)
-        weights = torch.softmax(logits.masked_fill(~mask, float("-inf")), dim=1)
+    def attention_scores(self, keys: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``softmax_t(h_t W e_a)`` over the real steps, for each of K candidates.
+
+        Args:
+            keys: (B, T, D) ``h_t W`` (:attr:`DIENState.keys`).
+            target: (B, K, D) candidate embeddings ``e_a``.
+            mask: (B, T) bool.
+
+        Returns:
+            (B, K, T) weights, 0 at padding.
+        """
+        logits = torch.einsum("btd,bkd->bkt", keys, target)  # (B, K, T)
+        weights = torch.softmax(logits.masked_fill(~mask.unsqueeze(1), float("-inf")), dim=-1)
         return weights.nan_to_num(0.0)  # an empty history gives all zeros
 
     def auxiliary_loss(self, states: torch.Tensor, next_clicked: torch.Tensor, next_negative: torch.Tensor,
@@ -247,16 +318,30 @@ class DIEN(nn.Module):
         return F.binary_cross_entropy_with_logits(positive, torch.ones_like(positive)) + \
             F.binary_cross_entropy_with_logits(negative, torch.zeros_like(negative))
 
-    def forward(self, batch: Batch) -> ModelOutput:
-        batch.validate()
+    def encode_user(self, batch: Batch) -> DIENState:
         mask = batch.history_mask  # (B, T)
         history = self.embedding(batch.history_items, batch.history_cates)  # (B, T, D)
-        target = self.embedding(batch.target_items, batch.target_cates)  # (B, D)
-        states = self.extract(history, mask)  # (B, T, H)
-        weights = self.attention_scores(states, target, mask)  # (B, T)
-        evolved = self.evolution(states, mask, weights)  # (B, H)
-        pooled = (history * mask.unsqueeze(-1)).sum(dim=1)  # (B, D)
-        logits = self.dnn(torch.cat([target, pooled, target * pooled, evolved], dim=-1)).squeeze(-1)  # (B,)
+        interests = self.extract(history, mask)  # (B, T, H)
+        return DIENState(
+            history=history, mask=mask, interests=interests,
+            keys=self.attention(interests),  # (B, T, D)
+            evolution_inputs=self.evolution.project(interests),  # (B, T, G*H)
+            pooled=(history * mask.unsqueeze(-1)).sum(dim=1),  # (B, D)
+        )
+
+    def score(self, state: DIENState, candidates: Candidates) -> torch.Tensor:
+        candidates.validate(len(state))
+        target = self.embedding(candidates.items, candidates.cates)  # (B, K, D)
+        weights = self.attention_scores(state.keys, target, state.mask)  # (B, K, T)
+        evolved = self.evolution(None, state.mask, weights, projected=state.evolution_inputs)  # (B, K, H)
+        pooled = state.pooled.unsqueeze(1).expand_as(target)  # (B, K, D)
+        features = torch.cat([target, pooled, target * pooled, evolved], dim=-1)  # (B, K, 3D + H)
+        return self.dnn(features.flatten(0, 1)).view(candidates.items.shape)  # (B, K)
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        batch.validate()
+        state = self.encode_user(batch)
+        logits = self.score(state, Candidates.from_targets(batch)).squeeze(1)  # (B,)
         aux = {}
         if self.training and self.config.aux_weight > 0:
             if batch.history_negative_items is None or batch.history_negative_cates is None:
@@ -264,7 +349,8 @@ class DIEN(nn.Module):
                                  "history_negative_cates (build the Collator with with_negatives=True), "
                                  "or set aux_weight=0")
             negatives = self.embedding(batch.history_negative_items, batch.history_negative_cates)  # (B, T, D)
-            aux["auxiliary"] = self.config.aux_weight * self.auxiliary_loss(states, history, negatives, mask)
+            aux["auxiliary"] = self.config.aux_weight * self.auxiliary_loss(state.interests, state.history,
+                                                                            negatives, state.mask)
         if self.config.l2_mba > 0 and self.training:
             aux["l2_mba"] = self.config.l2_mba * self.embedding.batch_l2(batch)
         return ModelOutput(logits=logits, aux_losses=aux)

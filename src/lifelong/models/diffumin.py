@@ -81,6 +81,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lifelong.batch import Batch
+from lifelong.models.ranking import Candidates, RankingModel, UserState
 from lifelong.models.registry import ModelConfig, ModelOutput, register
 from lifelong.nn import ACTIVATIONS, MLP, BehaviorEmbedding
 
@@ -201,6 +202,9 @@ class EncoderLayer(nn.Module):
 class OrthogonalInterestExtractor(nn.Module):
     """OMIE: target-conditioned orthonormal channels, top-1 routing, per-channel top-k mean pooling.
 
+    The channels depend on the target, so everything here is per candidate; K candidates per user
+    (target (B, K, D)) share the behaviors without copying them.
+
     Args:
         dim: behavior width ``D``.
         channels: ``c`` (at most ``D``).
@@ -211,6 +215,8 @@ class OrthogonalInterestExtractor(nn.Module):
         >>> mask = torch.tensor([[True, True, True, False]])
         >>> omie(torch.randn(1, 4, 8) * mask[..., None], mask, torch.randn(1, 8))[0].shape
         torch.Size([1, 3, 8])
+        >>> omie(torch.randn(1, 4, 8) * mask[..., None], mask, torch.randn(1, 5, 8))[0].shape  # 5 candidates
+        torch.Size([1, 5, 3, 8])
     """
 
     def __init__(self, dim: int, channels: int, top_per_channel: int) -> None:
@@ -220,36 +226,42 @@ class OrthogonalInterestExtractor(nn.Module):
         self.projection = nn.Linear(dim, dim * channels, bias=False)  # the paper's W (D x cD)
 
     def orthonormal_channels(self, target: torch.Tensor) -> torch.Tensor:
-        """target (B, D) -> O (B, D, c) with orthonormal columns."""
-        b, d = target.shape
+        """target (..., D) -> O (..., D, c) with orthonormal columns."""
+        d = target.shape[-1]
         # the target is detached here: Q depends only on the direction of W e_s, so its gradient with
         # respect to e_s scales with 1 / ||W e_s||, which at the embeddings' 1e-2 scale swamps the target
         # embedding's other gradients (W itself still learns through Q)
-        basis = self.projection(target.detach()).view(b, d, self.channels)  # (B, D, c)
-        q, r = torch.linalg.qr(basis, mode="reduced")  # (B, D, c), (B, c, c)
-        sign = torch.where(torch.diagonal(r, dim1=-2, dim2=-1) < 0, -1.0, 1.0)  # (B, c)
-        return q * sign.unsqueeze(1)
+        basis = self.projection(target.detach()).view(*target.shape[:-1], d, self.channels)  # (..., D, c)
+        q, r = torch.linalg.qr(basis, mode="reduced")  # (..., D, c), (..., c, c)
+        sign = torch.where(torch.diagonal(r, dim1=-2, dim2=-1) < 0, -1.0, 1.0)  # (..., c)
+        return q * sign.unsqueeze(-2)
 
     def forward(self, history: torch.Tensor, mask: torch.Tensor, target: torch.Tensor):
         """Args:
-            history: (B, T, D) behaviors (zero at padding); mask: (B, T) bool; target: (B, D).
+            history: (B, T, D) behaviors (zero at padding); mask: (B, T) bool; target: (B, D), or
+            (B, K, D) for K candidates per user.
 
         Returns:
             interests (B, c, D), channels O (B, D, c), routing (B, T, c) bool (one-hot at real
-            behaviors, all False at padding), kept (B, c, T) bool (the pooled behaviors).
+            behaviors, all False at padding), kept (B, c, T) bool (the pooled behaviors); with a
+            K dimension after B for (B, K, D) targets.
         """
-        channels = self.orthonormal_channels(target)  # (B, D, c)
-        relevance = torch.einsum("btd,bdc->btc", history, channels)  # (B, T, c)
-        top1 = F.one_hot(relevance.argmax(dim=-1), self.channels).bool()  # (B, T, c)
-        routing = top1 & mask.unsqueeze(-1)  # padding is never routed
-        relevance = relevance.transpose(1, 2)  # (B, c, T)
-        scores = relevance.detach().masked_fill(~routing.transpose(1, 2), float("-inf"))  # (B, c, T)
+        single = target.dim() == 2
+        targets = target.unsqueeze(1) if single else target  # (B, K, D)
+        channels = self.orthonormal_channels(targets)  # (B, K, D, c)
+        relevance = torch.einsum("btd,bkdc->bktc", history, channels)  # (B, K, T, c)
+        top1 = F.one_hot(relevance.argmax(dim=-1), self.channels).bool()  # (B, K, T, c)
+        routing = top1 & mask[:, None, :, None]  # padding is never routed
+        relevance = relevance.transpose(2, 3)  # (B, K, c, T)
+        scores = relevance.detach().masked_fill(~routing.transpose(2, 3), float("-inf"))  # (B, K, c, T)
         k = min(self.top_per_channel, scores.shape[-1])
-        values, index = scores.topk(k, dim=-1)  # (B, c, k)
-        kept = torch.zeros_like(scores, dtype=torch.bool).scatter(2, index, torch.isfinite(values))  # (B, c, T)
-        weights = kept.to(history.dtype) / kept.sum(dim=-1, keepdim=True).clamp(min=1)  # mean pool, (B, c, T)
+        values, index = scores.topk(k, dim=-1)  # (B, K, c, k)
+        kept = torch.zeros_like(scores, dtype=torch.bool).scatter(-1, index, torch.isfinite(values))  # (B, K, c, T)
+        weights = kept.to(history.dtype) / kept.sum(dim=-1, keepdim=True).clamp(min=1)  # mean pool, (B, K, c, T)
         weights = weights * (1 + relevance - relevance.detach())  # straight-through: value unchanged
-        interests = torch.einsum("bct,btd->bcd", weights, history)  # (B, c, D); empty channel -> 0
+        interests = torch.einsum("bkct,btd->bkcd", weights, history)  # (B, K, c, D); empty channel -> 0
+        if single:
+            return interests.squeeze(1), channels.squeeze(1), routing.squeeze(1), kept.squeeze(1)
         return interests, channels, routing, kept
 
 
@@ -359,12 +371,40 @@ def contrastive_loss(interests: torch.Tensor, generated: torch.Tensor, temperatu
     return F.cross_entropy(logits.reshape(c * b, b), labels)
 
 
+@dataclass
+class DiffuMINState(UserState):
+    """DiffuMIN's user side. (OMIE's channels come from the target, so interest extraction and the
+    diffusion are per candidate.)
+
+    Attributes:
+        history: (B, T, D) behavior embeddings (0 at padding).
+        mask: (B, T) bool, True at real behaviors.
+        recent: (B, k, D) the short-term branch's tokens: the ``short_length`` most recent behaviors
+            plus their recency positions (0 + position where the history is shorter).
+        recent_mask: (B, k) bool, True at real recent behaviors.
+    """
+
+    history: torch.Tensor
+    mask: torch.Tensor
+    recent: torch.Tensor
+    recent_mask: torch.Tensor
+
+
 @register(DiffuMINConfig)
-class DiffuMIN(nn.Module):
+class DiffuMIN(RankingModel):
     """OMIE interests (+ DMIG generated interests) + short-term Transformer + target -> MLP -> logit.
+
+    The user side is the embedded history and the short-term branch's recent tokens; everything else
+    depends on the candidate and runs for all (user, candidate) pairs at once.
 
     Example:
         >>> model = DiffuMIN(DiffuMINConfig(n_items=10, n_cates=4, embedding_dim=4, dnn_hidden=(8,)))
+        >>> batch = Batch(history_items=torch.tensor([[2, 3, 0]]), history_cates=torch.tensor([[1, 2, 0]]),
+        ...               history_mask=torch.tensor([[True, True, False]]), target_items=torch.tensor([4]),
+        ...               target_cates=torch.tensor([2]), labels=torch.tensor([1.0]), users=torch.tensor([0]))
+        >>> candidates = Candidates(items=torch.tensor([[4, 5, 6]]), cates=torch.tensor([[2, 2, 3]]))
+        >>> model.eval().score(model.encode_user(batch), candidates).shape  # 3 candidates, one user
+        torch.Size([1, 3])
     """
 
     def __init__(self, config: DiffuMINConfig) -> None:
@@ -381,49 +421,80 @@ class DiffuMIN(nn.Module):
         self.dnn = MLP(in_dim, list(config.dnn_hidden), config.dnn_activation, out_dim=1, dropout=config.dropout,
                        dice_momentum=config.dice_momentum)
 
-    def short_term(self, history: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The last ``short_length`` real behaviors + the target -> the target token's output (B, D)."""
+    def recent_tokens(self, history: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The short-term branch's behavior tokens: the last ``short_length`` real behaviors (B, k, D) +
+        recency positions, and which of them are real (B, k)."""
         k = self.config.short_length
         lengths = mask.sum(dim=1)  # (B,)
         index = lengths.unsqueeze(1) - k + torch.arange(k, device=history.device)  # (B, k), left-aligned history
         valid = index >= 0
         index = index.clamp(min=0)
         recent = history.gather(1, index.unsqueeze(-1).expand(-1, -1, history.shape[-1]))  # (B, k, D)
-        recent = recent * valid.unsqueeze(-1)
-        tokens = torch.cat([recent, target.unsqueeze(1)], dim=1) + self.short_positions  # (B, k + 1, D)
-        token_mask = torch.cat([valid, valid.new_ones(valid.shape[0], 1)], dim=1)  # (B, k + 1)
+        return recent * valid.unsqueeze(-1) + self.short_positions[:k], valid
+
+    def short_term(self, recent: torch.Tensor, valid: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The recent tokens (B, k, D) and each of K targets (B, K, D) through the short-term Transformer
+        -> the target token's output (B, K, D)."""
+        (b, k, d), n = recent.shape, target.shape[1]
+        target_token = target + self.short_positions[k]  # (B, K, D)
+        tokens = torch.cat([recent.unsqueeze(1).expand(b, n, k, d), target_token.unsqueeze(2)], dim=2)  # (B, K, k+1, D)
+        tokens = tokens.flatten(0, 1)  # (B * K, k + 1, D)
+        token_mask = torch.cat([valid, valid.new_ones(b, 1)], dim=1).repeat_interleave(n, dim=0)  # (B * K, k + 1)
         for layer in self.short_layers:
             tokens = layer(tokens, token_mask)
-        return tokens[:, -1]  # (B, D)
+        return tokens[:, -1].view(b, n, d)
+
+    def encode_user(self, batch: Batch) -> DiffuMINState:
+        history = self.embedding(batch.history_items, batch.history_cates)  # (B, T, D)
+        recent, valid = self.recent_tokens(history, batch.history_mask)  # (B, k, D), (B, k)
+        return DiffuMINState(history=history, mask=batch.history_mask, recent=recent, recent_mask=valid)
+
+    def candidate_side(self, state: DiffuMINState, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Everything that depends on the candidates (B, K, D): ``logits`` (B, K) and, for the auxiliary
+        losses, ``interests`` r (B, K, c, D), ``generated`` r*, ``predicted`` and ``clean`` (the
+        diffusion's x_0 prediction and target, unit-RMS), each (B, K, c, D) where the config has them."""
+        config = self.config
+        (b, k, d), c = target.shape, config.channels
+        interests, channels, _, _ = self.extractor(state.history, state.mask, target)  # (B, K, c, D), (B, K, D, c)
+        parts = {"interests": interests}
+        features = [interests.flatten(2)]
+        if self.generator is not None:
+            # diffuse unit-RMS interests: embeddings are ~1e-2 per dimension, the DDPM noise is ~1
+            scale = interests.norm(dim=-1, keepdim=True).clamp(min=1e-6) / math.sqrt(d)  # (B, K, c, 1)
+            clean = (interests / scale).view(b * k, c, d)  # 0 for an empty channel
+            channels = channels.view(b * k, d, c)
+            if self.training:
+                top = max(config.infer_start_step, 1)  # the noise levels inference starts from
+                step = torch.randint(1, top + 1, (b * k,), device=target.device)  # (B * K,)
+                noisy = self.generator.q_sample(clean, step, torch.randn_like(clean))  # (B * K, c, D)
+                predicted = self.generator.denoise(noisy, step, channels)  # x_0 prediction
+                parts.update(predicted=predicted.view(b, k, c, d), clean=clean.view(b, k, c, d))
+            else:
+                predicted = self.generator.generate(clean, channels)  # (B * K, c, D)
+            generated = predicted.view(b, k, c, d) * scale  # r*, back at the interests' scale
+            parts["generated"] = generated
+            features.append(generated.flatten(2))
+        features += [self.short_term(state.recent, state.recent_mask, target), target]
+        parts["logits"] = self.dnn(torch.cat(features, dim=-1).flatten(0, 1)).view(b, k)  # (B, K)
+        return parts
+
+    def score(self, state: DiffuMINState, candidates: Candidates) -> torch.Tensor:
+        candidates.validate(len(state))
+        return self.candidate_side(state, self.embedding(candidates.items, candidates.cates))["logits"]  # (B, K)
 
     def forward(self, batch: Batch) -> ModelOutput:
         batch.validate()
         config = self.config
-        history = self.embedding(batch.history_items, batch.history_cates)  # (B, T, D)
-        target = self.embedding(batch.target_items, batch.target_cates)  # (B, D)
-        mask = batch.history_mask
-        interests, channels, _, _ = self.extractor(history, mask, target)  # (B, c, D), (B, D, c)
-        features = [interests.flatten(1)]
+        state = self.encode_user(batch)
+        candidates = Candidates.from_targets(batch)
+        candidates.validate(len(state))
+        parts = self.candidate_side(state, self.embedding(candidates.items, candidates.cates))  # K = 1
         aux = {}
-        if self.generator is not None:
-            # diffuse unit-RMS interests: embeddings are ~1e-2 per dimension, the DDPM noise is ~1
-            scale = interests.norm(dim=-1, keepdim=True).clamp(min=1e-6) / math.sqrt(interests.shape[-1])  # (B, c, 1)
-            clean = interests / scale  # (B, c, D), 0 for an empty channel
-            if self.training:
-                top = max(config.infer_start_step, 1)  # the noise levels inference starts from
-                step = torch.randint(1, top + 1, (len(batch),), device=history.device)  # (B,)
-                noisy = self.generator.q_sample(clean, step, torch.randn_like(clean))  # (B, c, D)
-                predicted = self.generator.denoise(noisy, step, channels)  # x_0 prediction, (B, c, D)
-                aux["diffusion"] = config.diffusion_weight * F.mse_loss(predicted, clean.detach())
-            else:
-                predicted = self.generator.generate(clean, channels)  # (B, c, D)
-            generated = predicted * scale  # r*, back at the interests' scale
-            if self.training and config.use_contrastive:
+        if self.training and self.generator is not None:
+            aux["diffusion"] = config.diffusion_weight * F.mse_loss(parts["predicted"], parts["clean"].detach())
+            if config.use_contrastive:
                 aux["contrastive"] = config.contrastive_weight * contrastive_loss(
-                    interests, generated, config.temperature, batch.users)
-            features.append(generated.flatten(1))
-        features += [self.short_term(history, mask, target), target]
-        logits = self.dnn(torch.cat(features, dim=-1)).squeeze(-1)  # (B,)
+                    parts["interests"][:, 0], parts["generated"][:, 0], config.temperature, batch.users)
         if config.l2_mba > 0 and self.training:
             aux["l2_mba"] = config.l2_mba * self.embedding.batch_l2(batch)
-        return ModelOutput(logits=logits, aux_losses=aux)
+        return ModelOutput(logits=parts["logits"][:, 0], aux_losses=aux)

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from lifelong.batch import Batch
+from lifelong.models.ranking import Candidates, RankingModel, UserState
 from lifelong.models.registry import ModelConfig, ModelOutput, register
 from lifelong.nn import ACTIVATIONS, MLP, BehaviorEmbedding, TargetAttention
 
@@ -69,12 +70,36 @@ class DINConfig(ModelConfig):
             raise ValueError("din: dropout must be in [0, 1) and l2_mba non-negative")
 
 
+@dataclass
+class DINState(UserState):
+    """DIN's user side: the embedded history. (The behaviors' own part of the activation unit,
+    ``(W_h + W_d) h``, is folded into the product that scores a user's candidates together, see
+    :class:`lifelong.nn.TargetAttention`; storing it would save nothing.)
+
+    Attributes:
+        history: (B, T, 2E) behavior embeddings (0 at padding).
+        mask: (B, T) bool, True at real behaviors.
+    """
+
+    history: torch.Tensor
+    mask: torch.Tensor
+
+
 @register(DINConfig)
-class DIN(nn.Module):
+class DIN(RankingModel):
     """Target attention over the behaviors + candidate -> MLP (Dice) -> logit.
+
+    The user side is the embedded history; each candidate then costs one pass of the activation unit's
+    MLP per behavior (target attention is per candidate), all of a user's candidates in one batch.
 
     Example:
         >>> model = DIN(DINConfig(n_items=10, n_cates=4, embedding_dim=4, attention_hidden=(8,), dnn_hidden=(8,)))
+        >>> batch = Batch(history_items=torch.tensor([[2, 3, 0]]), history_cates=torch.tensor([[1, 2, 0]]),
+        ...               history_mask=torch.tensor([[True, True, False]]), target_items=torch.tensor([4]),
+        ...               target_cates=torch.tensor([2]), labels=torch.tensor([1.0]), users=torch.tensor([0]))
+        >>> candidates = Candidates(items=torch.tensor([[4, 5, 6]]), cates=torch.tensor([[2, 2, 3]]))
+        >>> model.eval().score(model.encode_user(batch), candidates).shape  # 3 candidates, one user
+        torch.Size([1, 3])
     """
 
     def __init__(self, config: DINConfig) -> None:
@@ -88,12 +113,20 @@ class DIN(nn.Module):
         )
         self.dnn = MLP(2 * width, list(config.dnn_hidden), config.dnn_activation, out_dim=1, dropout=config.dropout)
 
+    def encode_user(self, batch: Batch) -> DINState:
+        history = self.embedding(batch.history_items, batch.history_cates)  # (B, T, 2E)
+        return DINState(history=history, mask=batch.history_mask)
+
+    def score(self, state: DINState, candidates: Candidates) -> torch.Tensor:
+        candidates.validate(len(state))
+        target = self.embedding(candidates.items, candidates.cates)  # (B, K, 2E)
+        interest, _ = self.attention(target, state.history, state.mask)  # (B, K, 2E)
+        logits = self.dnn(torch.cat([interest, target], dim=-1).flatten(0, 1))  # (B * K, 1)
+        return logits.view(candidates.items.shape)  # (B, K)
+
     def forward(self, batch: Batch) -> ModelOutput:
         batch.validate()
-        history = self.embedding(batch.history_items, batch.history_cates)  # (B, T, 2E)
-        target = self.embedding(batch.target_items, batch.target_cates)  # (B, 2E)
-        interest, _ = self.attention(target, history, batch.history_mask)  # (B, 2E)
-        logits = self.dnn(torch.cat([interest, target], dim=-1)).squeeze(-1)  # (B,)
+        logits = self.score(self.encode_user(batch), Candidates.from_targets(batch)).squeeze(1)  # (B,)
         aux = {}
         if self.config.l2_mba > 0 and self.training:
             aux["l2_mba"] = self.config.l2_mba * self.embedding.batch_l2(batch)

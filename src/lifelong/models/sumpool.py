@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from lifelong.batch import Batch
+from lifelong.models.ranking import Candidates, RankingModel, UserState
 from lifelong.models.registry import ModelConfig, ModelOutput, register
 from lifelong.nn import ACTIVATIONS, MLP, BehaviorEmbedding
 
@@ -46,12 +47,29 @@ class SumPoolConfig(ModelConfig):
             raise ValueError("sumpool: dropout must be in [0, 1) and l2_mba non-negative")
 
 
+@dataclass
+class SumPoolState(UserState):
+    """The base model's user side.
+
+    Attributes:
+        pooled: (B, 2E) sum-pooled behaviors.
+    """
+
+    pooled: torch.Tensor
+
+
 @register(SumPoolConfig)
-class SumPool(nn.Module):
+class SumPool(RankingModel):
     """Sum-pooled behaviors + candidate -> MLP -> logit.
+
+    The user side is the pooled vector; a candidate costs one pass of the MLP.
 
     Example:
         >>> model = SumPool(SumPoolConfig(n_items=10, n_cates=4, embedding_dim=4, dnn_hidden=(8,)))
+        >>> state = SumPoolState(pooled=torch.zeros(2, 8))
+        >>> candidates = Candidates(items=torch.tensor([[4, 5, 6], [7, 8, 9]]), cates=torch.ones(2, 3).long())
+        >>> model.eval().score(state, candidates).shape
+        torch.Size([2, 3])
     """
 
     def __init__(self, config: SumPoolConfig) -> None:
@@ -61,12 +79,20 @@ class SumPool(nn.Module):
         width = self.embedding.out_dim
         self.dnn = MLP(2 * width, list(config.dnn_hidden), config.dnn_activation, out_dim=1, dropout=config.dropout)
 
+    def encode_user(self, batch: Batch) -> SumPoolState:
+        history = self.embedding(batch.history_items, batch.history_cates)  # (B, T, 2E)
+        return SumPoolState(pooled=(history * batch.history_mask.unsqueeze(-1)).sum(dim=1))  # (B, 2E)
+
+    def score(self, state: SumPoolState, candidates: Candidates) -> torch.Tensor:
+        candidates.validate(len(state))
+        target = self.embedding(candidates.items, candidates.cates)  # (B, K, 2E)
+        pooled = state.pooled.unsqueeze(1).expand_as(target)  # (B, K, 2E)
+        logits = self.dnn(torch.cat([pooled, target], dim=-1).flatten(0, 1))  # (B * K, 1)
+        return logits.view(candidates.items.shape)  # (B, K)
+
     def forward(self, batch: Batch) -> ModelOutput:
         batch.validate()
-        history = self.embedding(batch.history_items, batch.history_cates)  # (B, T, 2E)
-        target = self.embedding(batch.target_items, batch.target_cates)  # (B, 2E)
-        pooled = (history * batch.history_mask.unsqueeze(-1)).sum(dim=1)  # (B, 2E)
-        logits = self.dnn(torch.cat([pooled, target], dim=-1)).squeeze(-1)  # (B,)
+        logits = self.score(self.encode_user(batch), Candidates.from_targets(batch)).squeeze(1)  # (B,)
         aux = {}
         if self.config.l2_mba > 0 and self.training:
             aux["l2_mba"] = self.config.l2_mba * self.embedding.batch_l2(batch)

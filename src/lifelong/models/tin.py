@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from lifelong.batch import Batch
+from lifelong.models.ranking import Candidates, RankingModel, UserState
 from lifelong.models.registry import ModelConfig, ModelOutput, register
 from lifelong.nn import ACTIVATIONS, MLP, BehaviorEmbedding, relative_positions
 
@@ -107,12 +108,40 @@ def interval_buckets(timestamps: torch.Tensor, history_timestamps: torch.Tensor,
     return torch.where(mask, buckets.clamp(max=n_buckets - 1), torch.zeros_like(buckets))
 
 
+@dataclass
+class TINState(UserState):
+    """TIN's user side.
+
+    Attributes:
+        history: (B, T, 2E) behavior embeddings plus their position encoding ``e_i + p_i`` (the plain
+            embeddings without TTE-P).
+        mask: (B, T) bool, True at real behaviors.
+        history_timestamps: (B, T) int64 behavior times, unix seconds (TTE-T buckets them against the
+            scoring time), or None without TTE-T.
+    """
+
+    history: torch.Tensor
+    mask: torch.Tensor
+    history_timestamps: torch.Tensor | None
+
+
 @register(TINConfig)
-class TIN(nn.Module):
+class TIN(RankingModel):
     """Target-aware temporal encoding + target-aware attention and representation -> MLP -> logit.
+
+    The user side is the behaviors with their position encoding; the interval encoding depends on the
+    time the candidates are scored at, so it is added on the candidate side (one (B, T) lookup per
+    call, shared by the user's candidates). Each candidate then costs a dot product and a weighted sum
+    over the behaviors: ``u = sum_i alpha_i (e~_i * v~_t) = (sum_i alpha_i e~_i) * v~_t``.
 
     Example:
         >>> model = TIN(TINConfig(n_items=10, n_cates=4, embedding_dim=4, dnn_hidden=(8,)))
+        >>> batch = Batch(history_items=torch.tensor([[2, 3, 0]]), history_cates=torch.tensor([[1, 2, 0]]),
+        ...               history_mask=torch.tensor([[True, True, False]]), target_items=torch.tensor([4]),
+        ...               target_cates=torch.tensor([2]), labels=torch.tensor([1.0]), users=torch.tensor([0]))
+        >>> candidates = Candidates(items=torch.tensor([[4, 5, 6]]), cates=torch.tensor([[2, 2, 3]]))
+        >>> model.eval().score(model.encode_user(batch), candidates).shape  # 3 candidates, one user
+        torch.Size([1, 3])
     """
 
     def __init__(self, config: TINConfig) -> None:
@@ -127,48 +156,68 @@ class TIN(nn.Module):
                 nn.init.normal_(table.weight, std=1e-2)
         self.dnn = MLP(2 * width, list(config.dnn_hidden), config.dnn_activation, out_dim=1, dropout=config.dropout)
 
-    def temporal(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Temporal embeddings of the behaviors (B, T, 2E) and of the target (B, 2E), or None."""
-        mask = batch.history_mask
-        history_parts, target_parts = [], []
-        if self.position is not None:
-            positions = relative_positions(mask).clamp(max=self.config.max_positions - 1)  # (B, T)
-            history_parts.append(self.position(positions))
-            target_parts.append(self.position.weight[0].expand(mask.shape[0], -1))
-        if self.interval is not None:
-            if batch.timestamps is None or batch.history_timestamps is None:
-                raise ValueError("tin: temporal_encoding='interval'/'both' needs batch.timestamps and "
-                                 "batch.history_timestamps; build the collator with with_timestamps=True "
-                                 "(config.batch_needs() says so)")
-            buckets = interval_buckets(batch.timestamps, batch.history_timestamps, mask, self.config.n_buckets)
-            history_parts.append(self.interval(buckets))
-            target_parts.append(self.interval.weight[0].expand(mask.shape[0], -1))
-        if not history_parts:
+    def position_embeddings(self, mask: torch.Tensor) -> torch.Tensor | None:
+        """TTE-P of the behaviors: (B, T) mask -> (B, T, 2E) rows ``l - t`` (clipped), or None."""
+        if self.position is None:
             return None
-        return sum(history_parts), sum(target_parts)
+        return self.position(relative_positions(mask).clamp(max=self.config.max_positions - 1))
 
-    def encode(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """The intermediate tensors: ``history`` e~ (B, T, 2E), ``target`` v~ (B, 2E), ``plain_target``
-        v (B, 2E), ``weights`` alpha (B, T) and ``interest`` u (B, 2E)."""
+    def interval_embeddings(self, timestamps: torch.Tensor | None, history_timestamps: torch.Tensor,
+                            mask: torch.Tensor) -> torch.Tensor | None:
+        """TTE-T of the behaviors scored at ``timestamps`` (B,): (B, T, 2E), or None without TTE-T."""
+        if self.interval is None:
+            return None
+        if timestamps is None:
+            raise ValueError("tin: temporal_encoding='interval'/'both' needs the scoring time (batch.timestamps, "
+                             "or candidates.timestamps) and batch.history_timestamps; build the collator with "
+                             "with_timestamps=True (config.batch_needs() says so)")
+        return self.interval(interval_buckets(timestamps, history_timestamps, mask, self.config.n_buckets))
+
+    def target_temporal(self) -> torch.Tensor | None:
+        """The target's temporal embedding (2E,): row 0 of each temporal table, or None."""
+        rows = [table.weight[0] for table in (self.position, self.interval) if table is not None]
+        return sum(rows) if rows else None
+
+    def encode_user(self, batch: Batch) -> TINState:
         history = self.embedding(batch.history_items, batch.history_cates)  # (B, T, 2E)
-        plain_target = self.embedding(batch.target_items, batch.target_cates)  # (B, 2E)
-        target = plain_target
-        temporal = self.temporal(batch)
-        if temporal is not None:
-            history = history + temporal[0]  # (B, T, 2E)  e~_i = e_i + p_i
-            target = target + temporal[1]  # (B, 2E)  v~_t = v_t + p_0
-        mask = batch.history_mask
-        scores = torch.einsum("btd,bd->bt", history, target) / math.sqrt(history.shape[-1])  # (B, T)
+        positions = self.position_embeddings(batch.history_mask)
+        if positions is not None:
+            history = history + positions  # e_i + p_i
+        if self.interval is not None and batch.history_timestamps is None:
+            raise ValueError("tin: temporal_encoding='interval'/'both' needs batch.history_timestamps and "
+                             "batch.timestamps; build the collator with with_timestamps=True "
+                             "(config.batch_needs() says so)")
+        return TINState(history=history, mask=batch.history_mask,
+                        history_timestamps=batch.history_timestamps if self.interval is not None else None)
+
+    def attend(self, state: TINState, candidates: Candidates) -> dict[str, torch.Tensor]:
+        """The candidate side's intermediate tensors: ``history`` e~ (B, T, 2E), ``target`` v~ (B, K, 2E),
+        ``plain_target`` v (B, K, 2E), ``weights`` alpha (B, K, T) and ``interest`` u (B, K, 2E)."""
+        plain_target = self.embedding(candidates.items, candidates.cates)  # (B, K, 2E)
+        history, target = state.history, plain_target
+        intervals = self.interval_embeddings(candidates.timestamps, state.history_timestamps, state.mask)
+        if intervals is not None:
+            history = history + intervals  # (B, T, 2E)  e~_i = e_i + p_i
+        target_time = self.target_temporal()
+        if target_time is not None:
+            target = target + target_time  # (B, K, 2E)  v~_t = v_t + p_0
+        mask = state.mask.unsqueeze(1)  # (B, 1, T)
+        scores = torch.einsum("btd,bkd->bkt", history, target) / math.sqrt(history.shape[-1])  # (B, K, T)
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-        weights = torch.softmax(scores, dim=1) * mask  # (B, T), exactly 0 at padding
-        interest = torch.einsum("bt,btd->bd", weights, history * target[:, None, :])  # (B, 2E)
+        weights = torch.softmax(scores, dim=-1) * mask  # (B, K, T), exactly 0 at padding
+        interest = (weights @ history) * target  # (B, K, 2E)  sum_i alpha_i (e~_i * v~_t)
         return {"history": history, "target": target, "plain_target": plain_target,
                 "weights": weights, "interest": interest}
 
+    def score(self, state: TINState, candidates: Candidates) -> torch.Tensor:
+        candidates.validate(len(state))
+        parts = self.attend(state, candidates)
+        features = torch.cat([parts["interest"], parts["plain_target"]], dim=-1)  # (B, K, 4E)
+        return self.dnn(features.flatten(0, 1)).view(candidates.items.shape)  # (B, K)
+
     def forward(self, batch: Batch) -> ModelOutput:
         batch.validate()
-        parts = self.encode(batch)
-        logits = self.dnn(torch.cat([parts["interest"], parts["plain_target"]], dim=-1)).squeeze(-1)  # (B,)
+        logits = self.score(self.encode_user(batch), Candidates.from_targets(batch)).squeeze(1)  # (B,)
         aux = {}
         if self.config.l2_mba > 0 and self.training:
             aux["l2_mba"] = self.config.l2_mba * self.embedding.batch_l2(batch)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 ACTIVATIONS = ("dice", "prelu", "relu", "sigmoid")
+PAIRS_PER_CHUNK = 1 << 14  # (behavior, candidate) pairs per step of TargetAttention at inference
 
 
 class Dice(nn.Module):
@@ -29,8 +30,17 @@ class Dice(nn.Module):
         self.alpha = nn.Parameter(torch.zeros(num_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, F) -> (N, F)
-        p = torch.sigmoid(self.norm(x))
-        return x * (p + (1 - p) * self.alpha)
+        if self.training or not self.norm.track_running_stats:
+            p = torch.sigmoid(self.norm(x))
+            return x * (p + (1 - p) * self.alpha)
+        # inference: the moving averages fold into one scale and shift; in place when no gradient is
+        # needed (ranking many candidates runs Dice over every (behavior, candidate) pair)
+        scale = torch.rsqrt(self.norm.running_var + self.norm.eps)  # (F,)
+        p = torch.addcmul(-self.norm.running_mean * scale, x, scale)  # (N, F) (x - E[s]) / sqrt(Var[s] + eps)
+        if torch.is_grad_enabled():
+            p = torch.sigmoid(p)
+            return x * (p * (1 - self.alpha) + self.alpha)
+        return p.sigmoid_().mul_(1 - self.alpha).add_(self.alpha).mul_(x)
 
 
 def activation(name: str, num_features: int, dice_momentum: float = 0.01) -> nn.Module:
@@ -137,8 +147,13 @@ class TargetAttention(nn.Module):
 
     ``impl="reference"`` builds the 4-way concatenation literally; ``impl="fused"`` (default) splits
     the first linear layer, ``W [h, t, h - t, h * t] = (W_h + W_d) h + (W_t - W_d) t + W_p (h * t)``,
-    so the target part is computed once per sample instead of once per behavior. Both give the same
+    so the target part is computed once per candidate instead of once per behavior. Both give the same
     result (tested).
+
+    Several candidates per user (targets (B, K, D)) are scored against the same behaviors at once. Each
+    (behavior, candidate) pair goes through the MLP, as target attention must, but the first layer is
+    one matrix product per user, ``(W_h + W_d + W_p diag(t_k)) h`` for all ``k`` at once, so no
+    (N, K, D) tensor of products is built and the behaviors' own part costs nothing extra.
 
     Args:
         dim: behavior and target width.
@@ -153,6 +168,8 @@ class TargetAttention(nn.Module):
         >>> mask = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
         >>> att(target, keys, mask)[0].shape
         torch.Size([2, 8])
+        >>> att(torch.randn(2, 3, 8), keys, mask)[0].shape  # 3 candidates per user
+        torch.Size([2, 3, 8])
     """
 
     def __init__(self, dim: int, hidden: list[int], activation_name: str = "dice",
@@ -171,34 +188,75 @@ class TargetAttention(nn.Module):
         self.normalization = normalization
         self.impl = impl
 
-    def forward(self, target: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, target: torch.Tensor, keys: torch.Tensor,
+                mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Args:
-            target: (B, D) candidate embedding.
+            target: (B, D) candidate embedding, or (B, K, D) for K candidates per user.
             keys: (B, T, D) behavior embeddings.
             mask: (B, T) bool, True at real behaviors.
 
         Returns:
-            interest (B, D) and weights (B, T) (0 at padding).
+            interest (B, D) and weights (B, T) (0 at padding); (B, K, D) and (B, K, T) for (B, K, D) targets.
         """
-        b, t, d = keys.shape
-        batch_index, step_index = mask.nonzero(as_tuple=True)  # (N,), (N,)
-        packed = keys[batch_index, step_index]  # (N, D)
-        if self.impl == "reference":
-            target_rows = target[batch_index]  # (N, D)
-            features = torch.cat([packed, target_rows, packed - target_rows, packed * target_rows], dim=-1)
-            hidden = self.first(features)  # (N, H0)
+        single = target.dim() == 2
+        targets = target.unsqueeze(1) if single else target  # (B, K, D)
+        b, t, _ = keys.shape
+        k = targets.shape[1]
+        rows, steps = mask.nonzero(as_tuple=True)  # (N,), (N,) real behaviors
+        n = rows.shape[0]
+        if self.training or torch.is_grad_enabled():  # every pair at once: Dice's batch statistics see them all
+            scores = self.pair_scores(targets, keys, rows, steps)  # (N, K)
+        elif k == 1:  # inference, in chunks of pairs whose intermediates stay in the cache (same result)
+            parts = [slice(i, i + PAIRS_PER_CHUNK) for i in range(0, n, PAIRS_PER_CHUNK)]
+            scores = torch.cat([self.pair_scores(targets, keys, rows[part], steps[part]) for part in parts]
+                               or [targets.new_zeros(0, 1)])
         else:
-            w_h, w_t, w_d, w_p = self.first.weight.split(d, dim=1)  # 4 x (H0, D)
-            per_target = target @ (w_t - w_d).T + self.first.bias  # (B, H0)
-            hidden = packed @ (w_h + w_d).T + (packed * target[batch_index]) @ w_p.T + per_target[batch_index]
-        scores = self.rest(self.first_activation(hidden)).squeeze(-1)  # (N,)
+            chunk = max(1, PAIRS_PER_CHUNK // max(n, 1))  # candidates per chunk
+            scores = torch.cat([self.pair_scores(targets[:, i : i + chunk], keys, rows, steps)
+                                for i in range(0, k, chunk)], dim=1)  # (N, K)
         if self.normalization == "softmax":
-            logits = scores.new_full((b, t), float("-inf")).index_put((batch_index, step_index), scores)
+            logits = scores.new_full((b, t, k), float("-inf")).index_put((rows, steps), scores)  # (B, T, K)
             weights = torch.softmax(logits, dim=1).nan_to_num(0.0)  # an empty history gives all zeros
         else:
-            weights = scores.new_zeros((b, t)).index_put((batch_index, step_index), scores)
-        interest = torch.einsum("bt,btd->bd", weights, keys)  # (B, D)
+            weights = scores.new_zeros((b, t, k)).index_put((rows, steps), scores)  # (B, T, K)
+        interest = torch.einsum("btk,btd->bkd", weights, keys)  # (B, K, D)
+        weights = weights.transpose(1, 2)  # (B, K, T)
+        if single:
+            return interest.squeeze(1), weights.squeeze(1)
         return interest, weights
+
+    def pair_scores(self, targets: torch.Tensor, keys: torch.Tensor, rows: torch.Tensor,
+                    steps: torch.Tensor) -> torch.Tensor:
+        """The activation unit's raw score of every (behavior, candidate) pair.
+
+        Args:
+            targets: (B, K, D) candidates.
+            keys: (B, T, D) behaviors.
+            rows, steps: (N,) the behaviors scored, ``keys[rows, steps]``; with ``K > 1`` (fused) every
+                real behavior of ``keys`` in row-major order (``mask.nonzero()``).
+
+        Returns:
+            (N, K) scores.
+        """
+        b, t, d = keys.shape
+        k = targets.shape[1]
+        if self.impl == "reference":
+            packed = keys[rows, steps].unsqueeze(1).expand(-1, k, -1)  # (N, K, D)
+            paired = targets[rows]  # (N, K, D)
+            hidden = self.first(torch.cat([packed, paired, packed - paired, packed * paired], dim=-1))  # (N, K, H0)
+        else:
+            w_h, w_t, w_d, w_p = self.first.weight.split(d, dim=1)  # 4 x (H0, D)
+            per_target = targets @ (w_t - w_d).T + self.first.bias  # (B, K, H0)
+            if k == 1:  # one candidate per user (training, forward): the listed behaviors, packed
+                packed = keys[rows, steps]  # (N, D)
+                hidden = packed @ (w_h + w_d).T + (packed * targets[rows, 0]) @ w_p.T + per_target[rows, 0]  # (N, H0)
+            else:  # (W_h + W_d + W_p diag(t_k)) h for every k: one (T, D) x (D, K * H0) product per user
+                mixing = (w_h + w_d) + w_p * targets.unsqueeze(2)  # (B, K, H0, D)
+                hidden = torch.bmm(keys, mixing.flatten(1, 2).transpose(1, 2)).view(b, t, k, -1)  # (B, T, K, H0)
+                hidden += per_target.unsqueeze(1)  # in place: the product's output is not saved for backward
+                if rows.shape[0] < b * t:  # padding: keep the real behaviors (Dice's batch statistics)
+                    hidden = hidden[rows, steps]  # (N, K, H0)
+        return self.rest(self.first_activation(hidden.reshape(-1, hidden.shape[-1]))).view(-1, k)  # (N, K)
 
 
 def relative_positions(mask: torch.Tensor) -> torch.Tensor:
