@@ -28,31 +28,31 @@ from lifelong.errors import UserError
 TMP_MARKER = ".lifelong-tmp"  # written first into every temporary folder lifelong makes
 
 
-def _json_field(path: Path, key: str) -> object:
+def _json_object(path: Path) -> dict:
+    """The JSON object in ``path``; ``{}`` when the file is missing, unreadable or not a JSON object."""
     try:
         value = json.loads(path.read_text())
     except (OSError, ValueError):
-        return None
-    return value.get(key) if isinstance(value, dict) else None
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _format_is(path: Path, prefix: str) -> bool:
+    return str(_json_object(path).get("format") or "").startswith(prefix)
 
 
 def _is_dataset(folder: Path) -> bool:
-    return str(_json_field(folder / "manifest.json", "format") or "").startswith("lifelong-dataset/")
+    return _format_is(folder / "manifest.json", "lifelong-dataset/")
 
 
 def _is_run(folder: Path) -> bool:
-    marker = folder / "config.json"
-    if str(_json_field(marker, "format") or "").startswith("lifelong-run/"):
-        return True
-    try:  # runs written before the format field: the resolved options, the model config and the command
-        value = json.loads(marker.read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(value, dict) and {"train", "model", "command"} <= set(value)
+    config = _json_object(folder / "config.json")
+    # runs written before the format field: the resolved options, the model config and the command
+    return str(config.get("format") or "").startswith("lifelong-run/") or {"train", "model", "command"} <= set(config)
 
 
 def _is_demo(folder: Path) -> bool:
-    return str(_json_field(folder / "demo.json", "format") or "").startswith("lifelong-demo/")
+    return _format_is(folder / "demo.json", "lifelong-demo/")
 
 
 @dataclass(frozen=True)
@@ -224,7 +224,7 @@ def clean_stale_temporaries(folder: Path) -> list[Path]:
         tag, _, pid = tag_pid.rpartition("-")
         if tag not in ("tmp", "old") or not pid.isdigit() or not (candidate / TMP_MARKER).exists():
             continue
-        if int(_json_field(candidate / TMP_MARKER, "pid") or pid) != int(pid) or _alive(int(pid)):
+        if int(_json_object(candidate / TMP_MARKER).get("pid") or pid) != int(pid) or _alive(int(pid)):
             continue
         shutil.rmtree(candidate, ignore_errors=True)
         removed.append(candidate)

@@ -41,7 +41,7 @@ Deviations (choices the papers or their code leave open, or where this file depa
   - Crop and reorder draw their start uniformly from every valid position, ``0 .. n - run``; ICLRec's
     ``randint(0, n - run - 1)`` never picks the run that ends at the last item.
   - K-means is this file's own (torch): initial centroids are distinct training windows drawn with a
-    generator seeded from torch's RNG (the loop seeds it per epoch, so a resumed run clusters alike),
+    generator seeded from the ``kmeans`` stream (reset per epoch, so a resumed run clusters alike),
     Lloyd iterations for a fixed ``kmeans_iterations`` (faiss' default 20; no ``nredo``, no sub-sampling
     to ``max_points_per_centroid``); an empty cluster is re-seeded with the window farthest from its
     centroid (the next farthest for the next empty one), deterministic given the data. Assignment uses
@@ -137,7 +137,7 @@ class ICLRecConfig(SASRecConfig):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Augmentations: (B, T) left-aligned item indices and mask in, the same shapes out; torch's RNG.
+# Augmentations: (B, T) left-aligned item indices and mask in, the same shapes out; the ``augment`` stream.
 
 
 def _run_length(lengths: torch.Tensor, rate: float) -> torch.Tensor:

@@ -5,8 +5,8 @@ Sequential Recommendation, WSDM 2023 (arXiv 2208.04600).
 
 Mechanism:
   - Neural-process framing: a user's interest is one function of time drawn from a learned family. In
-    training each window's real time steps are split at random (torch's RNG) into a **context** set and
-    a **target** set: each step is context with probability ``context_ratio``; a window of two or more
+    training each window's real time steps are split at random (the ``context_split`` stream of
+    :mod:`lifelong.streams`) into a **context** set and a **target** set: each step is context with probability ``context_ratio``; a window of two or more
     steps always keeps at least one of each (its lowest-draw step is context, its highest-draw step a
     target); a window of one step is a single target with an empty context.
   - Attentive interest encoder, one representation ``h_t`` per time step from steps ``<= t`` only. For

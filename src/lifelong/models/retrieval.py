@@ -139,7 +139,7 @@ def next_item_loss(hidden: torch.Tensor, positives: torch.Tensor, items: torch.T
         items: (n_items, D) the item vectors (output embedding).
         kind: ``bce`` | ``sampled`` | ``full`` (see :class:`RetrievalConfig`).
         negatives: (N,) one negative per position, for ``bce``.
-        n_sampled: shared negatives drawn uniformly from ``2 .. n_items-1`` (torch's RNG) for
+        n_sampled: shared negatives drawn uniformly from ``2 .. n_items-1`` (the ``negatives`` stream) for
             ``sampled``; a negative equal to a row's positive is masked out of that row.
         row_negatives: (N, E) extra negatives of each row for ``sampled`` (item indices, 0 = none),
             e.g. the row's own history items; an extra negative equal to the row's positive, to one

@@ -181,9 +181,8 @@ def check_run_dataset(resolved: dict, dataset: PreparedDataset, run: Path) -> No
     new = dataset.manifest
 
     def describe(m: dict) -> str:
-        protocol = m.get("protocol", {}).get("name") if isinstance(m.get("protocol"), dict) else m.get("protocol")
-        return f"protocol {protocol}, seed {m.get('seed')}, {m.get('n_events', '?'):,} events" \
-            if isinstance(m.get("n_events"), int) else f"protocol {protocol}, seed {m.get('seed')}"
+        events = f", {m['n_events']:,} events" if isinstance(m.get("n_events"), int) else ""
+        return f"protocol {(m.get('protocol') or {}).get('name')}, seed {m.get('seed')}{events}"
 
     raise UserError(
         f"{run} was trained on dataset {stored} ({run_dataset_path(resolved)}: {describe(old)}), but {dataset.path} "
@@ -233,9 +232,10 @@ def open_run_folder(config: TrainConfig, *, resume: bool, overwrite: bool, main:
         fix = "--resume to continue it, " if has_checkpoint else "--resume (starts it again from epoch 1), "
         raise UserError(f"--out {run} already holds a training run ({done}); pass {fix}--overwrite to replace it, "
                         f"or choose another --out")
-    check_output(run, RUN, inputs=[config.data], overwrite=overwrite)
-    if overwrite and run.exists():
+    if overwrite:  # checks the folder (as check_output does), then removes it if it exists
         replace_folder(run, RUN, inputs=[config.data])
+    else:
+        check_output(run, RUN, inputs=[config.data])
     return False
 
 
