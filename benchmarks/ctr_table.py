@@ -62,7 +62,14 @@ LABELS = {
     "din:attention_normalization=softmax": "din (softmax)",
     "dien:aux_weight=0": "dien (no aux loss)",
     "diffumin:use_diffusion=false": "diffumin (no diffusion)",
+    "din:attention_normalization=softmax:user_features=false:item_features=false:context_features=false":
+        "din (softmax), ids only",
+    "dien:user_features=false:item_features=false:context_features=false": "dien, ids only",
 }
+# ``--models features`` is the features on/off comparison (docs/results/features_table.md): every model
+# reads the dataset's declared features by default; "ids only" turns all three groups off.
+FEATURE_MODELS = ",".join(f"{spec},{spec}:user_features=false:item_features=false:context_features=false"
+                          for spec in ("din:attention_normalization=softmax", "dien"))
 DEFAULT_MODELS = ("sumpool,din:attention_normalization=softmax,dien,dien:aux_weight=0,tin,bst,diffumin,"
                   "diffumin:use_diffusion=false")
 LENGTH_BUCKETS = [(1, 2), (3, 4), (5, 6), (7, 9), (10, 14), (15, 24), (25, 50)]
@@ -215,7 +222,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "ctr-table")
     args = parser.parse_args()
     work = workdir(args.workdir, "ctr_table")
-    models, datasets, seeds = args.models.split(","), args.datasets.split(","), args.seeds.split(",")
+    models = (FEATURE_MODELS if args.models == "features" else args.models).split(",")
+    datasets, seeds = args.datasets.split(","), args.seeds.split(",")
 
     for dataset in datasets:
         data = work / "data" / dataset

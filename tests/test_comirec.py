@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from lifelong.models import build_model
-from lifelong.models.comirec import aggregate, category_diversity, dynamic_routing, squash
+from lifelong.models.comirec import aggregate, category_diversity
+from lifelong.nn.capsule import dynamic_routing, squash
 from lifelong.models.multi_interest import MultiInterestModel
 
 from helpers import random_batch, select
@@ -50,7 +51,7 @@ def test_dr_routing_logits_start_at_zero_so_the_first_iteration_couples_uniforml
     expected = squash((u * mask[:, :, None, None]).sum(dim=1) / 4)  # (B, K, D)
     torch.testing.assert_close(capsules, expected)
     # with more iterations the couplings move away from uniform (the logits grow by <u_jk, v_k>)
-    _, later = dynamic_routing(u, mask, 3)
+    _, later = dynamic_routing(u, mask, 3, stop_gradient_early=True)
     assert not torch.allclose(later[2][mask], torch.full_like(later[2][mask], 0.25))
 
 
@@ -77,12 +78,12 @@ def test_dr_routing_matches_a_loop_reference_and_padding_contributes_nothing():
     u = torch.randn(3, 5, 4, 6, generator=g)  # (B, T, K, D)
     lengths = torch.tensor([5, 3, 1])
     mask = torch.arange(5)[None, :] < lengths[:, None]
-    capsules, _ = dynamic_routing(u, mask, 3)
+    capsules, _ = dynamic_routing(u, mask, 3, stop_gradient_early=True)
     for b in range(3):
         torch.testing.assert_close(capsules[b], reference_routing(u[b], int(lengths[b]), 3), rtol=1e-5, atol=1e-6)
     garbage = u.clone()
     garbage[~mask] = 100 * torch.randn(int((~mask).sum()), 4, 6, generator=g)  # predictions at padding
-    torch.testing.assert_close(dynamic_routing(garbage, mask, 3)[0], capsules)
+    torch.testing.assert_close(dynamic_routing(garbage, mask, 3, stop_gradient_early=True)[0], capsules)
 
 
 def test_dr_transform_is_one_map_per_behavior_position_and_interest():
@@ -106,7 +107,7 @@ def test_dr_non_final_iterations_pass_no_gradient_through_the_couplings():
     u = torch.randn(2, 4, 3, 5, generator=g, requires_grad=True)
     mask = torch.tensor([[True] * 4, [True, True, False, False]])
     weights = torch.randn(2, 3, 5, generator=g)
-    capsules, couplings = dynamic_routing(u, mask, 3)
+    capsules, couplings = dynamic_routing(u, mask, 3, stop_gradient_early=True)
     (grad,) = torch.autograd.grad((capsules * weights).sum(), u)
     # the same output with the final couplings as constants: squash(sum_j c_jk u_jk)
     fixed = squash(torch.einsum("btk,btkd->bkd", couplings[-1].detach(), u))

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from lifelong.models import build_model
-from lifelong.models.diffumin import OrthogonalInterestExtractor, contrastive_loss
+from lifelong.models.diffumin import OrthogonalInterestExtractor, contrastive_loss, diffusion_loss
+from lifelong.streams import STREAMS
 
 from helpers import assert_candidates_score_as_forward_passes, random_batch
 from model_configs import TINY_CONFIGS, TINY_VOCAB
@@ -211,13 +212,97 @@ def test_training_returns_weighted_diffusion_and_contrastive_losses():
     torch.testing.assert_close(calls["x0"], clean, rtol=1e-4, atol=1e-5)
     assert 1 <= int(calls["step"].min()) and int(calls["step"].max()) <= 100
     predicted = calls["predicted"].detach()
-    torch.testing.assert_close(aux["diffusion"], 0.01 * (predicted - clean).pow(2).mean())
+    present = r.abs().sum(dim=-1) > 0  # (B, c) channels that pooled a behavior
+    assert not present.all()  # the batch has empty channels (a history of one behavior fills one channel)
+    error = (predicted - clean).pow(2).mean(dim=-1)  # (B, c)
+    torch.testing.assert_close(aux["diffusion"], 0.01 * error[present].mean())  # over the non-empty channels
     # L_cl: 0.001 x InfoNCE between r and r* (the prediction at r's scale), other users' samples as negatives
     torch.testing.assert_close(r_star, predicted * scale, rtol=1e-4, atol=1e-7)
-    torch.testing.assert_close(aux["contrastive"], 0.001 * contrastive_loss(r, r_star, 0.05, batch.users))
+    torch.testing.assert_close(aux["contrastive"], 0.001 * contrastive_loss(r, r_star, 0.05, batch.users, present))
     assert model.eval()(batch).aux_losses == {}
     assert set(tiny(use_contrastive=False).train()(batch).aux_losses) == {"diffusion"}
 
+
+
+def test_empty_channels_are_left_out_of_the_diffusion_and_contrastive_losses():
+    """An empty channel's interest is a zero placeholder: what the denoiser or r* make of it changes no loss,
+    and the losses average over the non-empty (sample, channel) pairs."""
+    g = torch.Generator().manual_seed(8)
+    predicted, clean, r, r_star = (torch.randn(4, 3, 8, generator=g) for _ in range(4))
+    present = torch.tensor([[True, True, False], [True, False, False], [True, True, True], [False, True, True]])
+    users = torch.tensor([1, 2, 3, 4])
+    # the diffusion loss is the squared error averaged over D and the present channels only
+    error = (predicted - clean).pow(2).mean(dim=-1)
+    torch.testing.assert_close(diffusion_loss(predicted, clean, present), error[present].mean())
+    # the contrastive loss is the mean over present anchors, with the present channels of others as negatives
+    logits = torch.einsum("bcd,jcd->cbj", torch.nn.functional.normalize(r, dim=-1),
+                          torch.nn.functional.normalize(r_star, dim=-1)) / 0.05  # (c, B, B)
+    terms = [torch.logsumexp(logits[i, b][present[:, i]], dim=0) - logits[i, b, b]
+             for i in range(3) for b in range(4) if present[b, i]]
+    torch.testing.assert_close(contrastive_loss(r, r_star, 0.05, users, present), torch.stack(terms).mean())
+    # perturbing the empty channels changes neither loss
+    moved_prediction, moved_r, moved_star = predicted.clone(), r.clone(), r_star.clone()
+    moved_prediction[~present] += 3.0
+    moved_r[~present] = torch.randn(int((~present).sum()), 8, generator=g)
+    moved_star[~present] = 5 * r[0, 0]  # a look-alike of sample 0's channel 0 where the channel is empty
+    torch.testing.assert_close(diffusion_loss(moved_prediction, clean, present), diffusion_loss(predicted, clean, present))
+    torch.testing.assert_close(contrastive_loss(moved_r, moved_star, 0.05, users, present),
+                               contrastive_loss(r, r_star, 0.05, users, present))
+    assert float(diffusion_loss(predicted, clean, torch.zeros_like(present))) == 0.0
+    assert float(contrastive_loss(r, r_star, 0.05, users, torch.zeros_like(present))) == 0.0
+
+
+def test_model_losses_ignore_what_the_denoiser_predicts_for_an_empty_channel():
+    """In the model: shifting the denoiser's prediction at empty channels leaves L_diff and L_cl unchanged."""
+    batch = random_batch(batch_size=8, seed=6)
+    batch.users = torch.arange(8) + 20
+
+    def losses(shift: float) -> dict[str, torch.Tensor]:
+        model = tiny().train()
+        present = {}
+        extract, denoise = model.extractor.forward, model.generator.denoise
+
+        def spy_extract(history, mask, target):
+            out = extract(history, mask, target)
+            present["mask"] = out[3].any(dim=-1).reshape(-1, out[0].shape[-2])  # (B * K, c)
+            return out
+
+        def shifted_denoise(noisy, step, channels):
+            return denoise(noisy, step, channels) + shift * (~present["mask"]).unsqueeze(-1)
+
+        model.extractor.forward, model.generator.denoise = spy_extract, shifted_denoise
+        STREAMS.reset(seed=1, epoch=0)
+        aux = model(batch).aux_losses
+        assert not present["mask"].all()  # the batch has empty channels
+        return aux
+
+    base, shifted = losses(0.0), losses(4.0)
+    torch.testing.assert_close(shifted["diffusion"], base["diffusion"])
+    torch.testing.assert_close(shifted["contrastive"], base["contrastive"])
+
+
+def test_diffusion_draws_come_from_their_own_stream_not_the_global_generator():
+    """The training step and noise of the diffusion come from STREAMS("diffusion"): dropout (which draws
+    from torch's global generator) or another global seed does not change them, batch after batch."""
+    batches = [random_batch(batch_size=8, seed=s) for s in (6, 7)]
+
+    def diffusion_losses(dropout: float, global_seed: int) -> list[torch.Tensor]:
+        model = tiny(dropout=dropout).train()
+        steps = []
+        q_sample = model.generator.q_sample
+        model.generator.q_sample = lambda x0, step, noise: steps.append(step) or q_sample(x0, step, noise)
+        STREAMS.reset(seed=3, epoch=0)
+        torch.manual_seed(global_seed)
+        losses = [model(batch).aux_losses["diffusion"].detach() for batch in batches]
+        return [*losses, *steps]
+
+    reference = diffusion_losses(0.0, 0)
+    for dropout, global_seed in ((0.5, 0), (0.0, 1)):
+        for got, expected in zip(diffusion_losses(dropout, global_seed), reference):
+            torch.testing.assert_close(got, expected)
+    STREAMS.reset(seed=4, epoch=0)  # another run seed draws other noise
+    model = tiny(dropout=0.0).train()
+    assert not torch.equal(model(batches[0]).aux_losses["diffusion"], reference[0])
 
 def test_without_diffusion_there_is_no_generator_and_no_auxiliary_loss():
     model = tiny(use_diffusion=False).train()

@@ -11,7 +11,8 @@ import torch
 import lifelong.models.iclrec  # noqa: F401  (registers "iclrec")
 from lifelong.data.schema import EventLog
 from lifelong.models import build_model
-from lifelong.models.iclrec import augment, crop, kmeans, mask_items, nt_xent, reorder, view_positives
+from lifelong.models.iclrec import augment, crop, mask_items, nt_xent, reorder, view_positives
+from lifelong.nn.cluster import kmeans
 from lifelong.dataset.store import load_dataset
 from lifelong.models.retrieval import next_item_loss, next_items
 from lifelong.pipeline import ProtocolOptions, prepare
@@ -57,8 +58,11 @@ def test_kmeans_finds_separated_clusters_and_reseeds_empty_ones():
 
 
 def test_kmeans_needs_as_many_points_as_clusters():
-    with pytest.raises(ValueError, match="intents"):
+    with pytest.raises(ValueError, match="k=4"):
         kmeans(torch.randn(3, 2), 4, 2, torch.Generator().manual_seed(0))
+    model = tiny(intents=40)
+    with pytest.raises(ValueError, match="intents"):  # the model names its own option
+        model.cluster([random_batch(batch_size=3)])
 
 
 def test_epoch_start_assigns_every_window_one_intent_deterministically_given_the_seed():

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from lifelong.models import build_model
-from lifelong.models.knn_embed import budget_split, budgeted_union, component_weights, distinct_clusters, kmeans
+from lifelong.models.knn_embed import budget_split, budgeted_union, component_weights, distinct_clusters
+from lifelong.nn.cluster import kmeans
 from lifelong.models.multi_interest import MultiInterestModel
 from lifelong.streams import STREAMS
 from lifelong.train.checkpoint import load_weights, save_checkpoint
@@ -168,7 +169,7 @@ def test_kmeans_is_seeded_deterministic_and_clusters_only_the_rankable_items():
     groups = torch.arange(12) // 3  # 4 groups of 3 points
     points = F.one_hot(groups, 4).float() * 10 + torch.randn(12, 4, generator=torch.Generator().manual_seed(0)) * 0.1
     for seed in range(3):
-        _, assignment = kmeans(points, 4, 10, seed)
+        _, assignment = kmeans(points, 4, 10, torch.Generator().manual_seed(seed), init="kmeans++")
         assert all(len(set(assignment[groups == g].tolist())) == 1 for g in range(4))
         assert len(set(assignment.tolist())) == 4
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from lifelong.models import build_model
-from lifelong.models.mind import dynamic_interest_count, squash
+from lifelong.models.mind import dynamic_interest_count
+from lifelong.nn.capsule import squash
 from lifelong.models.multi_interest import label_aware_attention
 
 from helpers import random_batch, select

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from lifelong.models import MODELS, build_model
 from lifelong.models.ranking import Candidates, RankingModel
 from lifelong.nn import BehaviorEmbedding
+from lifelong.streams import STREAMS
 from lifelong.train.checkpoint import load_weights, save_checkpoint
 
 from helpers import assert_candidates_score_as_forward_passes, random_batch, random_candidates, select
@@ -182,9 +183,11 @@ def test_forward_equals_encode_user_then_score_of_the_targets(name, mode):
     model = warm_and_visible(name)
     getattr(model, mode)()
     batch = random_batch(batch_size=8, seed=27)
-    torch.manual_seed(3)  # dropout and the diffusion's noise draw the same in both
+    torch.manual_seed(3)  # dropout (torch's generator) and the diffusion's noise (its stream) draw the same in both
+    STREAMS.reset(seed=3)
     forward = model(batch).logits
     torch.manual_seed(3)
+    STREAMS.reset(seed=3)
     split = model.score(model.encode_user(batch), Candidates.from_targets(batch))
     assert split.shape == (len(batch), 1)
     torch.testing.assert_close(split[:, 0], forward, rtol=1e-5, atol=1e-5)

@@ -18,6 +18,36 @@ from lifelong.protocols.training import training_event_mask
 
 
 @dataclass
+class ItemSide:
+    """Side features of the items at some positions of a batch, beyond their ids and categories.
+
+    ``S`` is the positions' shape: (B,) for targets, (B, T) for a history, (B, K) for candidates.
+
+    Attributes:
+        attrs: S + (A,) int64 attribute-bag indices (0 = padding), or None.
+        dense: S + (D,) float32 content vectors (0 at padding items), or None.
+    """
+
+    attrs: torch.Tensor | None = None
+    dense: torch.Tensor | None = None
+
+    def to(self, device: torch.device | str) -> "ItemSide":
+        return ItemSide(*(_move(v, device) for v in (self.attrs, self.dense)))
+
+    def map(self, fn) -> "ItemSide":
+        """``fn`` applied to each tensor (e.g. ``lambda t: t.unsqueeze(1)``)."""
+        return ItemSide(*(None if v is None else fn(v) for v in (self.attrs, self.dense)))
+
+    def check(self, name: str, shape: tuple[int, ...]) -> None:
+        """Raise ``ValueError`` unless each tensor's leading shape is ``shape``."""
+        for field_name in ("attrs", "dense"):
+            value = getattr(self, field_name)
+            if value is not None and tuple(value.shape[: len(shape)]) != tuple(shape):
+                raise ValueError(f"{name}.{field_name} must have leading shape {tuple(shape)}, "
+                                 f"got {tuple(value.shape)}")
+
+
+@dataclass
 class Batch:
     """One mini-batch of CTR samples.
 
@@ -41,6 +71,11 @@ class Batch:
             (ICSRec's cross-subsequence positive, :func:`lifelong.protocols.target_partners`), left-aligned
             like ``history_items``, or None; the trainer adds it for models that ask (``target_partners``).
         partner_mask: (B, T') bool, True where ``partner_items`` holds a real event, or None.
+        user_features: name -> (B,) tensor: the users' declared features (int64 vocabulary index for a
+            categorical one, float32 value for a numeric one), or None. See ``lifelong.dataset.store``.
+        history_side, target_side, history_negative_side: the item side features (attribute bag,
+            content vector) of the history (B, T), target (B,) and negative (B, T) items, or None.
+            ``history_behaviors`` is the event context.
     """
 
     history_items: torch.Tensor
@@ -58,6 +93,10 @@ class Batch:
     last_target_only: bool = False
     partner_items: torch.Tensor | None = None
     partner_mask: torch.Tensor | None = None
+    user_features: dict[str, torch.Tensor] | None = None
+    history_side: ItemSide | None = None
+    target_side: ItemSide | None = None
+    history_negative_side: ItemSide | None = None
 
     def __len__(self) -> int:
         return int(self.target_items.shape[0])
@@ -99,6 +138,12 @@ class Batch:
                                                or self.partner_items.shape[0] != b):
             raise ValueError(f"partner_items and partner_mask must both be ({b}, T'), got "
                              f"{tuple(self.partner_items.shape)} and {tuple(self.partner_mask.shape)}")
+        for name, shape in (("history_side", (b, t)), ("target_side", (b,)), ("history_negative_side", (b, t))):
+            if getattr(self, name) is not None:
+                getattr(self, name).check(name, shape)
+        for name, value in (self.user_features or {}).items():
+            if tuple(value.shape) != (b,):
+                raise ValueError(f"user_features[{name!r}] must have shape {(b,)}, got {tuple(value.shape)}")
         if self.history_mask.dtype != torch.bool:
             raise ValueError(f"history_mask must be bool, got {self.history_mask.dtype}")
         for name in ("history_items", "history_cates", "target_items", "target_cates"):
@@ -122,6 +167,10 @@ CHECK_VALUES = os.environ.get("LIFELONG_VALIDATE", "") not in ("", "0")  # Batch
 
 
 def _move(value, device):
+    if isinstance(value, dict):
+        return {key: _move(v, device) for key, v in value.items()}
+    if isinstance(value, ItemSide):
+        return value.to(device)
     return value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
 
 
@@ -136,12 +185,21 @@ class Collator:
             :func:`event_negatives`), e.g. for DIEN's auxiliary loss.
         seed: the seed of those negatives.
         device: where the batches go (built on the CPU from the columnar dataset, then moved there).
+        features: the groups of declared features to gather (``user``: the user's features; ``item``:
+            the items' attribute bags and content vectors, gathered from the per-item table). The
+            event context (behavior type) comes whenever the dataset has it.
     """
 
     def __init__(self, dataset: PreparedDataset, max_length: int = 50, with_timestamps: bool = False,
-                 with_negatives: bool = False, seed: int = 2024, device: torch.device | str = "cpu") -> None:
+                 with_negatives: bool = False, seed: int = 2024, device: torch.device | str = "cpu",
+                 features: tuple[str, ...] = ()) -> None:
         if max_length < 1:
             raise ValueError(f"max_length must be at least 1, got {max_length}")
+        unknown = [g for g in features if g not in ("user", "item", "context")]
+        if unknown:
+            raise ValueError(f"features: unknown group(s) {unknown}; the groups are user, item, context")
+        self.user_features = "user" in features and bool(dataset.user_features)
+        self.item_side = "item" in features and (dataset.item_attrs is not None or dataset.item_dense is not None)
         self.device = torch.device(device)
         self.dataset = dataset
         self.max_length = max_length
@@ -185,7 +243,22 @@ class Collator:
             negative_rows = np.where(mask, self.negatives[event], 0)
             batch.history_negative_items = torch.from_numpy(ds.item_idx[negative_rows])
             batch.history_negative_cates = torch.from_numpy(ds.item_cate[negative_rows])
+            if self.item_side:
+                batch.history_negative_side = _item_side(ds, negative_rows)
+        if self.user_features:
+            batch.user_features = {name: torch.from_numpy(values[user]) for name, values in ds.user_features.items()}
+        if self.item_side:
+            batch.history_side = _item_side(ds, item_rows)
+            batch.target_side = _item_side(ds, target_rows)
         return batch if self.device.type == "cpu" else batch.to(self.device)
+
+
+def _item_side(ds: PreparedDataset, rows: np.ndarray) -> ItemSide:
+    """The side features of item ``rows`` (any shape S): S + (A,) bags, S + (D,) vectors."""
+    return ItemSide(
+        attrs=None if ds.item_attrs is None else torch.from_numpy(ds.item_attrs[rows]),
+        dense=None if ds.item_dense is None else torch.from_numpy(ds.item_dense[rows]),
+    )
 
 
 def event_negatives(dataset: PreparedDataset, seed: int = 2024) -> np.ndarray:

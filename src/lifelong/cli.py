@@ -227,6 +227,8 @@ def train(
                                              "validation score (default 1.0: constant)"),
     lr_decay_patience: Optional[int] = typer.Option(None, help="epochs without a better validation score before "
                                                     "each --lr-decay (default 0: never)"),
+    clip_norm: Optional[float] = typer.Option(None, help="clip the gradients' global norm to this before every "
+                                              "step, DESMIL's included (default 0: no clipping)"),
     seed: Optional[int] = typer.Option(None),
     threads: Optional[int] = typer.Option(None, help="torch intra-op threads"),
     results_csv: Optional[str] = typer.Option(None, help="append one result line here"),
@@ -274,7 +276,7 @@ def train(
                 values.setdefault("model", values["model_options"].pop("model_type"))
         given = {"data": data, "model": model, "out": out, "epochs": epochs, "batch_size": batch_size, "lr": lr,
                  "weight_decay": weight_decay, "max_length": max_length, "patience": patience, "seed": seed,
-                 "lr_decay": lr_decay, "lr_decay_patience": lr_decay_patience,
+                 "lr_decay": lr_decay, "lr_decay_patience": lr_decay_patience, "clip_norm": clip_norm,
                  "threads": threads, "results_csv": results_csv, "samples": samples, "device": device,
                  "precision": precision}
         values.update({k: v for k, v in given.items() if v is not None})
@@ -379,7 +381,7 @@ def models() -> None:
     table.add_column("config fields (defaults)")
     for name, (config_class, model_class) in sorted(MODELS.items()):
         fields = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(config_class)
-                           if f.name not in ("n_items", "n_cates", "n_behaviors"))
+                           if f.name not in ("n_items", "n_cates", "n_behaviors", "features"))
         table.add_row(name, fields)
     console.print(table)
 

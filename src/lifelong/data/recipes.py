@@ -344,6 +344,8 @@ def movielens(input: Path, *, on_bad_rows: str = "error", timestamp_unit: str = 
                                           "timestamp": "column_4"})
         movies = folder / "u.item"
         items = _ml100k_items(movies, folder / "u.genre") if movies.is_file() else None
+        if (folder / "u.user").is_file():
+            part.events = _with_ml100k_users(part.events, folder / "u.user")
     elif (folder / "ratings.dat").is_file():
         ratings = folder / "ratings.dat"
         part = read_events_frame(ratings, fmt="csv", separator="::", has_header=False, on_bad_rows=on_bad_rows,
@@ -366,7 +368,34 @@ def movielens(input: Path, *, on_bad_rows: str = "error", timestamp_unit: str = 
     sources = [ratings] + ([movies] if items is not None else [])
     if (folder / "u.genre").is_file() and items is not None and ratings.name == "u.data":
         sources.append(folder / "u.genre")
+    if (folder / "u.user").is_file() and ratings.name == "u.data":
+        sources.append(folder / "u.user")
     return _assemble([part], items, sources, "movielens", on_bad_rows, timestamp_unit)
+
+
+def _with_ml100k_users(events: pl.DataFrame, path: Path) -> pl.DataFrame:
+    """``events`` with the user features of ML-100K's ``u.user`` (``user_id|age|gender|occupation|zip``)
+    as ``user__age`` (Int64: a numeric feature), ``user__gender`` and ``user__occupation`` (Utf8:
+    categorical). The zip code is left out (mostly one user per code). A user missing from the file
+    gets nulls (the unknown index, or the mean age, once prepared)."""
+    ids, ages, genders, jobs = [], [], [], []
+    for number, line in enumerate(_read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split("|")
+        if len(fields) < 4 or not fields[1].strip().isdigit():
+            raise BadRowError(path.name, number, "*", line, "user_id|age|gender|occupation|zip with a whole-number age",
+                              "correct the line, or remove u.user to prepare without user features")
+        ids.append(fields[0].strip())
+        ages.append(int(fields[1]))
+        genders.append(fields[2].strip())
+        jobs.append(fields[3].strip())
+    users = pl.DataFrame({"user_id": ids, "user__age": ages, "user__gender": genders, "user__occupation": jobs},
+                         schema={"user_id": pl.Utf8, "user__age": pl.Int64, "user__gender": pl.Utf8,
+                                 "user__occupation": pl.Utf8}).unique("user_id", keep="first")
+    id_type = events.schema["user_id"]
+    users = users.with_columns(pl.col("user_id").cast(id_type, strict=False)).drop_nulls("user_id")
+    return events.join(users, on="user_id", how="left", maintain_order="left")
 
 
 def _ml100k_items(path: Path, genre_file: Path) -> pl.DataFrame:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from lifelong.data.schema import USER_FEATURE_PREFIX
 from lifelong.dataset.store import PAD, UNKNOWN
 from lifelong.errors import UserError
 
@@ -173,8 +174,29 @@ def prepare_dataset(
     users = users.join(user_vocab.rename({"value": "user_id", "index": "user_idx"}), on="user_id", how="left")
     users = users.sort("user_row").with_columns(pl.col("user_idx").fill_null(UNKNOWN).cast(pl.Int64))
     users = users.with_columns(offset=pl.Series(offsets, dtype=pl.Int64), user_id=pl.col("user_id").cast(pl.Utf8))
-    users.select("user_row", "user_id", "user_idx", "offset", "count").write_parquet(folder / "users.parquet")
     vocab["user"] = _as_list(user_vocab["value"])
+    features: list[dict] = []
+    user_columns = []
+    fitted_users = users["user_idx"] != UNKNOWN
+    for column in (c for c in table.columns if c.startswith(USER_FEATURE_PREFIX)):
+        declaration, values = _user_feature(column[len(USER_FEATURE_PREFIX):], table[column].gather(offsets),
+                                            fitted_users, vocab)
+        features.append(declaration)
+        user_columns.append(values)
+    users = users.with_columns(user_columns)
+    users.select("user_row", "user_id", "user_idx", "offset", "count", *[c.name for c in user_columns]).write_parquet(
+        folder / "users.parquet")
+    if "attr_idx" in item_table.columns:
+        lengths = item_table["attr_idx"].list.len().fill_null(0)
+        features.append({"name": "attr", "group": "item", "kind": "bag", "vocab_size": len(vocab["attr"]) + FIRST_INDEX,
+                         "max_length": int(lengths.max() or 0)})
+    if "embedding" in item_table.columns:
+        dims = item_table["embedding"].list.len().drop_nulls().unique().to_list()
+        if len(dims) > 1:
+            raise UserError(f"the items' embedding vectors have different lengths ({sorted(dims)[:5]}); every item's "
+                            f"vector must have the same number of values")
+        if dims:
+            features.append({"name": "embedding", "group": "item", "kind": "dense", "dim": int(dims[0])})
 
     # Events: encoded ids only.
     event_columns = [pl.col("user_row"), pl.col("item_row"), pl.col("timestamp").cast(pl.Int64)]
@@ -186,6 +208,8 @@ def prepare_dataset(
         del codes
         event_columns.append(pl.col("behavior"))
         vocab["behavior"] = _as_list(behavior_vocab["value"])
+        features.append({"name": "behavior", "group": "context", "kind": "categorical",
+                         "vocab_size": len(vocab["behavior"]) + FIRST_INDEX})
     if has_label:
         event_columns.append(pl.col("label").cast(pl.Float32))
     table.lazy().select(event_columns).sink_parquet(folder / "events.parquet")  # streamed, not encoded whole in memory
@@ -202,4 +226,30 @@ def prepare_dataset(
         "has_behavior": has_behavior,
         "has_label": has_label,
         "vocab_fitted_before": vocab_cutoff,
+        "features": features,
     }
+
+
+def _user_feature(name: str, values: pl.Series, fitted: pl.Series, vocab: dict[str, list]) -> tuple[dict, pl.Series]:
+    """The declaration and the ``users.parquet`` column (``uf_<name>``) of one user feature.
+
+    ``values`` holds each user's value (that of the user's first event). A numeric column stays a
+    number (Float64; null where missing), its mean and standard deviation over the users the
+    vocabularies are fitted on go into the declaration (the embedding block standardises with them).
+    Any other column is categorical: a vocabulary over those users' values (from index 2; a missing or
+    unseen value gets 1, unknown), stored in ``vocab.json`` as ``user__<name>``."""
+    column = f"uf_{name}"
+    if values.dtype.is_numeric():
+        numbers = values.cast(pl.Float64)
+        fit = numbers.filter(fitted).drop_nulls()
+        mean = float(fit.mean()) if fit.len() else 0.0
+        std = float(fit.std()) if fit.len() > 1 else 0.0
+        return ({"name": name, "group": "user", "kind": "numeric", "mean": mean, "std": std if std > 0 else 1.0},
+                numbers.alias(column))
+    text = values.cast(pl.Utf8)
+    feature_vocab = _vocabulary(text.filter(fitted))
+    mapping = dict(zip(feature_vocab["value"].to_list(), feature_vocab["index"].to_list()))
+    index = text.replace_strict(mapping, default=UNKNOWN, return_dtype=pl.Int32).fill_null(UNKNOWN)
+    vocab[USER_FEATURE_PREFIX + name] = _as_list(feature_vocab["value"])
+    return ({"name": name, "group": "user", "kind": "categorical", "vocab_size": len(mapping) + FIRST_INDEX},
+            index.alias(column))

@@ -84,6 +84,10 @@ class PreparedDataset:
     item_cate: np.ndarray  # (n_item_rows,) int64 category vocabulary index per item row
     user_idx: np.ndarray  # (n_users,) int64 user vocabulary index per user row
     vocab_sizes: dict[str, int]
+    features: list[dict] = field(default_factory=list)  # the manifest's feature declarations (see FEATURE_KINDS)
+    user_features: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (n_users,) int64 index / float32
+    item_attrs: np.ndarray | None = None  # (n_item_rows, A) int64 attribute-bag indices, 0-padded; or None
+    item_dense: np.ndarray | None = None  # (n_item_rows, D) float32 item content vectors (0 at padding); or None
     _samples: dict[str, SampleTable] = field(default_factory=dict, repr=False)
 
     @property
@@ -105,6 +109,10 @@ class PreparedDataset:
             self._samples[split] = SampleTable.from_frame(_read_table(path))
         return self._samples[split]
 
+    def feature(self, name: str, group: str) -> dict | None:
+        """The declaration of feature ``name`` of ``group`` (``user``, ``item``, ``context``), or None."""
+        return next((f for f in self.features if f["name"] == name and f["group"] == group), None)
+
     def history(self, user_row: int, end: int) -> np.ndarray:
         """Item rows of one sample's full (untruncated) history, for inspection and tests."""
         start = int(self.offsets[user_row])
@@ -112,7 +120,20 @@ class PreparedDataset:
 
 
 FINGERPRINT_FIELDS = ("format", "recipe", "protocol", "seed", "n_events", "n_users", "n_items", "vocab_sizes",
-                      "samples", "rejected_rows", "files")
+                      "samples", "rejected_rows", "files", "features")
+
+FEATURE_GROUPS = ("user", "item", "context")
+FEATURE_KINDS = ("categorical", "bag", "dense", "numeric")
+"""Features beyond ids, declared in ``manifest["features"]`` (a list; datasets prepared before features
+have none), each ``{"name", "group", "kind", ...}``:
+
+- ``user`` ``categorical`` (``vocab_size``; ``users.parquet`` column ``uf_<name>``, index per user row) or
+  ``numeric`` (``mean``, ``std`` for standardising; ``uf_<name>``, a number per user row, null if missing);
+- ``item`` ``bag`` ``attr`` (``vocab_size``, ``max_length``: the attribute indices of each item,
+  ``items.parquet`` column ``attr_idx``) and ``dense`` ``embedding`` (``dim``: a content vector per item);
+- ``context`` ``categorical`` ``behavior`` (``vocab_size``; the behavior type of each event).
+
+An item's id and category are not in the list: every model reads them."""
 
 
 def dataset_fingerprint(manifest: dict) -> str:
@@ -156,7 +177,47 @@ def load_dataset(path: str | Path) -> PreparedDataset:
         vocab_sizes=dict(manifest["vocab_sizes"]),
     )
     del events
+    _load_features(dataset, path)
     return dataset
+
+
+def _load_features(dataset: PreparedDataset, path: Path) -> None:
+    """The declared features' columns: per user row, per item row (bags padded per item, not per sample)."""
+    dataset.features = [dict(f) for f in dataset.manifest.get("features") or []]
+    for feature in dataset.features:
+        if feature.get("group") not in FEATURE_GROUPS or feature.get("kind") not in FEATURE_KINDS:
+            raise UserError(f"{path / 'manifest.json'} declares a feature lifelong does not know ({feature}); "
+                            f"prepare the dataset again with this version of lifelong")
+    user_declared = [f for f in dataset.features if f["group"] == "user"]
+    if user_declared:
+        table = _read_table(path / "users.parquet", [f"uf_{f['name']}" for f in user_declared])
+        for feature in user_declared:
+            values = table[f"uf_{feature['name']}"]
+            if feature["kind"] == "numeric":
+                dataset.user_features[feature["name"]] = values.cast(pl.Float32).fill_null(float(feature["mean"])).to_numpy()
+            else:
+                dataset.user_features[feature["name"]] = values.cast(pl.Int64).fill_null(UNKNOWN).to_numpy()
+    bag = dataset.feature("attr", "item")
+    dense = dataset.feature("embedding", "item")
+    columns = (["attr_idx"] if bag else []) + (["embedding"] if dense else [])
+    if not columns:
+        return
+    items = _read_table(path / "items.parquet", columns)
+    if bag:
+        lists = items["attr_idx"].list.head(bag["max_length"])  # ids from 2, one per attribute (null: none)
+        width = max(int(bag["max_length"]), 1)
+        padded = np.zeros((items.height, width), dtype=np.int64)
+        lengths = lists.list.len().fill_null(0).to_numpy().astype(np.int64)
+        rows = np.repeat(np.arange(items.height), lengths)
+        cols = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        padded[rows, cols] = lists.explode().drop_nulls().to_numpy()
+        dataset.item_attrs = padded
+    if dense:
+        vectors = np.zeros((items.height, int(dense["dim"])), dtype=np.float32)
+        present = items["embedding"].is_not_null().to_numpy()
+        if present.any():
+            vectors[present] = np.stack(items["embedding"].filter(pl.Series(present)).to_list()).astype(np.float32)
+        dataset.item_dense = vectors
 
 
 def _read_table(path: Path, columns: list[str] | None = None) -> pl.DataFrame:

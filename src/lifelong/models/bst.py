@@ -14,16 +14,18 @@ Deviations:
     feature. Relative positions keep the score independent of padding; positions beyond
     ``max_positions - 1`` share the last row.
   - The embedding is added to the token (the paper concatenates it to the item features); a token
-    is the item and category embeddings concatenated (no shop id, no user-profile/context features).
+    is the item and category embeddings concatenated (no shop id), with the dataset's item side
+    features and event context (:class:`lifelong.nn.features.FeatureEmbedding`); the user features
+    (the paper's "other features") join the MLP's input.
   - The paper flattens all transformer outputs into the MLP; with variable-length histories that
     would depend on padding, so the MLP gets ``[target token output, masked mean of the behavior
     outputs, raw target embedding]``.
   - The MLP is the shared one, PReLU (200, 80) by default; the paper uses LeakyReLU 1024-512-256.
   - Transformer dropout defaults to 0.0 (the paper: 0.1); ``num_heads`` defaults to 8 (the paper) and
     must divide the token width ``2 * embedding_dim``.
-  - The encoder layer is written out (attention with a key-padding mask, feed-forward, LayerNorm)
-    instead of ``torch.nn.TransformerEncoderLayer``, whose eval fast path packs nested tensors; padding
-    tokens are never keys, and their outputs are never read. Attention runs through PyTorch's fused
+  - The encoder layer is the shared written-out one (:mod:`lifelong.nn.transformer`: attention with a
+    key-padding mask, feed-forward, LayerNorm) instead of ``torch.nn.TransformerEncoderLayer``, whose
+    eval fast path packs nested tensors; padding tokens are never keys, and their outputs are never read. Attention runs through PyTorch's fused
     scaled-dot-product kernel (``attention_impl="fused"``) or the literal masked softmax
     (``"reference"``); the two are tested against each other.
   - The optional mini-batch aware L2 regulariser on the embeddings is DIN's (as in din.py).
@@ -35,17 +37,19 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lifelong.batch import Batch
-from lifelong.models.ranking import Candidates, RankingModel, UserState, candidate_chunks
-from lifelong.models.registry import ModelConfig, ModelOutput, register
-from lifelong.nn import ACTIVATIONS, MLP, BehaviorEmbedding, relative_positions
+from lifelong.models.ranking import Candidates, RankingConfig, RankingModel, UserState, candidate_chunks, with_user
+from lifelong.models.registry import ModelOutput, register
+from lifelong.nn import ACTIVATIONS, MLP, relative_positions
+from lifelong.nn.features import FeatureEmbedding
+from lifelong.nn.transformer import EncoderLayer as SharedEncoderLayer
+from lifelong.nn.transformer import EncoderSpec
 
 
 @dataclass
-class BSTConfig(ModelConfig):
+class BSTConfig(RankingConfig):
     """Args:
         embedding_dim: size of each id embedding (a token is 2x this: item and category).
         max_positions: rows of the positional table; larger relative positions are clipped to the last.
@@ -75,10 +79,10 @@ class BSTConfig(ModelConfig):
 
     def validate(self) -> None:
         super().validate()
-        width = 2 * self.embedding_dim
+        width = self.item_width
         if self.num_heads < 1 or width % self.num_heads:
-            raise ValueError(f"bst: num_heads must divide the token width 2 * embedding_dim = {width}, "
-                             f"got {self.num_heads}")
+            raise ValueError(f"bst: num_heads must divide the token width (2 * embedding_dim, plus embedding_dim "
+                             f"per item side feature read) = {width}, got {self.num_heads}")
         if self.num_layers < 1 or self.ffn_multiplier < 1:
             raise ValueError(f"bst: num_layers and ffn_multiplier must be positive, "
                              f"got {self.num_layers} and {self.ffn_multiplier}")
@@ -96,8 +100,9 @@ class BSTConfig(ModelConfig):
             raise ValueError(f"bst: l2_mba must be non-negative, got {self.l2_mba}")
 
 
-class EncoderLayer(nn.Module):
-    """One post-LN transformer encoder layer with a key-padding mask.
+class EncoderLayer(SharedEncoderLayer):
+    """BST's post-LN encoder layer (:class:`lifelong.nn.transformer.EncoderLayer` with a key-padding
+    mask and a LeakyReLU feed-forward), plus the split first layer.
 
     Besides the plain layer (:meth:`forward`), the first layer of BST runs split in two
     (:meth:`attend_behaviors` once per user, :meth:`forward_with_target` per candidate): the target is
@@ -123,42 +128,8 @@ class EncoderLayer(nn.Module):
     """
 
     def __init__(self, width: int, num_heads: int, ffn_dim: int, dropout: float, impl: str = "fused") -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.impl = impl
-        self.qkv = nn.Linear(width, 3 * width)
-        self.out = nn.Linear(width, width)
-        self.ffn = nn.Sequential(nn.Linear(width, ffn_dim), nn.LeakyReLU(), nn.Linear(ffn_dim, width))
-        self.norm1 = nn.LayerNorm(width)
-        self.norm2 = nn.LayerNorm(width)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x: (B, S, D) tokens; mask: (B, S) bool, True at real tokens (the only keys). Returns (B, S, D),
-        zero at padded tokens."""
-        b, s, d = x.shape
-        h = self.num_heads
-        # token-wise layers run on the real tokens only (packed): most of a batch's width is padding
-        real = mask.nonzero(as_tuple=True)  # (N,), (N,)
-        packed = x[real]  # (N, D)
-        qkv = x.new_zeros(b, s, 3 * d).index_put(real, self.qkv(packed))  # (B, S, 3D), 0 at padding
-        q, k, v = qkv.view(b, s, 3, h, d // h).permute(2, 0, 3, 1, 4)  # each (B, H, S, D/H)
-        if self.impl == "reference":
-            scores = q @ k.transpose(-1, -2) / math.sqrt(d // h)  # (B, H, S, S)
-            scores = scores.masked_fill(~mask[:, None, None, :], torch.finfo(scores.dtype).min)
-            attended = self.dropout(torch.softmax(scores, dim=-1)) @ v  # (B, H, S, D/H)
-        else:  # PyTorch's fused kernel, same result (tested); padding keys masked out
-            attended = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask[:, None, None, :], dropout_p=self.dropout.p if self.training else 0.0,
-            )  # (B, H, S, D/H)
-        attended = attended.transpose(1, 2).reshape(b, s, d)[real]  # (N, D)
-        return x.new_zeros(b, s, d).index_put(real, self.finish(packed, attended))  # (B, S, D), 0 at padding
-
-    def finish(self, tokens: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
-        """What follows the attention, token-wise: (..., D) tokens and their attention outputs ->
-        ``norm2(y + ffn(y))`` with ``y = norm1(tokens + out(attended))``."""
-        tokens = self.norm1(tokens + self.dropout(self.out(attended)))
-        return self.norm2(tokens + self.dropout(self.ffn(tokens)))
+        super().__init__(width, EncoderSpec(heads=num_heads, ffn_dim=ffn_dim, activation="leaky_relu",
+                                            dropout=dropout, impl=impl))
 
     def attend_behaviors(self, tokens: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """The user's half of the split layer: the behaviors' queries, keys and values, each behavior's
@@ -172,7 +143,7 @@ class EncoderLayer(nn.Module):
             (for a history without real behaviors, finite values that are never read).
         """
         b, t, d = tokens.shape
-        h = self.num_heads
+        h = self.heads
         q, k, v = self.qkv(tokens).view(b, t, 3, h, d // h).permute(2, 0, 3, 1, 4).contiguous()  # each (B, H, T, D/H)
         context, log_normalizer = attention_with_log_normalizer(q, k, v, mask, self.dropout)
         return {"queries": q, "keys": k, "values": v, "context": context, "log_normalizer": log_normalizer}
@@ -192,7 +163,7 @@ class EncoderLayer(nn.Module):
             outputs (B, K, D).
         """
         b, t, d = tokens.shape
-        k, h = targets.shape[1], self.num_heads
+        k, h = targets.shape[1], self.heads
         scale = 1.0 / math.sqrt(d // h)
         tq, tk, tv = self.qkv(targets).view(b, k, 3, h, d // h).permute(2, 0, 3, 1, 4)  # each (B, H, K, D/H)
         # the target token attends to the behaviors and to itself
@@ -294,6 +265,7 @@ class BSTState(UserState):
         queries, keys, values: (B, H, T, 2E / H) the first layer's projections of the tokens.
         context: (B, H, T, 2E / H) each behavior's first-layer attention over the behaviors alone.
         log_normalizer: (B, H, T) its log-normaliser (see :class:`EncoderLayer`).
+        user: (B, U) user features, or None.
 
     The first-layer fields are None until the first ``score`` of several candidates per user fills them
     (:meth:`BST.split_first_layer`), so a cached state computes them once; one candidate per user
@@ -307,6 +279,7 @@ class BSTState(UserState):
     values: torch.Tensor | None = None
     context: torch.Tensor | None = None
     log_normalizer: torch.Tensor | None = None
+    user: torch.Tensor | None = None
 
 
 @register(BSTConfig)
@@ -333,7 +306,8 @@ class BST(RankingModel):
     def __init__(self, config: BSTConfig) -> None:
         super().__init__()
         self.config = config
-        self.embedding = BehaviorEmbedding(config.n_items, config.n_cates, config.embedding_dim)
+        self.embedding = FeatureEmbedding(config.n_items, config.n_cates, config.embedding_dim, config.features,
+                                          config.feature_groups)
         width = self.embedding.out_dim
         self.position = nn.Embedding(config.max_positions, width)
         nn.init.normal_(self.position.weight, std=1e-2)
@@ -342,12 +316,13 @@ class BST(RankingModel):
                          config.attention_impl)
             for _ in range(config.num_layers)
         )
-        self.dnn = MLP(3 * width, list(config.dnn_hidden), config.dnn_activation, out_dim=1, dropout=config.dropout)
+        self.dnn = MLP(3 * width + self.embedding.user_dim, list(config.dnn_hidden), config.dnn_activation, out_dim=1,
+                       dropout=config.dropout)
 
     def behavior_tokens(self, batch: Batch) -> torch.Tensor:
         """(B, T, 2E) behavior embeddings + relative positions (the target is position 0)."""
         positions = relative_positions(batch.history_mask).clamp(max=self.config.max_positions - 1)  # (B, T)
-        return self.embedding(batch.history_items, batch.history_cates) + self.position(positions)
+        return self.embedding.history(batch) + self.position(positions)
 
     def sequence(self, tokens: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The encoder over ``[behaviors, target]``: tokens (B, T, 2E), mask (B, T), target token (B, 2E)
@@ -360,11 +335,11 @@ class BST(RankingModel):
 
     def encode(self, batch: Batch) -> torch.Tensor:
         """The encoder's outputs (B, T + 1, 2E) for the batch's targets: the behaviors, then the target token."""
-        target = self.embedding(batch.target_items, batch.target_cates)  # (B, 2E)
+        target = self.embedding.side(batch.target_items, batch.target_cates, batch.target_side)  # (B, 2E)
         return self.sequence(self.behavior_tokens(batch), batch.history_mask, target + self.position.weight[0])
 
     def encode_user(self, batch: Batch) -> BSTState:
-        return BSTState(tokens=self.behavior_tokens(batch), mask=batch.history_mask)
+        return BSTState(tokens=self.behavior_tokens(batch), mask=batch.history_mask, user=self.embedding.user(batch))
 
     def split_first_layer(self, state: BSTState) -> dict[str, torch.Tensor]:
         """The user's half of the split first layer (:meth:`EncoderLayer.attend_behaviors`), computed into
@@ -377,13 +352,13 @@ class BST(RankingModel):
 
     def score(self, state: BSTState, candidates: Candidates) -> torch.Tensor:
         candidates.validate(len(state))
-        target = self.embedding(candidates.items, candidates.cates)  # (B, K, 2E)
+        target = self.embedding.candidates(candidates)  # (B, K, 2E)
         if candidates.per_user == 1:  # the plain encoder over [behaviors, target], as in training
             outputs = self.sequence(state.tokens, state.mask, target[:, 0] + self.position.weight[0])  # (B, T+1, 2E)
             weights = state.mask.unsqueeze(-1).to(outputs.dtype)  # (B, T, 1)
             behavior_mean = (outputs[:, :-1] * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)  # (B, 2E)
-            features = torch.cat([outputs[:, -1], behavior_mean, target[:, 0]], dim=-1)  # (B, 6E)
-            return self.dnn(features)  # (B, 1)
+            features = torch.cat([outputs[:, -1], behavior_mean, target[:, 0]], dim=-1).unsqueeze(1)  # (B, 1, 6E)
+            return self.dnn(with_user(features, state.user).squeeze(1))  # (B, 1)
         chunks = candidate_chunks(self, candidates.per_user, state.tokens.shape[0] * state.tokens.shape[1])
         return torch.cat([self.score_split(state, target[:, part]) for part in chunks], dim=1)  # (B, K)
 
@@ -409,7 +384,7 @@ class BST(RankingModel):
             sums = behavior_out.new_zeros(b, k, d).index_add_(0, rows, behavior_out)  # (B, K, 2E)
             behavior_mean = sums / mask.sum(dim=1).clamp(min=1)[:, None, None].to(sums.dtype)
         features = torch.cat([target_out, behavior_mean, target], dim=-1)  # (B, K, 6E)
-        return self.dnn(features.flatten(0, 1)).view(b, k)
+        return self.dnn(with_user(features, state.user).flatten(0, 1)).view(b, k)
 
     def forward(self, batch: Batch) -> ModelOutput:
         batch.validate()

@@ -67,7 +67,8 @@ from torch import nn
 from lifelong.batch import Batch
 from lifelong.models.multi_interest import FIRST_RANKED, MultiInterestConfig, MultiInterestModel
 from lifelong.models.registry import register
-from lifelong.nn.layers import squash
+from lifelong.nn.capsule import dynamic_routing
+from lifelong.nn.embedding import init_item_embedding
 
 
 @dataclass
@@ -212,9 +213,7 @@ class ComiRecModel(MultiInterestModel):
     def _init_items(self, config: ComiRecConfig) -> None:
         d = config.embedding_dim
         self.item = nn.Embedding(config.n_items, d, padding_idx=0)
-        nn.init.normal_(self.item.weight, std=d ** -0.5)
-        with torch.no_grad():
-            self.item.weight[0].zero_()
+        init_item_embedding(self.item, std=d ** -0.5)
         # item vocabulary index -> category vocabulary index (in checkpoints; all 0 = not set)
         self.register_buffer("item_cate", torch.zeros(config.n_items, dtype=torch.long))
 
@@ -252,39 +251,6 @@ class ComiRecModel(MultiInterestModel):
         return aggregate(users, items, k, diversity, self.item_cate)
 
 
-def dynamic_routing(predictions: torch.Tensor, mask: torch.Tensor, iterations: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """ComiRec-DR's routing from behavior capsules to interest capsules.
-
-    Args:
-        predictions: (B, T, K, D) ``u_jk = W_jk e_j``, behavior ``j``'s prediction for interest ``k``.
-        mask: (B, T) bool, True at real behaviors.
-        iterations: routing iterations (the logits start at zero).
-
-    Returns:
-        The interest capsules (B, K, D) and the couplings of every iteration (R, B, T, K) (zero at
-        padding, summing to one over the interests at real behaviors).
-
-    Example:
-        >>> v, c = dynamic_routing(torch.randn(2, 3, 4, 8), torch.ones(2, 3, dtype=torch.bool), 3)
-        >>> v.shape, c.shape
-        (torch.Size([2, 4, 8]), torch.Size([3, 2, 3, 4]))
-    """
-    b, t, k, _ = predictions.shape
-    logits = predictions.new_zeros(b, t, k)  # (B, T, K) b_jk
-    frozen = predictions.detach()  # routing iterations before the last pass no gradient
-    real = mask.unsqueeze(-1).to(predictions.dtype)  # (B, T, 1)
-    couplings = []
-    for step in range(iterations):
-        coupling = torch.softmax(logits, dim=2) * real  # (B, T, K) over interests; padding 0
-        couplings.append(coupling)
-        last = step == iterations - 1
-        u = predictions if last else frozen
-        capsules = squash(torch.einsum("btk,btkd->bkd", coupling, u))  # (B, K, D)
-        if not last:
-            logits = logits + torch.einsum("btkd,bkd->btk", frozen, capsules)
-    return capsules, torch.stack(couplings)
-
-
 @register(ComiRecDRConfig)
 class ComiRecDR(ComiRecModel):
     """Dynamic routing with per-(position, interest) transforms: ``K`` interest capsules per user.
@@ -311,9 +277,10 @@ class ComiRecDR(ComiRecModel):
         return u, mask
 
     def routing(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Interest capsules (B, K, D) and couplings (R, B, T, K); see :func:`dynamic_routing`."""
+        """Interest capsules (B, K, D) and couplings (R, B, T, K): routing from zero logits, stop-gradient
+        before the last round (:func:`lifelong.nn.capsule.dynamic_routing`)."""
         u, mask = self.predictions(batch)
-        return dynamic_routing(u, mask, self.config.routing_iterations)
+        return dynamic_routing(u, mask, self.config.routing_iterations, stop_gradient_early=True)
 
     def interests(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         capsules, _ = self.routing(batch)

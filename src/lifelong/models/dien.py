@@ -16,7 +16,9 @@ Mechanism:
 Deviations:
   - The MLP input is ``[target, sum-pooled behaviors, target * sum-pooled, h'_T]``, as in the authors'
     released model (``Model_DIN_V2_Gru_Vec_attGru_Neg``); the paper text names ``h'_T`` with the ad,
-    profile and context embeddings (no profile or context features exist here; no user-id embedding).
+    profile and context embeddings: the dataset's user features join the MLP's input, its event context
+    (behavior type) is added to each behavior (:class:`lifelong.nn.features.FeatureEmbedding`); no
+    user-id embedding. The auxiliary loss compares the next behavior and its negative without context.
   - The auxiliary classifier is the released code's small MLP on ``[h_t, e]`` (100 -> 50, sigmoid,
     without its batch norm) rather than the paper's inner product ``sigma(h_t . e)``, which would tie
     the GRU width to the embedding width.
@@ -39,15 +41,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from lifelong.batch import Batch
-from lifelong.models.ranking import Candidates, RankingModel, UserState
-from lifelong.models.registry import ModelConfig, ModelOutput, register
-from lifelong.nn import ACTIVATIONS, MLP, BehaviorEmbedding
-
-EVOLUTIONS = ("augru", "aigru", "agru")
-
+from lifelong.models.ranking import Candidates, RankingConfig, RankingModel, UserState, with_user
+from lifelong.models.registry import ModelOutput, register
+from lifelong.nn import ACTIVATIONS, MLP
+from lifelong.nn.features import FeatureEmbedding
+from lifelong.nn.gru import EVOLUTIONS, AttentionalGRU
 
 @dataclass
-class DIENConfig(ModelConfig):
+class DIENConfig(RankingConfig):
     """Args:
         embedding_dim: size of each id embedding (a behavior is 2x this: item and category).
         hidden_size: width of both GRUs (0 = the behavior width, as the released code).
@@ -79,147 +80,8 @@ class DIENConfig(ModelConfig):
         if self.hidden_size < 0 or self.aux_weight < 0 or self.l2_mba < 0 or not 0.0 <= self.dropout < 1.0:
             raise ValueError("dien: hidden_size, aux_weight and l2_mba must be non-negative, dropout in [0, 1)")
 
-    def batch_needs(self) -> dict[str, bool]:
-        return {"with_negatives": self.aux_weight > 0}
-
-
-class TimeMajor:
-    """Time-major packing of left-aligned histories, samples sorted longest first (like
-    ``PackedSequence``), with gathers and scatters whose gradients are single index operations.
-
-    Example:
-        >>> steps = TimeMajor(torch.tensor([[True, False], [True, True]]))
-        >>> steps.batch_sizes, steps.order.tolist()
-        ([2, 1], [1, 0])
-    """
-
-    def __init__(self, mask: torch.Tensor) -> None:
-        lengths = mask.sum(dim=1)  # (B,)
-        self.order = torch.argsort(lengths, descending=True, stable=True)  # (B,) sorted -> original
-        self.inverse = torch.argsort(self.order)  # (B,) original -> sorted
-        self.width = mask.shape[1]
-        sorted_mask = mask[self.order]  # (B, T), real rows first at every step
-        self.step, self.row = sorted_mask.T.nonzero(as_tuple=True)  # (N,), (N,) time-major
-        sizes = sorted_mask.sum(dim=0)
-        self.batch_sizes = [int(n) for n in sizes[sizes > 0]]
-
-    def gather(self, padded: torch.Tensor) -> torch.Tensor:
-        """(B, T, F) batch-first -> (N, F) real steps, time-major."""
-        return padded[self.order[self.row], self.step]
-
-    def unpack(self, packed: torch.Tensor) -> torch.Tensor:
-        """(N, F) -> (B, T, F) batch-first in the original order, 0 at padding."""
-        out = packed.new_zeros(self.order.shape[0], self.width, packed.shape[-1])
-        return out.index_put((self.order[self.row], self.step), packed)
-
-
-class AttentionalGRU(nn.Module):
-    """A GRU over left-aligned histories, optionally driven by attention scores ``a_t`` (B, T).
-
-    ``gru`` is the plain GRU of the paper's equations (the interest extractor); ``augru`` scales the
-    update gate by ``a_t``; ``agru`` uses ``a_t`` as the update gate; ``aigru`` scales the input by
-    ``a_t``. Padded steps are skipped: the state after a history is the state after its last real step.
-
-    Several attention sequences over the same inputs (attention (B, K, T): one per candidate) run as
-    ``B * K`` rows that share the inputs' projection, computed once per history (:meth:`project`, which
-    a caller may compute once and pass in).
-
-    Args:
-        input_size: width of the inputs.
-        hidden_size: state width.
-        kind: ``gru``, ``augru``, ``aigru`` or ``agru``.
-
-    Example:
-        >>> gru = AttentionalGRU(4, 3, "augru")
-        >>> gru(torch.randn(2, 5, 4), torch.ones(2, 5, dtype=torch.bool), torch.rand(2, 5)).shape
-        torch.Size([2, 3])
-        >>> gru(torch.randn(2, 5, 4), torch.ones(2, 5, dtype=torch.bool), torch.rand(2, 7, 5)).shape
-        torch.Size([2, 7, 3])
-    """
-
-    def __init__(self, input_size: int, hidden_size: int, kind: str = "augru") -> None:
-        super().__init__()
-        if kind not in ("gru", *EVOLUTIONS):
-            raise ValueError(f"kind must be 'gru' or one of {EVOLUTIONS}, got {kind!r}")
-        gates = 2 if kind == "agru" else 3  # AGRU has no update gate: (reset, candidate)
-        self.kind, self.hidden_size, self.gates = kind, hidden_size, gates
-        self.input_proj = nn.Linear(input_size, gates * hidden_size)  # W i + b, every step at once
-        self.state_proj = nn.Linear(hidden_size, gates * hidden_size, bias=False)  # U h
-
-    def project(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The input side of the gates, ``W i + b``: (..., I) -> (..., G * H). For ``aigru`` it is
-        ``W i`` without the bias: the step scales it by ``a_t`` (``W (a_t i) = a_t W i``) and adds ``b``."""
-        if self.kind == "aigru":
-            return F.linear(inputs, self.input_proj.weight)
-        return self.input_proj(inputs)
-
-    def forward(self, inputs: torch.Tensor | None, mask: torch.Tensor, attention: torch.Tensor | None = None,
-                initial: torch.Tensor | None = None, all_states: bool = False,
-                projected: torch.Tensor | None = None) -> torch.Tensor:
-        """Args:
-            inputs: (B, T, I); may be None when ``projected`` is given.
-            mask: (B, T) bool, True at real steps.
-            attention: (B, T) attention scores (0 at padding), or (B, K, T) for K sequences of scores
-                over the same inputs; required unless ``kind="gru"``.
-            initial: (B, H) initial state (zeros by default).
-            all_states: return every step's state instead of the last one (not with (B, K, T) scores).
-            projected: (B, T, G * H) :meth:`project` of ``inputs``, when already computed.
-
-        Returns:
-            (B, H) the state after the last real step (the initial state for an empty history), (B, K, H)
-            for (B, K, T) scores, or (B, T, H) every state (0 at padding) when ``all_states``.
-        """
-        if self.kind != "gru" and attention is None:
-            raise ValueError(f"{self.kind} needs attention scores")
-        several = attention is not None and attention.dim() == 3
-        if several and all_states:
-            raise ValueError("all_states needs one sequence of attention scores per history, (B, T)")
-        b, hidden = mask.shape[0], self.hidden_size
-        k = attention.shape[1] if several else 1
-        steps = TimeMajor(mask)
-        # Step s updates only the samples with more than s real behaviors (sorted longest first), so the
-        # cost follows the real events, not the padded width. (torch.nn.GRU on a PackedSequence does the
-        # same, but its CPU backward zero-fills a full-size gradient per step.)
-        packed = self.project(steps.gather(inputs)) if projected is None else steps.gather(projected)  # (N, G*H)
-        projected_steps = packed.unsqueeze(1).split(steps.batch_sizes)  # T x (n_s, 1, G*H), shared by the K rows
-        if attention is not None:
-            scores = attention.reshape(b, k, -1).transpose(1, 2)  # (B, T, K)
-            scores = scores[steps.order[steps.row], steps.step].unsqueeze(-1)  # (N, K, 1)
-            scores = scores.split(steps.batch_sizes)  # T x (n_s, K, 1)
-        if initial is None:
-            state = packed.new_zeros(b, k, hidden)
-        else:
-            state = initial.unsqueeze(1).expand(b, k, hidden)  # (B, K, H)
-        sorted_state = state[steps.order]  # (B, K, H)
-        gated = (self.gates - 1) * hidden  # reset (and update) gates
-        current, finished, outputs = sorted_state, [], []
-        for step, n in enumerate(steps.batch_sizes):
-            if n < current.shape[0]:  # the shortest histories ended: their state is final
-                finished.append(current[n:])
-                current = current[:n]
-            x = projected_steps[step]  # (n, 1, G*H)
-            if self.kind == "aigru":  # W (a_t i_t) + b
-                x = torch.addcmul(self.input_proj.bias, scores[step], x)  # (n, K, G*H)
-            x_gates, x_candidate = x.split([gated, hidden], dim=-1)
-            h_gates, h_candidate = self.state_proj(current).split([gated, hidden], dim=-1)  # (n, K, (G-1)*H), (n, K, H)
-            gates = torch.sigmoid(x_gates + h_gates)
-            if self.kind == "agru":
-                reset, update = gates, scores[step]  # (n, K, H), (n, K, 1)
-            else:
-                reset, update = gates.chunk(2, dim=-1)
-                if self.kind == "augru":
-                    update = scores[step] * update
-            candidate = torch.tanh(torch.addcmul(x_candidate, reset, h_candidate))  # (n, K, H)
-            current = torch.lerp(current, candidate, update)  # (1 - u) h + u h~
-            outputs.append(current)
-        if all_states:
-            if not outputs:
-                return packed.new_zeros(*mask.shape, hidden)
-            return steps.unpack(torch.cat(outputs).squeeze(1))  # (B, T, H)
-        if steps.batch_sizes:
-            sorted_state = torch.cat([current, *reversed(finished)])  # longest first again
-        final = sorted_state[steps.inverse]  # (B, K, H)
-        return final if several else final.squeeze(1)
+    def batch_needs(self) -> dict:
+        return {**super().batch_needs(), "with_negatives": self.aux_weight > 0}
 
 
 @dataclass
@@ -234,6 +96,7 @@ class DIENState(UserState):
         evolution_inputs: (B, T, G * H) the AUGRU's input projection of ``h_t``
             (:meth:`AttentionalGRU.project`).
         pooled: (B, D) sum-pooled behaviors.
+        user: (B, U) user features, or None.
     """
 
     history: torch.Tensor
@@ -242,6 +105,7 @@ class DIENState(UserState):
     keys: torch.Tensor
     evolution_inputs: torch.Tensor
     pooled: torch.Tensor
+    user: torch.Tensor | None = None
 
 
 @register(DIENConfig)
@@ -265,7 +129,8 @@ class DIEN(RankingModel):
     def __init__(self, config: DIENConfig) -> None:
         super().__init__()
         self.config = config
-        self.embedding = BehaviorEmbedding(config.n_items, config.n_cates, config.embedding_dim)
+        self.embedding = FeatureEmbedding(config.n_items, config.n_cates, config.embedding_dim, config.features,
+                                          config.feature_groups)
         width = self.embedding.out_dim
         hidden = config.hidden_size or width
         self.extractor = AttentionalGRU(width, hidden, "gru")
@@ -273,7 +138,8 @@ class DIEN(RankingModel):
         self.evolution = AttentionalGRU(hidden, hidden, config.evolution)
         if config.aux_weight > 0:
             self.aux_net = MLP(hidden + width, list(config.aux_hidden), "sigmoid", out_dim=1)
-        self.dnn = MLP(3 * width + hidden, list(config.dnn_hidden), config.dnn_activation, out_dim=1,
+        self.dnn = MLP(3 * width + hidden + self.embedding.user_dim, list(config.dnn_hidden), config.dnn_activation,
+                       out_dim=1,
                        dropout=config.dropout)
 
     def extract(self, history: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -320,23 +186,24 @@ class DIEN(RankingModel):
 
     def encode_user(self, batch: Batch) -> DIENState:
         mask = batch.history_mask  # (B, T)
-        history = self.embedding(batch.history_items, batch.history_cates)  # (B, T, D)
+        history = self.embedding.history(batch)  # (B, T, D)
         interests = self.extract(history, mask)  # (B, T, H)
         return DIENState(
             history=history, mask=mask, interests=interests,
             keys=self.attention(interests),  # (B, T, D)
             evolution_inputs=self.evolution.project(interests),  # (B, T, G*H)
             pooled=(history * mask.unsqueeze(-1)).sum(dim=1),  # (B, D)
+            user=self.embedding.user(batch),  # (B, U) or None
         )
 
     def score(self, state: DIENState, candidates: Candidates) -> torch.Tensor:
         candidates.validate(len(state))
-        target = self.embedding(candidates.items, candidates.cates)  # (B, K, D)
+        target = self.embedding.candidates(candidates)  # (B, K, D)
         weights = self.attention_scores(state.keys, target, state.mask)  # (B, K, T)
         evolved = self.evolution(None, state.mask, weights, projected=state.evolution_inputs)  # (B, K, H)
         pooled = state.pooled.unsqueeze(1).expand_as(target)  # (B, K, D)
         features = torch.cat([target, pooled, target * pooled, evolved], dim=-1)  # (B, K, 3D + H)
-        return self.dnn(features.flatten(0, 1)).view(candidates.items.shape)  # (B, K)
+        return self.dnn(with_user(features, state.user).flatten(0, 1)).view(candidates.items.shape)  # (B, K)
 
     def forward(self, batch: Batch) -> ModelOutput:
         batch.validate()
@@ -348,8 +215,11 @@ class DIEN(RankingModel):
                 raise ValueError("dien: training with aux_weight > 0 needs history_negative_items and "
                                  "history_negative_cates (build the Collator with with_negatives=True), "
                                  "or set aux_weight=0")
-            negatives = self.embedding(batch.history_negative_items, batch.history_negative_cates)  # (B, T, D)
-            aux["auxiliary"] = self.config.aux_weight * self.auxiliary_loss(state.interests, state.history,
+            negatives = self.embedding.side(batch.history_negative_items, batch.history_negative_cates,
+                                            batch.history_negative_side)  # (B, T, D)
+            # the clicked next behaviors as the negatives are embedded: without their event context
+            clicked = state.history if self.embedding.behavior is None else self.embedding.history(batch, context=False)
+            aux["auxiliary"] = self.config.aux_weight * self.auxiliary_loss(state.interests, clicked,
                                                                             negatives, state.mask)
         if self.config.l2_mba > 0 and self.training:
             aux["l2_mba"] = self.config.l2_mba * self.embedding.batch_l2(batch)

@@ -55,7 +55,11 @@ Deviations:
   - The short-term branch adds learned recency-position embeddings (not specified in the paper).
   - MLP (200, 80) instead of 1024-512-256 (the Transformers keep the code's 2 layers, 2 heads).
   - No other features (the shared datasets have none): a behavior is its item-id and category
-    embeddings concatenated; the contrastive loss is averaged over the ``c`` channels.
+    embeddings concatenated.
+  - An empty channel (no behavior routed to it) has a zero placeholder interest: it is left out of
+    ``L_diff`` and ``L_cl`` (neither anchor nor negative), which average over the non-empty channels.
+  - The training step and noise of the diffusion draw from their own seeded stream (``"diffusion"``,
+    :mod:`lifelong.streams`), so switching dropout on does not change them.
   - ``use_diffusion = False`` (ablation) drops DMIG, ``r*`` and therefore CMIC as well
     (``use_contrastive`` is then ignored, since the calibrator needs ``r*``).
   - Optional DIN mini-batch-aware L2 regulariser (``l2_mba``) on the embedding tables.
@@ -81,15 +85,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from lifelong.batch import Batch
-from lifelong.models.ranking import Candidates, RankingModel, UserState
-from lifelong.models.registry import ModelConfig, ModelOutput, register
-from lifelong.nn import ACTIVATIONS, MLP, BehaviorEmbedding
+from lifelong.models.ranking import Candidates, RankingConfig, RankingModel, UserState, with_user
+from lifelong.models.registry import ModelOutput, register
+from lifelong.nn import ACTIVATIONS, MLP
+from lifelong.nn.features import FeatureEmbedding
+from lifelong.nn.transformer import EncoderLayer as SharedEncoderLayer
+from lifelong.nn.transformer import EncoderSpec
+from lifelong.streams import STREAMS
 
 
 @dataclass
-class DiffuMINConfig(ModelConfig):
+class DiffuMINConfig(RankingConfig):
     """Args:
-        embedding_dim: size of each id embedding (a behavior is ``D = 2 * embedding_dim`` wide).
+        embedding_dim: size of each id embedding (a behavior is ``D = 2 * embedding_dim`` wide, plus
+            ``embedding_dim`` per item side feature read).
         channels: number of interest channels ``c`` (paper ``channel_num`` 4); at most ``D``.
         top_per_channel: behaviors kept per channel before mean pooling.
         diffusion_steps: DDPM steps ``T`` (1000).
@@ -139,11 +148,11 @@ class DiffuMINConfig(ModelConfig):
 
     def validate(self) -> None:
         super().validate()
-        width = 2 * self.embedding_dim
+        width = self.item_width
         if not 0.0 < self.dice_momentum <= 1.0:
             raise ValueError(f"diffumin: dice_momentum must be in (0, 1], got {self.dice_momentum}")
         if not 1 <= self.channels <= width:
-            raise ValueError(f"diffumin: channels must be in [1, 2 * embedding_dim = {width}] (QR needs c <= D), "
+            raise ValueError(f"diffumin: channels must be in [1, D = {width}] (the behavior width; QR needs c <= D), "
                              f"got {self.channels}")
         for name in ("top_per_channel", "diffusion_steps", "infer_steps", "short_length", "heads", "ffn_factor",
                      "denoiser_layers", "short_layers"):
@@ -164,9 +173,9 @@ class DiffuMINConfig(ModelConfig):
             raise ValueError("diffumin: dropout must be in [0, 1) and l2_mba non-negative")
 
 
-class EncoderLayer(nn.Module):
-    """Post-norm Transformer encoder layer (multi-head self-attention + ReLU FFN), written out so that
-    padded keys contribute exact zeros whatever the padding width.
+class EncoderLayer(SharedEncoderLayer):
+    """DiffuMIN's Transformer layer: the shared post-norm layer (:class:`lifelong.nn.transformer.EncoderLayer`)
+    with a ReLU feed-forward of width ``ffn_factor * D``, no dropout and the literal masked softmax.
 
     Args:
         dim: token width ``D``.
@@ -179,24 +188,7 @@ class EncoderLayer(nn.Module):
     """
 
     def __init__(self, dim: int, heads: int, ffn_factor: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.out = nn.Linear(dim, dim)
-        self.norm1 = nn.LayerNorm(dim)
-        self.ffn = nn.Sequential(nn.Linear(dim, ffn_factor * dim), nn.ReLU(), nn.Linear(ffn_factor * dim, dim))
-        self.norm2 = nn.LayerNorm(dim)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, N, D); mask: (B, N) bool, True at real tokens (None = all real)."""
-        b, n, d = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, N, d/H)
-        scores = q @ k.transpose(-1, -2) / math.sqrt(d // self.heads)  # (B, H, N, N)
-        if mask is not None:
-            scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
-        context = (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(b, n, d)  # (B, N, D)
-        x = self.norm1(x + self.out(context))
-        return self.norm2(x + self.ffn(x))
+        super().__init__(dim, EncoderSpec(heads=heads, ffn_dim=ffn_factor * dim, impl="reference"))
 
 
 class OrthogonalInterestExtractor(nn.Module):
@@ -341,17 +333,40 @@ class DiffusionInterestGenerator(nn.Module):
         return x0
 
 
+def diffusion_loss(predicted: torch.Tensor, clean: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """DMIG's L2 loss of the x_0 prediction over the non-empty channels: the squared error, averaged over
+    ``D`` and over the (sample, channel) pairs whose channel pooled a behavior. An empty channel's interest
+    is a placeholder zero, not an interest, so it contributes nothing.
+
+    Args:
+        predicted: (..., c, D) x_0 predictions. clean: (..., c, D) targets. present: (..., c) bool.
+
+    Returns:
+        scalar loss (zero when every channel is empty).
+
+    Example:
+        >>> clean = torch.zeros(1, 2, 4)
+        >>> float(diffusion_loss(torch.ones(1, 2, 4), clean, torch.tensor([[True, False]])))
+        1.0
+    """
+    error = (predicted - clean).pow(2).mean(dim=-1)  # (..., c)
+    weights = present.to(error.dtype)
+    return (error * weights).sum() / weights.sum().clamp(min=1)
+
+
 def contrastive_loss(interests: torch.Tensor, generated: torch.Tensor, temperature: float,
-                     users: torch.Tensor | None = None) -> torch.Tensor:
-    """CMIC InfoNCE, averaged over channels: positive (r_i, r*_i) of the same sample, negatives r*_i of
-    the other samples (of other users when ``users`` is given: a user's other samples share most of
-    the history, so they would be false negatives); cosine similarity / temperature.
+                     users: torch.Tensor | None = None, present: torch.Tensor | None = None) -> torch.Tensor:
+    """CMIC InfoNCE, averaged over the (sample, channel) anchors: positive (r_i, r*_i) of the same sample,
+    negatives r*_i of the other samples (of other users when ``users`` is given: a user's other samples
+    share most of the history, so they would be false negatives); cosine similarity / temperature.
+    With ``present``, an empty channel is neither an anchor nor a negative.
 
     Args:
         interests: r (B, c, D). generated: r* (B, c, D). users: (B,) user ids, or None.
+        present: (B, c) bool, True at the channels that pooled a behavior (None = all).
 
     Returns:
-        scalar loss (zero when B = 1: no negatives).
+        scalar loss (zero when B = 1 or no channel is present: no negatives or no anchors).
 
     Example:
         >>> r = torch.randn(4, 2, 8)
@@ -368,7 +383,14 @@ def contrastive_loss(interests: torch.Tensor, generated: torch.Tensor, temperatu
         same_user = (users[:, None] == users[None, :]) & ~torch.eye(b, dtype=torch.bool, device=users.device)
         logits = logits.masked_fill(same_user, float("-inf"))  # (c, B, B)
     labels = torch.arange(b, device=interests.device).repeat(c)  # (c * B,)
-    return F.cross_entropy(logits.reshape(c * b, b), labels)
+    if present is None:
+        return F.cross_entropy(logits.reshape(c * b, b), labels)
+    present = present.T  # (c, B)
+    logits = logits.masked_fill(~present.unsqueeze(1), float("-inf"))  # an empty channel is no negative
+    anchors_kept = present.reshape(-1)  # (c * B,)
+    if not bool(anchors_kept.any()):
+        return interests.new_zeros(())
+    return F.cross_entropy(logits.reshape(c * b, b)[anchors_kept], labels[anchors_kept])
 
 
 @dataclass
@@ -382,12 +404,14 @@ class DiffuMINState(UserState):
         recent: (B, k, D) the short-term branch's tokens: the ``short_length`` most recent behaviors
             plus their recency positions (0 + position where the history is shorter).
         recent_mask: (B, k) bool, True at real recent behaviors.
+        user: (B, U) user features, or None.
     """
 
     history: torch.Tensor
     mask: torch.Tensor
     recent: torch.Tensor
     recent_mask: torch.Tensor
+    user: torch.Tensor | None = None
 
 
 @register(DiffuMINConfig)
@@ -410,14 +434,15 @@ class DiffuMIN(RankingModel):
     def __init__(self, config: DiffuMINConfig) -> None:
         super().__init__()
         self.config = config
-        self.embedding = BehaviorEmbedding(config.n_items, config.n_cates, config.embedding_dim)
+        self.embedding = FeatureEmbedding(config.n_items, config.n_cates, config.embedding_dim, config.features,
+                                          config.feature_groups)
         width = self.embedding.out_dim
         self.extractor = OrthogonalInterestExtractor(width, config.channels, config.top_per_channel)
         self.generator = DiffusionInterestGenerator(width, config) if config.use_diffusion else None
         self.short_positions = nn.Parameter(torch.randn(config.short_length + 1, width) * 0.02)  # recency positions
         self.short_layers = nn.ModuleList(EncoderLayer(width, config.heads, config.ffn_factor) for _ in range(config.short_layers))
         n_interest_sets = 2 if config.use_diffusion else 1
-        in_dim = n_interest_sets * config.channels * width + 2 * width
+        in_dim = n_interest_sets * config.channels * width + 2 * width + self.embedding.user_dim
         self.dnn = MLP(in_dim, list(config.dnn_hidden), config.dnn_activation, out_dim=1, dropout=config.dropout,
                        dice_momentum=config.dice_momentum)
 
@@ -445,18 +470,20 @@ class DiffuMIN(RankingModel):
         return tokens[:, -1].view(b, n, d)
 
     def encode_user(self, batch: Batch) -> DiffuMINState:
-        history = self.embedding(batch.history_items, batch.history_cates)  # (B, T, D)
+        history = self.embedding.history(batch)  # (B, T, D)
         recent, valid = self.recent_tokens(history, batch.history_mask)  # (B, k, D), (B, k)
-        return DiffuMINState(history=history, mask=batch.history_mask, recent=recent, recent_mask=valid)
+        return DiffuMINState(history=history, mask=batch.history_mask, recent=recent, recent_mask=valid,
+                             user=self.embedding.user(batch))
 
     def candidate_side(self, state: DiffuMINState, target: torch.Tensor) -> dict[str, torch.Tensor]:
         """Everything that depends on the candidates (B, K, D): ``logits`` (B, K) and, for the auxiliary
         losses, ``interests`` r (B, K, c, D), ``generated`` r*, ``predicted`` and ``clean`` (the
-        diffusion's x_0 prediction and target, unit-RMS), each (B, K, c, D) where the config has them."""
+        diffusion's x_0 prediction and target, unit-RMS), each (B, K, c, D) where the config has them, and
+        ``present`` (B, K, c) bool, True at the channels that pooled at least one behavior."""
         config = self.config
         (b, k, d), c = target.shape, config.channels
-        interests, channels, _, _ = self.extractor(state.history, state.mask, target)  # (B, K, c, D), (B, K, D, c)
-        parts = {"interests": interests}
+        interests, channels, _, kept = self.extractor(state.history, state.mask, target)  # (B, K, c, D), (B, K, D, c)
+        parts = {"interests": interests, "present": kept.any(dim=-1)}  # present: (B, K, c) non-empty channels
         features = [interests.flatten(2)]
         if self.generator is not None:
             # diffuse unit-RMS interests: embeddings are ~1e-2 per dimension, the DDPM noise is ~1
@@ -465,8 +492,11 @@ class DiffuMIN(RankingModel):
             channels = channels.view(b * k, d, c)
             if self.training:
                 top = max(config.infer_start_step, 1)  # the noise levels inference starts from
-                step = torch.randint(1, top + 1, (b * k,), device=target.device)  # (B * K,)
-                noisy = self.generator.q_sample(clean, step, torch.randn_like(clean))  # (B * K, c, D)
+                # the diffusion's own stream: another random option (dropout) does not shift its draws
+                generator = STREAMS("diffusion", target.device)
+                step = torch.randint(1, top + 1, (b * k,), device=target.device, generator=generator)  # (B * K,)
+                noise = torch.randn(clean.shape, dtype=clean.dtype, device=clean.device, generator=generator)
+                noisy = self.generator.q_sample(clean, step, noise)  # (B * K, c, D)
                 predicted = self.generator.denoise(noisy, step, channels)  # x_0 prediction
                 parts.update(predicted=predicted.view(b, k, c, d), clean=clean.view(b, k, c, d))
             else:
@@ -475,12 +505,13 @@ class DiffuMIN(RankingModel):
             parts["generated"] = generated
             features.append(generated.flatten(2))
         features += [self.short_term(state.recent, state.recent_mask, target), target]
-        parts["logits"] = self.dnn(torch.cat(features, dim=-1).flatten(0, 1)).view(b, k)  # (B, K)
+        inputs = with_user(torch.cat(features, dim=-1), state.user)  # (B, K, in_dim)
+        parts["logits"] = self.dnn(inputs.flatten(0, 1)).view(b, k)  # (B, K)
         return parts
 
     def score(self, state: DiffuMINState, candidates: Candidates) -> torch.Tensor:
         candidates.validate(len(state))
-        return self.candidate_side(state, self.embedding(candidates.items, candidates.cates))["logits"]  # (B, K)
+        return self.candidate_side(state, self.embedding.candidates(candidates))["logits"]  # (B, K)
 
     def forward(self, batch: Batch) -> ModelOutput:
         batch.validate()
@@ -488,13 +519,15 @@ class DiffuMIN(RankingModel):
         state = self.encode_user(batch)
         candidates = Candidates.from_targets(batch)
         candidates.validate(len(state))
-        parts = self.candidate_side(state, self.embedding(candidates.items, candidates.cates))  # K = 1
+        parts = self.candidate_side(state, self.embedding.candidates(candidates))  # K = 1
         aux = {}
         if self.training and self.generator is not None:
-            aux["diffusion"] = config.diffusion_weight * F.mse_loss(parts["predicted"], parts["clean"].detach())
+            aux["diffusion"] = config.diffusion_weight * diffusion_loss(parts["predicted"], parts["clean"].detach(),
+                                                                        parts["present"])
             if config.use_contrastive:
                 aux["contrastive"] = config.contrastive_weight * contrastive_loss(
-                    parts["interests"][:, 0], parts["generated"][:, 0], config.temperature, batch.users)
+                    parts["interests"][:, 0], parts["generated"][:, 0], config.temperature, batch.users,
+                    parts["present"][:, 0])
         if config.l2_mba > 0 and self.training:
             aux["l2_mba"] = config.l2_mba * self.embedding.batch_l2(batch)
         return ModelOutput(logits=parts["logits"][:, 0], aux_losses=aux)

@@ -12,8 +12,11 @@ Deviations:
   - Softmax-normalised weights are available as an option (``attention_normalization="softmax"``),
     over the real behaviors only. The authors' released code also normalises with a softmax (after
     scaling the scores by 1/sqrt(d)); here there is no fixed scale, the activation unit learns it.
-  - No user-profile or context features (the shared datasets have none); a behavior is its item-id
-    and category embeddings concatenated (no shop id).
+  - A behavior is its item-id and category embeddings concatenated (no shop id), plus the features the
+    dataset declares (attribute bag, content vector; the event's behavior type added), and the user
+    profile joins the candidate and the interest at the MLP's input, as in the paper's figure
+    (:class:`lifelong.nn.features.FeatureEmbedding`; ``user_features``/``item_features``/
+    ``context_features`` turn a group off).
   - The MBA regulariser's ``n_j`` is the id's number of events in the prepared log (the loop passes
     the counts), and it is applied to the id and category tables.
 """
@@ -26,13 +29,14 @@ import torch
 from torch import nn
 
 from lifelong.batch import Batch
-from lifelong.models.ranking import Candidates, RankingModel, UserState
-from lifelong.models.registry import ModelConfig, ModelOutput, register
-from lifelong.nn import ACTIVATIONS, MLP, BehaviorEmbedding, TargetAttention
+from lifelong.models.ranking import Candidates, RankingConfig, RankingModel, UserState, with_user
+from lifelong.models.registry import ModelOutput, register
+from lifelong.nn import ACTIVATIONS, MLP, TargetAttention
+from lifelong.nn.features import FeatureEmbedding
 
 
 @dataclass
-class DINConfig(ModelConfig):
+class DINConfig(RankingConfig):
     """Args:
         embedding_dim: size of each id embedding (a behavior is 2x this: item and category).
         attention_hidden: activation-unit MLP sizes.
@@ -77,12 +81,15 @@ class DINState(UserState):
     :class:`lifelong.nn.TargetAttention`; storing it would save nothing.)
 
     Attributes:
-        history: (B, T, 2E) behavior embeddings (0 at padding).
+        history: (B, T, W) behavior embeddings (0 at padding; W = 2E with ids only, wider with item
+            features, see :class:`lifelong.nn.features.FeatureEmbedding`).
         mask: (B, T) bool, True at real behaviors.
+        user: (B, U) user features, or None.
     """
 
     history: torch.Tensor
     mask: torch.Tensor
+    user: torch.Tensor | None = None
 
 
 @register(DINConfig)
@@ -105,23 +112,25 @@ class DIN(RankingModel):
     def __init__(self, config: DINConfig) -> None:
         super().__init__()
         self.config = config
-        self.embedding = BehaviorEmbedding(config.n_items, config.n_cates, config.embedding_dim)
+        self.embedding = FeatureEmbedding(config.n_items, config.n_cates, config.embedding_dim, config.features,
+                                          config.feature_groups)
         width = self.embedding.out_dim
         self.attention = TargetAttention(
             width, list(config.attention_hidden), config.attention_activation,
             config.attention_normalization, config.attention_impl,
         )
-        self.dnn = MLP(2 * width, list(config.dnn_hidden), config.dnn_activation, out_dim=1, dropout=config.dropout)
+        self.dnn = MLP(2 * width + self.embedding.user_dim, list(config.dnn_hidden), config.dnn_activation, out_dim=1,
+                       dropout=config.dropout)
 
     def encode_user(self, batch: Batch) -> DINState:
-        history = self.embedding(batch.history_items, batch.history_cates)  # (B, T, 2E)
-        return DINState(history=history, mask=batch.history_mask)
+        history = self.embedding.history(batch)  # (B, T, W)
+        return DINState(history=history, mask=batch.history_mask, user=self.embedding.user(batch))
 
     def score(self, state: DINState, candidates: Candidates) -> torch.Tensor:
         candidates.validate(len(state))
-        target = self.embedding(candidates.items, candidates.cates)  # (B, K, 2E)
-        interest, _ = self.attention(target, state.history, state.mask)  # (B, K, 2E)
-        logits = self.dnn(torch.cat([interest, target], dim=-1).flatten(0, 1))  # (B * K, 1)
+        target = self.embedding.candidates(candidates)  # (B, K, W)
+        interest, _ = self.attention(target, state.history, state.mask)  # (B, K, W)
+        logits = self.dnn(with_user(torch.cat([interest, target], dim=-1), state.user).flatten(0, 1))  # (B * K, 1)
         return logits.view(candidates.items.shape)  # (B, K)
 
     def forward(self, batch: Batch) -> ModelOutput:

@@ -65,6 +65,7 @@ from torch import nn
 from lifelong.batch import Batch
 from lifelong.models.multi_interest import MultiInterestConfig, MultiInterestModel, interest_redundancy
 from lifelong.models.registry import register
+from lifelong.nn.embedding import init_item_embedding
 
 EPS = 1e-6  # keeps the weighted mean of a centre with (almost) no assigned behaviors finite
 
@@ -168,9 +169,7 @@ class HCN(MultiInterestModel):
         self.item = nn.Embedding(config.n_items, d, padding_idx=0)
         self.long_term = InterestExtractor(d, config.interests - config.short_interests, config.levels)
         self.short_term = InterestExtractor(d, config.short_interests, config.levels)
-        nn.init.normal_(self.item.weight, std=d ** -0.5)
-        with torch.no_grad():
-            self.item.weight[0].zero_()
+        init_item_embedding(self.item, std=d ** -0.5)
 
     def co_interests(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Both extractors' outputs: ``long`` (B, K - K_s, D) and ``short`` (B, K_s, D) interests and

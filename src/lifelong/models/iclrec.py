@@ -40,10 +40,10 @@ Deviations (choices the papers or their code leave open, or where this file depa
     ``mask_id = max_item + 1``; it is never scored (``item_vectors`` returns the first ``n_items`` rows).
   - Crop and reorder draw their start uniformly from every valid position, ``0 .. n - run``; ICLRec's
     ``randint(0, n - run - 1)`` never picks the run that ends at the last item.
-  - K-means is this file's own (torch): initial centroids are distinct training windows drawn with a
-    generator seeded from the ``kmeans`` stream (reset per epoch, so a resumed run clusters alike),
-    Lloyd iterations for a fixed ``kmeans_iterations`` (faiss' default 20; no ``nredo``, no sub-sampling
-    to ``max_points_per_centroid``); an empty cluster is re-seeded with the window farthest from its
+  - K-means (:func:`lifelong.nn.cluster.kmeans`, torch): initial centroids are distinct training
+    windows drawn with a generator seeded from the ``kmeans`` stream (reset per epoch, so a resumed run
+    clusters alike), Lloyd iterations for a fixed ``kmeans_iterations`` (faiss' default 20; no ``nredo``,
+    no sub-sampling to ``max_points_per_centroid``); an empty cluster is re-seeded with the window farthest from its
     centroid (the next farthest for the next empty one), deterministic given the data. Assignment uses
     the raw centroids, the loss their L2-normalised copies (as ICLRec).
   - One intent granularity (ICLRec allows a list of cluster counts; its scripts use one).
@@ -81,7 +81,7 @@ from lifelong.batch import Batch
 from lifelong.models.registry import register
 from lifelong.models.retrieval import RetrievalOutput, next_item_loss
 from lifelong.models.sasrec import SASRec, SASRecConfig
-from lifelong.nn.cluster import lloyd, nearest_centroid
+from lifelong.nn.cluster import kmeans, nearest_centroid
 from lifelong.streams import STREAMS
 
 log = logging.getLogger(__name__)
@@ -246,39 +246,6 @@ def nt_xent(first: torch.Tensor, second: torch.Tensor, temperature: float, posit
     return -per_anchor.mean()
 
 
-# ---------------------------------------------------------------------------------------------------
-# K-means.
-
-
-def kmeans(points: torch.Tensor, k: int, iterations: int,
-           generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lloyd's k-means.
-
-    Args:
-        points: (N, D), N >= k.
-        k: clusters.
-        iterations: Lloyd steps (assign, then move each centroid to its points' mean).
-        generator: CPU generator of the initial centroids (k distinct points).
-
-    Returns:
-        ``(centroids (k, D), assignment (N,))``; an empty cluster is re-seeded with the point farthest
-        from its centroid (deterministic given the points).
-
-    Example:
-        >>> c, a = kmeans(torch.tensor([[0.0], [0.1], [5.0], [5.1]]), 2, 5, torch.Generator().manual_seed(0))
-        >>> sorted(a.tolist()) == [0, 0, 1, 1]
-        True
-    """
-    n = points.shape[0]
-    if n < k:
-        raise ValueError(f"iclrec: k-means needs at least intents={k} points, got {n}; lower intents")
-    first = torch.randperm(n, generator=generator)[:k].to(points.device)
-    return lloyd(points, points[first], iterations)
-
-
-# ---------------------------------------------------------------------------------------------------
-
-
 @register(ICLRecConfig)
 class ICLRec(SASRec):
     """SASRec trained with next-item, instance-contrastive and intent-contrastive losses.
@@ -309,7 +276,11 @@ class ICLRec(SASRec):
             points = torch.cat([self.user_vectors(batch) for batch in batches])  # (N, D)
         finally:
             self.train(was_training)
+        if points.shape[0] < self.config.intents:
+            raise ValueError(f"iclrec: k-means needs at least intents={self.config.intents} points, "
+                             f"got {points.shape[0]}; lower intents")
         generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (), generator=STREAMS("kmeans"))))
+        # initial centroids: distinct encoded histories, uniformly
         centroids, assignment = kmeans(points, self.config.intents, self.config.kmeans_iterations, generator)
         self.centroids.copy_(centroids)
         self.clustered.fill_(True)

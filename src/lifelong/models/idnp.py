@@ -77,6 +77,7 @@ from torch import nn
 from lifelong.batch import Batch
 from lifelong.models.registry import register
 from lifelong.models.retrieval import RetrievalConfig, RetrievalModel, RetrievalOutput, next_item_loss, next_items
+from lifelong.nn.embedding import init_item_embedding
 from lifelong.streams import STREAMS
 
 MIN_SIGMA = 1e-3  # floor of the latent standard deviation (keeps the KL finite)
@@ -221,9 +222,7 @@ class IDNP(RetrievalModel):
         self.latent_sigma = nn.Linear(d, d)
         self.decoder = nn.Sequential(nn.Linear(3 * d, config.decoder_hidden), nn.ReLU(), nn.Dropout(config.dropout),
                                      nn.Linear(config.decoder_hidden, d))
-        nn.init.normal_(self.item.weight, std=d ** -0.5)
-        with torch.no_grad():
-            self.item.weight[0].zero_()
+        init_item_embedding(self.item, std=d ** -0.5)
 
     def sequence(self, batch: Batch) -> torch.Tensor:
         """(B, T, D) interest representations ``h_t`` (zero at padding)."""

@@ -50,8 +50,8 @@ Deviations and choices where the paper (as far as it was read: abstract and note
   - Only the top ``interests`` components are queried (the paper queries the mixture's components in
     proportion to their weights; how many it keeps is not in the notes).
   - Exact search (a full inner product), no ANN index.
-  - K-means is this file's own (torch): k-means++ seeding from a generator seeded with
-    ``kmeans_seed`` (deterministic, independent of torch's global RNG), ``kmeans_iterations`` Lloyd
+  - K-means (:func:`lifelong.nn.cluster.kmeans`, torch): k-means++ seeding from a generator seeded
+    with ``kmeans_seed`` (deterministic, independent of torch's global RNG), ``kmeans_iterations`` Lloyd
     steps on the raw embeddings (Euclidean), an empty cluster re-seeded with the point farthest from
     its centroid. Add-``alpha`` smoothing of the engagement counts keeps every weight positive (with
     ``alpha = beta = 0`` a zero-weight component is switched off: ``valid`` False).
@@ -89,7 +89,8 @@ from lifelong.batch import Batch
 from lifelong.budgets import interest_budgets  # the same split the faiss budgeted search uses
 from lifelong.models.multi_interest import FIRST_RANKED, MultiInterestConfig, MultiInterestModel
 from lifelong.models.registry import register
-from lifelong.nn.cluster import lloyd
+from lifelong.nn.cluster import kmeans
+from lifelong.nn.embedding import init_item_embedding
 from lifelong.nn.layers import mean_pool, relu_tower
 
 log = logging.getLogger(__name__)
@@ -246,46 +247,6 @@ def distinct_clusters(top: torch.Tensor, item_cluster: torch.Tensor) -> torch.Te
     return 1 + (clusters[:, 1:] != clusters[:, :-1]).sum(dim=1)
 
 
-# --------------------------------------------------------------------------------------------------
-# K-means over the item embeddings
-
-
-def kmeans(points: torch.Tensor, k: int, iterations: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lloyd's k-means with k-means++ seeding (deterministic given ``seed``).
-
-    Args:
-        points: (N, D), N >= k.
-        k: clusters.
-        iterations: Lloyd steps (assign, move each centroid to its points' mean).
-        seed: seed of the k-means++ draws (a private CPU generator).
-
-    Returns:
-        ``(centroids (k, D), assignment (N,))``; an empty cluster is re-seeded with the point farthest
-        from its centroid.
-
-    Example:
-        >>> c, a = kmeans(torch.tensor([[0.0], [0.1], [5.0], [5.1]]), 2, 5, seed=0)
-        >>> a[0] == a[1] != a[2] == a[3]
-        tensor(True)
-    """
-    n = points.shape[0]
-    if n < k:
-        raise ValueError(f"knn_embed: k-means needs at least clusters={k} items, got {n}; lower clusters")
-    generator = torch.Generator().manual_seed(seed)
-    chosen = [int(torch.randint(n, (1,), generator=generator))]
-    closest = ((points - points[chosen[0]]) ** 2).sum(1)  # (N,) squared distance to the nearest seed
-    for _ in range(1, k):  # k-means++: the next seed with probability proportional to that distance
-        weights = closest.double().cpu()
-        nxt = int(torch.multinomial(weights, 1, generator=generator)) if float(weights.sum()) > 0 else \
-            int(torch.randint(n, (1,), generator=generator))
-        chosen.append(nxt)
-        closest = torch.minimum(closest, ((points - points[nxt]) ** 2).sum(1))
-    return lloyd(points, points[torch.tensor(chosen, device=points.device)], iterations)
-
-
-# --------------------------------------------------------------------------------------------------
-
-
 @register(KNNEmbedConfig)
 class KNNEmbed(MultiInterestModel):
     """A single user embedding, queried after ``prepare_retrieval`` as a smoothed mixture of item clusters.
@@ -308,9 +269,7 @@ class KNNEmbed(MultiInterestModel):
         d, c = config.embedding_dim, config.clusters
         self.item = nn.Embedding(config.n_items, d, padding_idx=0)
         self.tower = relu_tower(d, config.hidden)
-        nn.init.normal_(self.item.weight, std=d ** -0.5)
-        with torch.no_grad():
-            self.item.weight[0].zero_()
+        init_item_embedding(self.item, std=d ** -0.5)
         # the fitted mixture (prepare_retrieval): buffers, saved in checkpoints, never trained
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
         self.register_buffer("centroids", torch.zeros(c, d))  # (C, D)
@@ -348,7 +307,11 @@ class KNNEmbed(MultiInterestModel):
         self.eval()
         try:
             points = self.item.weight[FIRST_RANKED:]  # (N - 2, D) rankable items
-            centroids, assignment = kmeans(points, config.clusters, config.kmeans_iterations, config.kmeans_seed)
+            if points.shape[0] < config.clusters:
+                raise ValueError(f"knn_embed: k-means needs at least clusters={config.clusters} items, "
+                                 f"got {points.shape[0]}; lower clusters")
+            generator = torch.Generator().manual_seed(config.kmeans_seed)  # private: the global RNG plays no part
+            centroids, assignment = kmeans(points, config.clusters, config.kmeans_iterations, generator, init="kmeans++")
             self.centroids.copy_(centroids)
             self.item_cluster.fill_(-1)
             self.item_cluster[FIRST_RANKED:] = assignment

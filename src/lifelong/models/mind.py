@@ -61,7 +61,9 @@ from torch import nn
 from lifelong.batch import Batch
 from lifelong.models.multi_interest import MultiInterestConfig, MultiInterestModel
 from lifelong.models.registry import register
-from lifelong.nn.layers import relu_tower, squash
+from lifelong.nn.capsule import dynamic_routing
+from lifelong.nn.embedding import init_item_embedding
+from lifelong.nn.layers import relu_tower
 
 CACHED_POSITIONS = 64  # initial routing logits drawn at construction; more are drawn on first use
 
@@ -124,9 +126,7 @@ class MIND(MultiInterestModel):
         self.tower = relu_tower(d, config.hidden)  # the H layers
         # (positions, K) fixed initial routing logits; rebuilt from the config, so not saved
         self.register_buffer("routing_init", self._draw_initial_logits(0, CACHED_POSITIONS), persistent=False)
-        nn.init.normal_(self.item.weight, std=d ** -0.5)
-        with torch.no_grad():
-            self.item.weight[0].zero_()
+        init_item_embedding(self.item, std=d ** -0.5)
 
     def _draw_initial_logits(self, start: int, stop: int) -> torch.Tensor:
         """(stop - start, K) logits of positions ``start .. stop-1``, each row from its own seeded generator."""
@@ -155,14 +155,8 @@ class MIND(MultiInterestModel):
         valid = torch.arange(k, device=mask.device).unsqueeze(0) < count.unsqueeze(1)  # (B, K)
         mapped = self.bilinear(self.item(batch.history_items))  # (B, T, D) s_i = S e_i
         logits = self.initial_logits(t).to(mapped.dtype).unsqueeze(0).expand(b, t, k)  # (B, T, K) b_ij
-        off = ~valid.unsqueeze(1)  # (B, 1, K)
-        real = mask.unsqueeze(-1).to(mapped.dtype)  # (B, T, 1)
-        for step in range(self.config.routing_iterations):
-            coupling = torch.softmax(logits.masked_fill(off, float("-inf")), dim=2) * real  # (B, T, K) w_ij
-            capsules = squash(torch.einsum("btk,btd->bkd", coupling, mapped))  # (B, K, D) u_j
-            if step + 1 < self.config.routing_iterations:
-                logits = logits + torch.einsum("bkd,btd->btk", capsules, mapped)  # agreement
-        return capsules, valid, coupling
+        capsules, couplings = dynamic_routing(mapped, mask, self.config.routing_iterations, logits, valid)
+        return capsules, valid, couplings[-1]  # u_j (B, K, D), (B, K), w_ij (B, T, K)
 
     def interests(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         capsules, valid, _ = self.routing(batch)

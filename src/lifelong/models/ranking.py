@@ -33,10 +33,55 @@ from typing import ClassVar, TypeVar
 import torch
 from torch import nn
 
-from lifelong.batch import Batch
+from lifelong.batch import Batch, ItemSide
+from lifelong.models.registry import ModelConfig
 from lifelong.nn import layers
 
 State = TypeVar("State", bound="UserState")
+
+
+@dataclass
+class RankingConfig(ModelConfig):
+    """Base of the ranking models' configs: the features beyond ids a model reads.
+
+    Args:
+        features: the dataset's feature declarations (filled from its manifest, like the vocabulary
+            sizes); empty for a dataset without features.
+        user_features: read the user features (e.g. age, gender), when the dataset has them.
+        item_features: read the items' attribute bags and content vectors, when the dataset has them.
+        context_features: read each history event's context (behavior type), when the dataset has it.
+    """
+
+    features: tuple[dict, ...] = ()
+    user_features: bool = True
+    item_features: bool = True
+    context_features: bool = True
+
+    @property
+    def feature_groups(self) -> tuple[str, ...]:
+        """The groups turned on and declared by the dataset, e.g. ``("user", "item")``."""
+        declared = {f.get("group") for f in self.features}
+        wanted = {"user": self.user_features, "item": self.item_features, "context": self.context_features}
+        return tuple(g for g in ("user", "item", "context") if wanted[g] and g in declared)
+
+    @property
+    def item_width(self) -> int:
+        """The width of an embedded item: ``embedding_dim`` times 2 (id, category) plus one per item side
+        feature read (attribute bag, content vector)."""
+        side = [f for f in self.features if f.get("group") == "item" and f.get("name") in ("attr", "embedding")]
+        return self.embedding_dim * (2 + (len(side) if "item" in self.feature_groups else 0))
+
+    def validate(self) -> None:
+        super().validate()
+        for feature in self.features:
+            if not isinstance(feature, dict) or not {"name", "group", "kind"} <= set(feature):
+                raise ValueError(f"{self.model_type}: features holds {feature!r}; each must be a declaration "
+                                 f"with name, group and kind (they come from the dataset's manifest)")
+
+    def batch_needs(self) -> dict:
+        """The feature groups the collator gathers (see :meth:`ModelConfig.batch_needs`)."""
+        groups = self.feature_groups
+        return {"features": groups} if groups else {}
 
 
 @dataclass
@@ -50,6 +95,8 @@ class Candidates:
             time; for a sample, its target's time), shared by the user's ``K`` candidates; or None.
             Only models that encode the time between a behavior and the target read it (TIN's
             ``interval`` encoding); its config's ``batch_needs()`` then asks for timestamps.
+        side: the candidates' side features (attribute bags (B, K, A), content vectors (B, K, D)), or
+            None; a model that reads the ``item`` feature group needs them.
 
     Example:
         >>> c = Candidates(items=torch.tensor([[5, 7, 9]]), cates=torch.tensor([[2, 2, 3]]))
@@ -60,12 +107,14 @@ class Candidates:
     items: torch.Tensor
     cates: torch.Tensor
     timestamps: torch.Tensor | None = None
+    side: ItemSide | None = None
 
     @classmethod
     def from_targets(cls, batch: Batch) -> "Candidates":
         """Each sample's target as its one candidate (K = 1), at the sample's time."""
+        side = None if batch.target_side is None else batch.target_side.map(lambda t: t.unsqueeze(1))
         return cls(items=batch.target_items.unsqueeze(1), cates=batch.target_cates.unsqueeze(1),
-                   timestamps=batch.timestamps)
+                   timestamps=batch.timestamps, side=side)
 
     def __len__(self) -> int:
         return int(self.items.shape[0])
@@ -76,7 +125,8 @@ class Candidates:
         return int(self.items.shape[1])
 
     def to(self, device: torch.device | str) -> "Candidates":
-        return Candidates(*(None if v is None else v.to(device) for v in (self.items, self.cates, self.timestamps)))
+        return Candidates(*(None if v is None else v.to(device) for v in (self.items, self.cates, self.timestamps,
+                                                                           self.side)))
 
     def validate(self, users: int) -> None:
         """Raise ``ValueError`` naming the problem when the candidates do not fit a state of ``users`` users."""
@@ -96,6 +146,8 @@ class Candidates:
                 raise ValueError(f"candidates.{name} must hold integer indices, got {value.dtype}")
             if value.numel() and int(value.min()) < 0:
                 raise ValueError(f"candidates.{name} holds a negative index ({int(value.min())}); indices start at 0")
+        if self.side is not None:
+            self.side.check("candidates.side", tuple(self.items.shape))
         if self.timestamps is not None and tuple(self.timestamps.shape) != (users,):
             raise ValueError(f"candidates.timestamps must be ({users},), one scoring time per user, "
                              f"got {tuple(self.timestamps.shape)}")
@@ -162,6 +214,14 @@ class RankingModel(nn.Module):
             (B, K) logits.
         """
         raise NotImplementedError
+
+
+def with_user(inputs: torch.Tensor, user: torch.Tensor | None) -> torch.Tensor:
+    """``inputs`` (B, K, X) with the user features (B, U) appended to each candidate's row: (B, K, X + U);
+    ``inputs`` itself when the model reads no user features (``user`` is None)."""
+    if user is None:
+        return inputs
+    return torch.cat([inputs, user.unsqueeze(1).expand(-1, inputs.shape[1], -1)], dim=-1)
 
 
 def candidate_chunks(module: nn.Module, k: int, rows_per_candidate: int) -> list[slice]:

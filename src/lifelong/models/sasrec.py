@@ -52,12 +52,13 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lifelong.batch import Batch
 from lifelong.models.registry import register
 from lifelong.models.retrieval import RetrievalConfig, RetrievalModel, RetrievalOutput, next_item_loss, next_items
+from lifelong.nn.embedding import init_item_embedding
+from lifelong.nn.transformer import EncoderLayer, EncoderSpec
 
 
 @dataclass
@@ -108,64 +109,6 @@ class SASRecConfig(RetrievalConfig):
             raise ValueError(f"sasrec: bsarec_cutoff must be non-negative, got {self.bsarec_cutoff}")
 
 
-class CausalBlock(nn.Module):
-    """One SASRec block (see the module docstring)."""
-
-    def __init__(self, dim: int, heads: int, dropout: float) -> None:
-        super().__init__()
-        self.heads = heads
-        self.dropout = dropout
-        self.attention_norm = nn.LayerNorm(dim, eps=1e-8)
-        self.q = nn.Linear(dim, dim)
-        self.kv = nn.Linear(dim, 2 * dim)
-        self.out = nn.Linear(dim, dim)
-        self.ffn_norm = nn.LayerNorm(dim, eps=1e-8)
-        self.ffn = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(dim, dim), nn.Dropout(dropout))
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x (B, T, D), mask (B, T) bool (left-aligned) -> (B, T, D), zero at padding."""
-        b, t, d = x.shape
-        h = self.heads
-        query = self.attention_norm(x)
-        q = self.q(query).view(b, t, h, d // h).transpose(1, 2)  # (B, H, T, d/H)
-        k, v = self.kv(x).view(b, t, 2, h, d // h).permute(2, 0, 3, 1, 4)  # 2 x (B, H, T, d/H)
-        context = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
-                                                 is_causal=True)  # position t sees <= t
-        x = query + self.out(context.transpose(1, 2).reshape(b, t, d))
-        x = self.ffn_norm(x)
-        x = x + self.ffn(x)
-        return x * mask.unsqueeze(-1)
-
-
-class PostLNBlock(nn.Module):
-    """One block of the S3-Rec / ICLRec / ICSRec Transformer (``encoder = "bert"``; module docstring)."""
-
-    def __init__(self, dim: int, heads: int, dropout: float) -> None:
-        super().__init__()
-        self.heads = heads
-        self.dropout = dropout
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.out = nn.Sequential(nn.Linear(dim, dim), nn.Dropout(dropout))
-        self.attention_norm = nn.LayerNorm(dim, eps=1e-12)
-        self.ffn = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim), nn.Dropout(dropout))
-        self.ffn_norm = nn.LayerNorm(dim, eps=1e-12)
-
-    def attend(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) -> the attention sublayer's output ``LN(x + Dropout(W_o Attn(x)))``, causal."""
-        b, t, d = x.shape
-        h = self.heads
-        q, k, v = self.qkv(x).view(b, t, 3, h, d // h).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, d/H)
-        context = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
-                                                 is_causal=True)  # position t sees <= t
-        return self.attention_norm(x + self.out(context.transpose(1, 2).reshape(b, t, d)))
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x (B, T, D), mask (B, T) bool (left-aligned) -> (B, T, D), zero at padding."""
-        x = self.attend(x)
-        x = self.ffn_norm(x + self.ffn(x))
-        return x * mask.unsqueeze(-1)
-
-
 class FrequencyFilter(nn.Module):
     """BSARec's inductive-bias path ``LN(x + Dropout(LFC + beta**2 * HFC))`` (module docstring)."""
 
@@ -188,19 +131,34 @@ class FrequencyFilter(nn.Module):
         return self.norm(x + self.dropout(low + self.sqrt_beta.square() * (x - low)))
 
 
-class BSARecBlock(PostLNBlock):
-    """A ``bert`` block whose attention output is mixed with the frequency filter's (module docstring)."""
+class BSARecBlock(EncoderLayer):
+    """A ``bert`` block whose attention output is mixed with the frequency filter's (module docstring).
 
-    def __init__(self, dim: int, heads: int, dropout: float, length: int, alpha: float, cutoff: int) -> None:
-        super().__init__(dim, heads, dropout)
+    Args:
+        dim: token width ``D``.
+        spec: the ``bert`` block's options (:class:`EncoderSpec`).
+        length, alpha, cutoff: the filter's transform length, its share ``alpha`` and BSARec's ``c``.
+    """
+
+    def __init__(self, dim: int, spec: EncoderSpec, length: int, alpha: float, cutoff: int) -> None:
+        super().__init__(dim, spec)
         self.alpha = alpha
-        self.filter = FrequencyFilter(dim, dropout, length, cutoff)
+        self.filter = FrequencyFilter(dim, spec.dropout, length, cutoff)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """x (B, T, D) zero at padding, mask (B, T) bool (left-aligned) -> (B, T, D), zero at padding."""
         x = self.alpha * self.filter(x) + (1.0 - self.alpha) * self.attend(x)
-        x = self.ffn_norm(x + self.ffn(x))
-        return x * mask.unsqueeze(-1)
+        return self.feed_forward(x) * mask.unsqueeze(-1)
+
+
+def block_spec(config: SASRecConfig) -> EncoderSpec:
+    """The encoder's block options: the paper's blocks (``sasrec``) or the S3-Rec code's (``bert``,
+    ``bsarec``); both causal (module docstring)."""
+    if config.encoder == "sasrec":
+        return EncoderSpec(heads=config.heads, ffn_dim=config.embedding_dim, dropout=config.dropout, norm="sasrec",
+                           eps=1e-8, causal=True)
+    return EncoderSpec(heads=config.heads, ffn_dim=4 * config.embedding_dim, activation="gelu",
+                       dropout=config.dropout, eps=1e-12, causal=True)
 
 
 @register(SASRecConfig)
@@ -218,24 +176,22 @@ class SASRec(RetrievalModel):
         self.position = nn.Embedding(config.max_positions, d)
         self.dropout = nn.Dropout(config.dropout)
         bert = config.encoder in ("bert", "bsarec")  # bsarec: the bert blocks plus a filter path
-        block = {"sasrec": CausalBlock, "bert": PostLNBlock,
-                 "bsarec": partial(BSARecBlock, length=config.max_positions, alpha=config.bsarec_alpha,
-                                   cutoff=config.bsarec_cutoff)}[config.encoder]
-        self.blocks = nn.ModuleList(block(d, config.heads, config.dropout) for _ in range(config.layers))
+        block = partial(BSARecBlock, length=config.max_positions, alpha=config.bsarec_alpha,
+                        cutoff=config.bsarec_cutoff) if config.encoder == "bsarec" else EncoderLayer
+        self.blocks = nn.ModuleList(block(d, block_spec(config)) for _ in range(config.layers))
         # the paper's blocks end in a LayerNorm; the bert encoder normalises its input embeddings instead
         self.final_norm = nn.Identity() if bert else nn.LayerNorm(d, eps=1e-8)
         self.input_norm = nn.LayerNorm(d, eps=1e-12) if bert else nn.Identity()
         self.input_scale = 1.0 if bert else math.sqrt(d)
-        if bert:  # the S3-Rec code's initialisation: every Linear and Embedding weight N(0, 0.02), biases 0
+        # the S3-Rec code's initialisation (bert): every Linear and Embedding weight N(0, 0.02), biases 0;
+        # the item table is the first of them, so it is drawn first in both cases
+        init_item_embedding(self.item, std=0.02 if bert else d ** -0.5)
+        if bert:
             for module in self.modules():
-                if isinstance(module, (nn.Linear, nn.Embedding)):
+                if isinstance(module, (nn.Linear, nn.Embedding)) and module is not self.item:
                     nn.init.normal_(module.weight, std=0.02)
                 if isinstance(module, nn.Linear):
                     nn.init.zeros_(module.bias)
-        else:
-            nn.init.normal_(self.item.weight, std=d ** -0.5)
-        with torch.no_grad():
-            self.item.weight[0].zero_()
 
     def sequence(self, batch: Batch) -> torch.Tensor:
         """(B, T, D) outputs ``F_t`` at every position (zero at padding)."""

@@ -5,7 +5,8 @@ Paper: Zhou et al., "Deep Interest Network for Click-Through Rate Prediction", K
 concatenated with the candidate's embedding and fed to an MLP (PReLU) that outputs the click logit.
 
 Deviations:
-  - No user-profile or context features: the shared datasets have none that P1/P4 use.
+  - The dataset's declared features (user profile, item side features, event context) are embedded by
+    :class:`lifelong.nn.features.FeatureEmbedding`, the block every ranking model shares.
   - A behavior (and the candidate) is the concatenation of its item-id and category embeddings,
     as in the paper's goods_id + cate_id groups; shop ids do not exist in these datasets.
 """
@@ -18,13 +19,14 @@ import torch
 from torch import nn
 
 from lifelong.batch import Batch
-from lifelong.models.ranking import Candidates, RankingModel, UserState
-from lifelong.models.registry import ModelConfig, ModelOutput, register
-from lifelong.nn import ACTIVATIONS, MLP, BehaviorEmbedding
+from lifelong.models.ranking import Candidates, RankingConfig, RankingModel, UserState, with_user
+from lifelong.models.registry import ModelOutput, register
+from lifelong.nn import ACTIVATIONS, MLP
+from lifelong.nn.features import FeatureEmbedding
 
 
 @dataclass
-class SumPoolConfig(ModelConfig):
+class SumPoolConfig(RankingConfig):
     """Args:
         embedding_dim: size of each id embedding (a behavior is 2x this: item and category).
         dnn_hidden: MLP sizes after the concatenation.
@@ -52,10 +54,12 @@ class SumPoolState(UserState):
     """The base model's user side.
 
     Attributes:
-        pooled: (B, 2E) sum-pooled behaviors.
+        pooled: (B, W) sum-pooled behaviors.
+        user: (B, U) user features, or None.
     """
 
     pooled: torch.Tensor
+    user: torch.Tensor | None = None
 
 
 @register(SumPoolConfig)
@@ -75,19 +79,22 @@ class SumPool(RankingModel):
     def __init__(self, config: SumPoolConfig) -> None:
         super().__init__()
         self.config = config
-        self.embedding = BehaviorEmbedding(config.n_items, config.n_cates, config.embedding_dim)
+        self.embedding = FeatureEmbedding(config.n_items, config.n_cates, config.embedding_dim, config.features,
+                                          config.feature_groups)
         width = self.embedding.out_dim
-        self.dnn = MLP(2 * width, list(config.dnn_hidden), config.dnn_activation, out_dim=1, dropout=config.dropout)
+        self.dnn = MLP(2 * width + self.embedding.user_dim, list(config.dnn_hidden), config.dnn_activation, out_dim=1,
+                       dropout=config.dropout)
 
     def encode_user(self, batch: Batch) -> SumPoolState:
-        history = self.embedding(batch.history_items, batch.history_cates)  # (B, T, 2E)
-        return SumPoolState(pooled=(history * batch.history_mask.unsqueeze(-1)).sum(dim=1))  # (B, 2E)
+        history = self.embedding.history(batch)  # (B, T, W)
+        return SumPoolState(pooled=(history * batch.history_mask.unsqueeze(-1)).sum(dim=1),  # (B, W)
+                            user=self.embedding.user(batch))
 
     def score(self, state: SumPoolState, candidates: Candidates) -> torch.Tensor:
         candidates.validate(len(state))
-        target = self.embedding(candidates.items, candidates.cates)  # (B, K, 2E)
-        pooled = state.pooled.unsqueeze(1).expand_as(target)  # (B, K, 2E)
-        logits = self.dnn(torch.cat([pooled, target], dim=-1).flatten(0, 1))  # (B * K, 1)
+        target = self.embedding.candidates(candidates)  # (B, K, W)
+        pooled = state.pooled.unsqueeze(1).expand_as(target)  # (B, K, W)
+        logits = self.dnn(with_user(torch.cat([pooled, target], dim=-1), state.user).flatten(0, 1))  # (B * K, 1)
         return logits.view(candidates.items.shape)  # (B, K)
 
     def forward(self, batch: Batch) -> ModelOutput:

@@ -21,8 +21,9 @@ Deviations:
     (target 0); the paper does not give its discretisation. ``temporal_encoding="both"`` sums the
     two encodings and ``"none"`` (ablation) uses no temporal table; both are options, not the paper's.
   - Relative positions beyond ``max_positions - 1`` share the last row (the released table has 431).
-  - No user-profile or context features; a behavior is its item and category embeddings
-    concatenated. The optional mini-batch aware L2 regulariser on the embeddings is DIN's (as in din.py).
+  - A behavior is its item and category embeddings concatenated, plus the dataset's declared features
+    (:class:`lifelong.nn.features.FeatureEmbedding`: attribute bag, content vector, the event's
+    behavior type added); the user features join ``u`` and the target at the MLP's input. The optional mini-batch aware L2 regulariser on the embeddings is DIN's (as in din.py).
 """
 
 from __future__ import annotations
@@ -34,15 +35,16 @@ import torch
 from torch import nn
 
 from lifelong.batch import Batch
-from lifelong.models.ranking import Candidates, RankingModel, UserState
-from lifelong.models.registry import ModelConfig, ModelOutput, register
-from lifelong.nn import ACTIVATIONS, MLP, BehaviorEmbedding, relative_positions
+from lifelong.models.ranking import Candidates, RankingConfig, RankingModel, UserState, with_user
+from lifelong.models.registry import ModelOutput, register
+from lifelong.nn import ACTIVATIONS, MLP, relative_positions
+from lifelong.nn.features import FeatureEmbedding
 
 TEMPORAL_ENCODINGS = ("position", "interval", "both", "none")
 
 
 @dataclass
-class TINConfig(ModelConfig):
+class TINConfig(RankingConfig):
     """Args:
         embedding_dim: size of each id embedding (a behavior is 2x this: item and category).
         temporal_encoding: ``position`` (TTE-P), ``interval`` (TTE-T), ``both`` (their sum) or ``none``.
@@ -86,8 +88,8 @@ class TINConfig(ModelConfig):
     def uses_interval(self) -> bool:
         return self.temporal_encoding in ("interval", "both")
 
-    def batch_needs(self) -> dict[str, bool]:
-        return {"with_timestamps": True} if self.uses_interval else {}
+    def batch_needs(self) -> dict:
+        return {**super().batch_needs(), **({"with_timestamps": True} if self.uses_interval else {})}
 
 
 def interval_buckets(timestamps: torch.Tensor, history_timestamps: torch.Tensor, mask: torch.Tensor,
@@ -118,11 +120,13 @@ class TINState(UserState):
         mask: (B, T) bool, True at real behaviors.
         history_timestamps: (B, T) int64 behavior times, unix seconds (TTE-T buckets them against the
             scoring time), or None without TTE-T.
+        user: (B, U) user features, or None.
     """
 
     history: torch.Tensor
     mask: torch.Tensor
     history_timestamps: torch.Tensor | None
+    user: torch.Tensor | None = None
 
 
 @register(TINConfig)
@@ -147,14 +151,16 @@ class TIN(RankingModel):
     def __init__(self, config: TINConfig) -> None:
         super().__init__()
         self.config = config
-        self.embedding = BehaviorEmbedding(config.n_items, config.n_cates, config.embedding_dim)
+        self.embedding = FeatureEmbedding(config.n_items, config.n_cates, config.embedding_dim, config.features,
+                                          config.feature_groups)
         width = self.embedding.out_dim
         self.position = nn.Embedding(config.max_positions, width) if config.uses_position else None
         self.interval = nn.Embedding(config.n_buckets, width) if config.uses_interval else None
         for table in (self.position, self.interval):
             if table is not None:
                 nn.init.normal_(table.weight, std=1e-2)
-        self.dnn = MLP(2 * width, list(config.dnn_hidden), config.dnn_activation, out_dim=1, dropout=config.dropout)
+        self.dnn = MLP(2 * width + self.embedding.user_dim, list(config.dnn_hidden), config.dnn_activation, out_dim=1,
+                       dropout=config.dropout)
 
     def position_embeddings(self, mask: torch.Tensor) -> torch.Tensor | None:
         """TTE-P of the behaviors: (B, T) mask -> (B, T, 2E) rows ``l - t`` (clipped), or None."""
@@ -179,7 +185,7 @@ class TIN(RankingModel):
         return sum(rows) if rows else None
 
     def encode_user(self, batch: Batch) -> TINState:
-        history = self.embedding(batch.history_items, batch.history_cates)  # (B, T, 2E)
+        history = self.embedding.history(batch)  # (B, T, 2E)
         positions = self.position_embeddings(batch.history_mask)
         if positions is not None:
             history = history + positions  # e_i + p_i
@@ -188,12 +194,13 @@ class TIN(RankingModel):
                              "batch.timestamps; build the collator with with_timestamps=True "
                              "(config.batch_needs() says so)")
         return TINState(history=history, mask=batch.history_mask,
-                        history_timestamps=batch.history_timestamps if self.interval is not None else None)
+                        history_timestamps=batch.history_timestamps if self.interval is not None else None,
+                        user=self.embedding.user(batch))
 
     def attend(self, state: TINState, candidates: Candidates) -> dict[str, torch.Tensor]:
         """The candidate side's intermediate tensors: ``history`` e~ (B, T, 2E), ``target`` v~ (B, K, 2E),
         ``plain_target`` v (B, K, 2E), ``weights`` alpha (B, K, T) and ``interest`` u (B, K, 2E)."""
-        plain_target = self.embedding(candidates.items, candidates.cates)  # (B, K, 2E)
+        plain_target = self.embedding.candidates(candidates)  # (B, K, 2E)
         history, target = state.history, plain_target
         intervals = self.interval_embeddings(candidates.timestamps, state.history_timestamps, state.mask)
         if intervals is not None:
@@ -213,7 +220,7 @@ class TIN(RankingModel):
         candidates.validate(len(state))
         parts = self.attend(state, candidates)
         features = torch.cat([parts["interest"], parts["plain_target"]], dim=-1)  # (B, K, 4E)
-        return self.dnn(features.flatten(0, 1)).view(candidates.items.shape)  # (B, K)
+        return self.dnn(with_user(features, state.user).flatten(0, 1)).view(candidates.items.shape)  # (B, K)
 
     def forward(self, batch: Batch) -> ModelOutput:
         batch.validate()

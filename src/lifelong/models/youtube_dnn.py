@@ -31,6 +31,7 @@ from torch import nn
 from lifelong.batch import Batch
 from lifelong.models.multi_interest import MultiInterestConfig, MultiInterestModel
 from lifelong.models.registry import register
+from lifelong.nn.embedding import init_item_embedding
 from lifelong.nn.layers import mean_pool, relu_tower
 
 
@@ -64,9 +65,7 @@ class YouTubeDNN(MultiInterestModel):
         d = config.embedding_dim
         self.item = nn.Embedding(config.n_items, d, padding_idx=0)
         self.tower = relu_tower(d, config.hidden)
-        nn.init.normal_(self.item.weight, std=d ** -0.5)
-        with torch.no_grad():
-            self.item.weight[0].zero_()
+        init_item_embedding(self.item, std=d ** -0.5)
 
     def interests(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         pooled = mean_pool(self.item(batch.history_items), batch.history_mask)  # (B, D)

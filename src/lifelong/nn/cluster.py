@@ -1,11 +1,12 @@
-"""Lloyd's k-means steps in torch, shared by the models that cluster embeddings (ICLRec's intents,
-kNN-Embed's item clusters); each model chooses its own initial centroids."""
+"""K-means in torch (initial centroids, then Lloyd steps), shared by the models that cluster embeddings
+(ICLRec's intents: distinct random points; kNN-Embed's item clusters: k-means++ seeding)."""
 
 from __future__ import annotations
 
 import torch
 
 DISTANCE_ROWS = 8192  # distance chunks: at most 8192 x K distances at once
+INITS = ("random", "kmeans++")
 
 
 def nearest_centroid(points: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,3 +42,48 @@ def lloyd(points: torch.Tensor, centroids: torch.Tensor, iterations: int) -> tup
             centroids[empty] = points[distance.topk(int(empty.sum())).indices]
     assignment, _ = nearest_centroid(points, centroids)
     return centroids, assignment
+
+
+def kmeans(points: torch.Tensor, k: int, iterations: int, generator: torch.Generator,
+           init: str = "random") -> tuple[torch.Tensor, torch.Tensor]:
+    """K-means: initial centroids drawn with ``generator``, then ``iterations`` :func:`lloyd` steps.
+
+    Args:
+        points: (N, D), N >= k.
+        k: clusters.
+        iterations: Lloyd steps (assign, then move each centroid to its points' mean).
+        generator: CPU generator of the initial centroids (the only draws; torch's global RNG is untouched).
+        init: ``random``: k distinct points, uniformly (``randperm``); ``kmeans++``: the first point
+            uniformly, each next one with probability proportional to its squared distance to the nearest
+            chosen one (uniformly when all distances are 0).
+
+    Returns:
+        ``(centroids (k, D), assignment (N,))``; an empty cluster is re-seeded with the point farthest
+        from its centroid (deterministic given the points).
+
+    Example:
+        >>> points = torch.tensor([[0.0], [0.1], [5.0], [5.1]])
+        >>> c, a = kmeans(points, 2, 5, torch.Generator().manual_seed(0))
+        >>> sorted(a.tolist()) == [0, 0, 1, 1]
+        True
+        >>> c, a = kmeans(points, 2, 5, torch.Generator().manual_seed(0), init="kmeans++")
+        >>> bool(a[0] == a[1] != a[2] == a[3])
+        True
+    """
+    n = points.shape[0]
+    if n < k:
+        raise ValueError(f"k-means needs at least k={k} points, got {n}")
+    if init == "random":
+        first = torch.randperm(n, generator=generator)[:k].to(points.device)
+        return lloyd(points, points[first], iterations)
+    if init != "kmeans++":
+        raise ValueError(f"k-means: init must be one of {INITS}, got {init!r}")
+    chosen = [int(torch.randint(n, (1,), generator=generator))]
+    closest = ((points - points[chosen[0]]) ** 2).sum(1)  # (N,) squared distance to the nearest seed
+    for _ in range(1, k):  # the next seed with probability proportional to that distance
+        weights = closest.double().cpu()
+        nxt = int(torch.multinomial(weights, 1, generator=generator)) if float(weights.sum()) > 0 else \
+            int(torch.randint(n, (1,), generator=generator))
+        chosen.append(nxt)
+        closest = torch.minimum(closest, ((points - points[nxt]) ** 2).sum(1))
+    return lloyd(points, points[torch.tensor(chosen, device=points.device)], iterations)

@@ -297,15 +297,3 @@ def mean_pool(embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(B, T, D) embeddings, (B, T) bool mask -> (B, D) mean over the real positions (0 when none)."""
     weights = mask.unsqueeze(-1).to(embeddings.dtype)  # (B, T, 1)
     return (embeddings * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-
-
-def squash(z: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:
-    """The capsule non-linearity over the last dim (MIND, ComiRec-DR): ``|z|^2 / (1 + |z|^2) * z / |z|``
-    (0 at z = 0).
-
-    Example:
-        >>> round(float(squash(torch.tensor([3.0, 4.0])).norm()), 4)  # 25 / 26
-        0.9615
-    """
-    n2 = (z * z).sum(dim=-1, keepdim=True)
-    return z * (n2 / (1.0 + n2) / torch.sqrt(n2 + eps))

@@ -73,7 +73,8 @@ def collators_for(model_config: dict[str, Any], dataset: PreparedDataset, max_le
     negatives only feed training losses, so evaluation batches never carry them (and with
     ``training=False`` they are not even drawn: both collators are the evaluation one)."""
     needs = config_from_dict(model_config).batch_needs()
-    evaluation = Collator(dataset, max_length, with_timestamps=needs.get("with_timestamps", False), device=device)
+    reads = {key: value for key, value in needs.items() if key != "with_negatives"}  # what evaluation reads too
+    evaluation = Collator(dataset, max_length, device=device, **reads)
     if not training or not needs.get("with_negatives", False):
         return evaluation, evaluation
     return evaluation, Collator(dataset, max_length, seed=seed, device=device, **needs)

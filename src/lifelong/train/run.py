@@ -140,7 +140,16 @@ def model_config_for(config: TrainConfig, dataset: PreparedDataset) -> dict[str,
         "n_behaviors": sizes.get("behavior", 0),
         **config.model_options,
     }
+    config_class = _model_class(config.model)
+    if config_class is not None and "features" in {f.name for f in dataclasses.fields(config_class)}:
+        values["features"] = [dict(f) for f in dataset.features]  # the manifest's declarations, like the sizes
     return config_from_dict(values).to_dict()
+
+
+def _model_class(name: str):
+    from lifelong.models import MODELS
+
+    return MODELS[name][0] if name in MODELS else None
 
 
 RUN_FORMAT = "lifelong-run/1"
