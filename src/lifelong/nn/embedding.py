@@ -10,7 +10,8 @@ def init_item_embedding(table: nn.Embedding, std: float) -> nn.Embedding:
     """Draw ``table``'s weights from ``N(0, std^2)`` (torch's global generator) and zero the padding row 0.
 
     Each model keeps its own ``std``: ``D ** -0.5`` for the retrieval models (unit expected norm),
-    0.02 for the S3-Rec code's Transformer (SASRec ``encoder = "bert"``).
+    0.02 for the S3-Rec code's Transformer (SASRec ``encoder = "bert"``), 1e-2 for the ranking models' id and
+    feature tables (:class:`lifelong.nn.BehaviorEmbedding`, :class:`lifelong.nn.features.FeatureEmbedding`).
 
     Args:
         table: (N, D) embedding whose row 0 is padding.

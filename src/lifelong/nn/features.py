@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lifelong.nn.embedding import init_item_embedding
 from lifelong.nn.layers import BehaviorEmbedding
 
 GROUPS = ("user", "item", "context")
@@ -124,8 +125,4 @@ class FeatureEmbedding(BehaviorEmbedding):
 
 def _table(size: int, dim: int) -> nn.Embedding:
     """An embedding table initialised like the id tables (normal, std 1e-2; index 0 = padding, zero)."""
-    table = nn.Embedding(int(size), dim, padding_idx=0)
-    nn.init.normal_(table.weight, std=1e-2)
-    with torch.no_grad():
-        table.weight[0].zero_()
-    return table
+    return init_item_embedding(nn.Embedding(int(size), dim, padding_idx=0), std=1e-2)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lifelong.nn.embedding import init_item_embedding
+
 ACTIVATIONS = ("dice", "prelu", "relu", "sigmoid")
 PAIRS_PER_CHUNK = 1 << 14  # (behavior, candidate) pairs per step of TargetAttention at inference
 
@@ -107,9 +109,7 @@ class BehaviorEmbedding(nn.Module):
         self.item = nn.Embedding(n_items, dim, padding_idx=0)
         self.cate = nn.Embedding(n_cates, dim, padding_idx=0)
         for table in (self.item, self.cate):
-            nn.init.normal_(table.weight, std=1e-2)
-            with torch.no_grad():
-                table.weight[0].zero_()
+            init_item_embedding(table, std=1e-2)
         self.out_dim = 2 * dim
         # id frequencies n_j of the mini-batch aware regulariser; the training loop fills them from the data
         self.register_buffer("item_counts", torch.ones(n_items), persistent=False)
