@@ -174,7 +174,11 @@ def summarise(rows: list[dict], models: list[str], datasets: list[str]) -> tuple
 
 
 def plot(rows: list[dict], models: list[str], path: Path) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # the table is written already; the plot needs the report extra
+        print(f"no plot ({path.name}): matplotlib is not installed (make install-report)", flush=True)
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
