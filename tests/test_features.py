@@ -214,3 +214,18 @@ def test_taobao_behavior_is_the_event_context(tmp_path):
     changed = dataclasses.replace(batch, history_behaviors=torch.where(batch.history_mask, 7 - batch.history_behaviors, 0))
     with torch.no_grad():
         assert not torch.allclose(model.eval()(batch).logits, model(changed).logits)
+
+
+def test_a_run_takes_the_declarations_from_the_dataset_and_the_groups_from_its_options(tmp_path):
+    from lifelong.errors import UserError
+    from lifelong.train.run import TrainConfig, model_config_for
+
+    out = prepare(_log_with_features(), tmp_path / "ds", ProtocolOptions(name="ctr-din"))
+    ds = load_dataset(out)
+    resolved = model_config_for(TrainConfig(data=str(out), model="dien", model_options={"item_features": False}), ds)
+    assert [f["name"] for f in resolved["features"]] == [f["name"] for f in ds.features]
+    config = build_model(resolved).config
+    assert config.feature_groups == ("user", "context")
+    assert "features" not in model_config_for(TrainConfig(data=str(out), model="sasrec"), ds)  # retrieval: none
+    with pytest.raises(UserError, match="come from the dataset's manifest"):
+        model_config_for(TrainConfig(data=str(out), model="din", model_options={"features": []}), ds)

@@ -40,6 +40,13 @@ def warm_up(model, steps: int = 3):
     return model
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_a_ranking_model_embeds_its_ids_with_the_shared_block(name):
+    """The loop fills the mini-batch-aware regulariser's counts of ``model.embedding`` (no probing)."""
+    model = tiny_model(name)
+    assert isinstance(model, RankingModel) and isinstance(model.embedding, BehaviorEmbedding)
+
+
 def test_every_registered_model_has_a_tiny_config():
     missing = sorted(set(MODELS) - set(TINY_CONFIGS))
     assert not missing, f"registered models without a tiny test config in tests/model_configs.py: {missing}"

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from lifelong.dataset.store import PreparedDataset, SampleTable
-from lifelong.protocols.training import training_event_mask
+from lifelong.protocols.negatives import event_negatives
 
 
 @dataclass
@@ -259,43 +259,6 @@ def _item_side(ds: PreparedDataset, rows: np.ndarray) -> ItemSide:
         attrs=None if ds.item_attrs is None else torch.from_numpy(ds.item_attrs[rows]),
         dense=None if ds.item_dense is None else torch.from_numpy(ds.item_dense[rows]),
     )
-
-
-def event_negatives(dataset: PreparedDataset, seed: int = 2024) -> np.ndarray:
-    """One negative item row per event of the store: drawn uniformly, with ``seed``, from the items
-    with a known vocabulary index that the event's user never interacted with in the events training
-    sees (:func:`lifelong.protocols.training_event_mask`: a held-out validation or test item is not
-    excluded, so it cannot shape training).
-
-    Fixed per event (like the negatives the DIEN authors write into their data files), so an epoch,
-    a resumed run and a rerun see the same ones. Vectorised rejection sampling: draws that hit one of
-    the user's items are redrawn until none is left.
-    """
-    ds = dataset
-    n_events = ds.event_items.shape[0]
-    candidates = np.flatnonzero(ds.item_idx >= 2)  # item rows with a known index (not pad/unknown)
-    if candidates.shape[0] == 0:
-        raise ValueError("negative sampling needs at least one item with a known vocabulary index")
-    users = np.repeat(np.arange(ds.offsets.shape[0] - 1, dtype=np.int64), np.diff(ds.offsets))  # (N,)
-    n_rows = np.int64(ds.item_idx.shape[0])
-    known = training_event_mask(ds.offsets, ds.samples("train"))
-    seen = np.unique((users * n_rows + ds.event_items)[known])  # sorted (user, item row) keys of training events
-    rng = np.random.default_rng([seed, 7919])
-    negatives = np.zeros(n_events, dtype=np.int64)
-    todo = np.arange(n_events)
-    for _ in range(1000):
-        if todo.shape[0] == 0:
-            break
-        draw = candidates[rng.integers(0, candidates.shape[0], todo.shape[0])]
-        keys = users[todo] * n_rows + draw
-        pos = np.minimum(np.searchsorted(seen, keys), seen.shape[0] - 1)
-        ok = seen[pos] != keys
-        negatives[todo[ok]] = draw[ok]
-        todo = todo[~ok]
-    if todo.shape[0]:
-        raise ValueError(f"{todo.shape[0]} events belong to users who interacted with (almost) every item; "
-                         "no negative item can be drawn for them")
-    return negatives
 
 
 def iterate_batches(

@@ -165,7 +165,8 @@ def prepare(
     recipe: str = typer.Option(..., help="amazon-s3rec | amazon-reviews | movielens | taobao-userbehavior | csv"),
     input: Path = typer.Option(..., "--input", help="the raw file or folder"),
     out: Path = typer.Option(..., help="the prepared dataset folder to create"),
-    protocol: str = typer.Option("ctr-din", help="ctr-din (P1), ctr-time (P4), seq-loo (P2) or mi-split (P3)"),
+    protocol: str = typer.Option("ctr-din", help="ctr-din (P1), seq-loo (P2), mi-split (P3), ctr-time (P4) or "
+                                                 "ctr-long (P5)"),
     seed: int = typer.Option(2024, help="negative sampling seed (P3: the user split's seed)"),
     on_bad_rows: str = typer.Option("error", help="error: stop at the first bad row; skip: skip and write rejected.csv"),
     column: list[str] = typer.Option([], help="csv recipe: lifelong_name=source_column, repeatable"),
@@ -179,6 +180,7 @@ def prepare(
     positive_behaviors: Optional[str] = typer.Option(None, help="P4: comma-separated behaviors that are positives"),
     user_order: str = typer.Option("random", help="P3: random (the protocol's user split) or time (shifted: "
                                                   "users ordered by their last event, the latest are held out)"),
+    min_events: Optional[int] = typer.Option(None, help="P5: drop users with fewer events (default 20)"),
     overwrite: bool = typer.Option(False, help="replace an existing output folder"),
 ) -> None:
     """Validate a raw log and prepare it: one sequence per user, item table, vocabularies, samples."""
@@ -198,7 +200,7 @@ def prepare(
         protocol_options = ProtocolOptions(
             name=protocol, seed=seed, max_train_per_user=max_train_per_user, t_valid=t_valid, t_test=t_test,
             positive_behaviors=tuple(positive_behaviors.split(",")) if positive_behaviors else None,
-            user_order=user_order,
+            user_order=user_order, min_events=min_events,
         )
         log = load_recipe(recipe, input, on_bad_rows=on_bad_rows, **options)
         path = run_prepare(log, out, protocol_options, overwrite=overwrite)

@@ -24,6 +24,7 @@ from lifelong.dataset.store import SPLITS, dataset_fingerprint, load_dataset
 from lifelong.protocols import (PROTOCOLS, P2_MIN_EVENTS, P3_MIN_EVENTS, USER_ORDERS, InteractionIndex,
                                 ctr_din_samples, ctr_time_samples, mi_split_samples, seq_loo_samples, time_cuts)
 from lifelong.protocols.ctr import P1_MIN_EVENTS
+from lifelong.protocols.long import P5_MIN_EVENTS, ctr_long_samples
 from lifelong.outputs import DATASET, TMP_MARKER, check_output, make_temporary, replace_folder
 
 
@@ -38,6 +39,7 @@ class ProtocolOptions:
     t_test: int | None = None
     positive_behaviors: tuple[str, ...] | None = None  # P4: behaviors that are positive targets (default all)
     user_order: str = "random"  # P3: random user split (the protocol) or "time" (the shifted split)
+    min_events: int | None = None  # P5: drop users with fewer events (default 20)
 
     def __post_init__(self) -> None:
         if self.name not in PROTOCOLS:
@@ -46,6 +48,8 @@ class ProtocolOptions:
             raise ValueError("max_train_per_user must be at least 1")
         if self.user_order not in USER_ORDERS:
             raise ValueError(f"user_order must be one of {USER_ORDERS}, got {self.user_order!r}")
+        if self.min_events is not None and (self.name != "ctr-long" or self.min_events < 2):
+            raise ValueError("min_events is P5's (ctr-long) and at least 2 (a validation and a test target)")
 
 
 DATASET_FILES = ("events.parquet", "users.parquet", "items.parquet", "vocab.json",
@@ -96,8 +100,9 @@ def _prepare_into(log: EventLog, folder: Path, protocol: ProtocolOptions) -> Non
             cuts = (protocol.t_valid or auto[0], protocol.t_test or auto[1])
     summary = prepare_dataset(
         log.events, log.items, folder,
-        min_events={"ctr-din": P1_MIN_EVENTS, "seq-loo": P2_MIN_EVENTS, "mi-split": P3_MIN_EVENTS}.get(protocol.name, 1),
-        vocab_cutoff=cuts[0] if cuts else None,
+        min_events={"ctr-din": P1_MIN_EVENTS, "seq-loo": P2_MIN_EVENTS, "mi-split": P3_MIN_EVENTS,
+                    "ctr-long": protocol.min_events or P5_MIN_EVENTS}.get(protocol.name, 1),
+        vocab_cutoff=cuts[0] if cuts else None, protocol=protocol.name,
     )
     dataset = load_dataset_arrays(folder, summary)
     index = InteractionIndex.build(dataset.offsets, dataset.event_items, summary["n_item_rows"])
@@ -106,6 +111,9 @@ def _prepare_into(log: EventLog, folder: Path, protocol: ProtocolOptions) -> Non
     elif protocol.name == "mi-split":
         samples = mi_split_samples(dataset.offsets, dataset.event_items, protocol.seed, protocol.user_order,
                                    dataset.event_timestamps)
+    elif protocol.name == "ctr-long":
+        samples = ctr_long_samples(dataset.offsets, dataset.event_items, summary["n_item_rows"], seed=protocol.seed,
+                                   index=index)
     elif protocol.name == "ctr-din":
         samples = ctr_din_samples(
             dataset.offsets, dataset.event_items, summary["n_item_rows"],

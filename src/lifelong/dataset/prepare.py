@@ -19,16 +19,18 @@ from lifelong.dataset.store import PAD, UNKNOWN
 from lifelong.errors import UserError
 
 FIRST_INDEX = 2  # 0 = padding, 1 = unknown
-PROTOCOL_LABELS = {"ctr-din": "P1", "seq-loo": "P2", "mi-split": "P3", "ctr-time": "P4"}
+PROTOCOL_LABELS = {"ctr-din": "P1", "seq-loo": "P2", "mi-split": "P3", "ctr-time": "P4", "ctr-long": "P5"}
 
 
 def min_events_per_protocol() -> dict[str, int]:
     """Each protocol's minimum number of events per user (shorter users are dropped)."""
     from lifelong.protocols.ctr import P1_MIN_EVENTS
     from lifelong.protocols.mi import P3_MIN_EVENTS
+    from lifelong.protocols.long import P5_MIN_EVENTS
     from lifelong.protocols.seq import P2_MIN_EVENTS
 
-    return {"ctr-din": P1_MIN_EVENTS, "seq-loo": P2_MIN_EVENTS, "mi-split": P3_MIN_EVENTS, "ctr-time": 1}
+    return {"ctr-din": P1_MIN_EVENTS, "seq-loo": P2_MIN_EVENTS, "mi-split": P3_MIN_EVENTS, "ctr-time": 1,
+            "ctr-long": P5_MIN_EVENTS}
 
 
 def _nothing_left(min_events: int, n_users: int, n_events: int, protocol: str | None) -> UserError:

@@ -191,6 +191,7 @@ class RankingModel(nn.Module):
     (``score``); ``forward`` is the two in a row (see the module docstring)."""
 
     task: ClassVar[str] = "ctr"
+    embedding: layers.BehaviorEmbedding  # the ids (and features): the loop fills its mini-batch-aware counts
 
     def encode_user(self, batch: Batch) -> UserState:
         """Everything that depends on the user alone; reads the batch's history fields only.

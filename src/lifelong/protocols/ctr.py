@@ -15,32 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from lifelong.dataset.store import SampleTable
+from lifelong.protocols.negatives import InteractionIndex, sample_negatives
 
 P1_MIN_EVENTS = 4
-
-
-@dataclass(frozen=True)
-class InteractionIndex:
-    """Sorted ``user * n_item_rows + item`` keys of every (user, item) pair of the log."""
-
-    keys: np.ndarray  # (n_pairs,) int64, sorted, unique
-    n_item_rows: int
-
-    @classmethod
-    def build(cls, offsets: np.ndarray, event_items: np.ndarray, n_item_rows: int,
-              events: np.ndarray | None = None) -> "InteractionIndex":
-        """The pairs of every event, or of the events where the bool mask ``events`` is True (training
-        builds its index from :func:`lifelong.protocols.training_event_mask`)."""
-        counts = np.diff(offsets)
-        users = np.repeat(np.arange(counts.shape[0], dtype=np.int64), counts)
-        keys = users * n_item_rows + event_items.astype(np.int64)
-        return cls(keys=np.unique(keys if events is None else keys[events]), n_item_rows=n_item_rows)
-
-    def contains(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        query = users.astype(np.int64) * self.n_item_rows + items.astype(np.int64)
-        position = np.searchsorted(self.keys, query)
-        position = np.minimum(position, self.keys.shape[0] - 1)
-        return self.keys[position] == query
 
 
 @dataclass(frozen=True)
@@ -61,33 +38,6 @@ class Catalogue:
     def size_before(self, timestamps: np.ndarray) -> np.ndarray:
         """How many items had appeared strictly before each timestamp."""
         return np.searchsorted(self.first_seen, timestamps, side="left")
-
-
-def sample_negatives(users: np.ndarray, index: InteractionIndex, rng: np.random.Generator,
-                     pool: np.ndarray | None = None, pool_size: np.ndarray | None = None) -> np.ndarray:
-    """One negative item row per entry of ``users``, never an item the user interacted with
-    (rejection sampling, vectorised). Uniform over rows ``1..n_item_rows-1``, or, with ``pool`` and
-    ``pool_size``, uniform over ``pool[:pool_size[i]]`` for sample ``i``."""
-
-    def draw(which: np.ndarray) -> np.ndarray:
-        if pool is None:
-            return rng.integers(1, index.n_item_rows, size=which.size, dtype=np.int64)
-        return pool[(rng.random(which.size) * pool_size[which]).astype(np.int64)]
-
-    negatives = draw(np.arange(users.shape[0]))
-    pending = np.flatnonzero(index.contains(users, negatives))
-    for attempt in range(1000):
-        if pending.size == 0:
-            return negatives.astype(np.int32)
-        if pool is not None and attempt == 100:  # the user knew every item of that time: widen to all
-            pool_size = pool_size.copy()
-            pool_size[pending] = pool.shape[0]
-        negatives[pending] = draw(pending)
-        pending = pending[index.contains(users[pending], negatives[pending])]
-    raise ValueError(
-        f"could not draw negatives for {pending.size} samples: their users interacted with (almost) every "
-        f"item of the catalogue ({index.n_item_rows - 1} items)"
-    )
 
 
 def _with_negatives(

@@ -19,10 +19,13 @@ Mechanism:
     ``k(x, y) ~ phi(x).phi(y) / F`` (a Gaussian kernel of bandwidth ``s``) this is the HSIC of that
     kernel, about 0 when independent and at most about 1, whatever ``n_features = F``.
   - The interests' HSIC is summed over the pairs ``i < j`` of interests.
-  - Alternating optimisation (:func:`desmil_step`): the interests of the batch are computed once
+  - Alternating optimisation (:func:`reweighted_update`): the interests of the batch are computed once
     without gradients; :class:`SampleWeighting` learns the weights of the batch by ``weight_steps``
     Adam steps on the weighted HSIC (a fresh RFF draw per step); the model is then updated with the
     weighted loss ``mean(w * loss)`` (``model(batch, sample_weights=w)``).
+  - In the training loop DESMIL is a variant of the step (:class:`DesmilStep`): the forward passes run
+    under the run's precision (``--precision bf16``: autocast), the weights are learned in float32 on the
+    interests cast to float32, and the weighted update is the loop's own (gradient clipping, DDP).
 
 Choices where the paper is silent (abstract-level notes only; DESMIL's code is not public):
   - RFF of the whole interest *vector* (a multivariate Gaussian kernel on R^D) and HSIC between pairs
@@ -59,9 +62,11 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from lifelong.batch import Batch
+from lifelong.train.epoch import Trainer, model_loss
 
 
 def rff(x: torch.Tensor, n_features: int, generator: torch.Generator | None = None,
@@ -263,9 +268,25 @@ class DESMILStep(NamedTuple):
     hsic_after: float
 
 
+def reweighted_update(trainer: Trainer, batch: Batch, weighting: SampleWeighting) -> DESMILStep:
+    """One DESMIL step through ``trainer``: the batch's interests without gradients (forward pass under
+    the run's precision), the weights that decorrelate them (learned in float32), then the weighted loss
+    and the trainer's update (backward pass, gradient clipping, optimizer step; under DDP through its
+    wrapper)."""
+    if not trainer.model.training:
+        raise ValueError("desmil_step trains the model: call model.train() first")
+    with torch.no_grad(), trainer.autocast:
+        _, interests, valid, _ = trainer.model.training_terms(batch)  # (B, K, D), (B, K)
+    result = weighting.learn(interests.float(), valid)  # the HSIC is a small difference of large sums: float32
+    loss = trainer.loss(batch, sample_weights=result.weights)
+    trainer.update(loss.total)
+    return DESMILStep(float(loss.reported.detach()), result.weights, result.hsic_before, result.hsic_after)
+
+
 def desmil_step(model, optimizer: torch.optim.Optimizer, batch: Batch, weighting: SampleWeighting) -> DESMILStep:
-    """One DESMIL training step of a multi-interest model (in training mode): the batch's interests
-    without gradients, the weights that decorrelate them, then the weighted model update.
+    """One DESMIL training step of a multi-interest model (in training mode), in float32 without
+    clipping: the batch's interests without gradients, the weights that decorrelate them, then the
+    weighted model update (:func:`reweighted_update` with a plain :class:`lifelong.train.epoch.Trainer`).
 
     Args:
         model: a :class:`lifelong.models.multi_interest.MultiInterestModel` (``training_terms`` and
@@ -287,13 +308,34 @@ def desmil_step(model, optimizer: torch.optim.Optimizer, batch: Batch, weighting
         >>> step.weights  # one interest: nothing to decorrelate, uniform weights
         tensor([1., 1.])
     """
-    if not model.training:
-        raise ValueError("desmil_step trains the model: call model.train() first")
-    with torch.no_grad():
-        _, interests, valid, _ = model.training_terms(batch)  # (B, K, D), (B, K)
-    result = weighting.learn(interests, valid)
-    output = model(batch, sample_weights=result.weights)
-    optimizer.zero_grad(set_to_none=True)
-    output.loss.backward()
-    optimizer.step()
-    return DESMILStep(float(output.loss.detach()), result.weights, result.hsic_before, result.hsic_after)
+    return reweighted_update(Trainer(model, optimizer, model_loss), batch, weighting)
+
+
+class DesmilStep:
+    """DESMIL as a variant of the training loop's step (:class:`lifelong.train.epoch.Step`): every batch
+    is reweighted (:func:`reweighted_update`); the weight learner's RFF draws restart with the epoch (so a
+    resumed run continues exactly), and the epoch reports the batch-mean HSIC of the interests under
+    uniform weights (``train_hsic_uniform``) and under the learned ones (``train_hsic_weighted``).
+
+    Args:
+        weighting: the weight learner.
+        seed: the run's seed (the RFF generator of epoch ``e`` starts at ``seed * 1000 + e``).
+    """
+
+    def __init__(self, weighting: SampleWeighting, seed: int) -> None:
+        self.weighting, self.seed = weighting, seed
+        self.hsic, self.steps = np.zeros(2), 0
+
+    def start_epoch(self, epoch: int) -> None:
+        self.weighting.generator.manual_seed(self.seed * 1000 + epoch)  # its RFF draws restart exactly on resume
+        self.hsic, self.steps = np.zeros(2), 0
+
+    def __call__(self, trainer: Trainer, batch: Batch) -> float:
+        step = reweighted_update(trainer, batch, self.weighting)
+        self.hsic += (step.hsic_before, step.hsic_after)
+        self.steps += 1
+        return step.loss
+
+    def report(self) -> dict[str, float]:
+        steps = max(self.steps, 1)
+        return {"train_hsic_uniform": self.hsic[0] / steps, "train_hsic_weighted": self.hsic[1] / steps}

@@ -8,8 +8,9 @@ Precision: ``fp32`` everywhere by default. ``bf16`` runs the *training* forward 
 ``torch.autocast`` (matrix products and attention in bfloat16, reductions and the loss in float32;
 weights and optimizer state stay float32). Evaluation and ranking always run in float32, so a reported
 metric does not depend on the precision of a comparison (ties and near-ties in a full-catalogue ranking
-would). Not safe, and refused: DESMIL's sample weighting (its random-Fourier-feature HSIC is a small
-difference of large sums).
+would). DESMIL's sample weighting runs its forward passes under the same autocast but learns its weights
+in float32, on the interests cast to float32 (its random-Fourier-feature HSIC is a small difference of
+large sums, not safe in bfloat16).
 """
 
 from __future__ import annotations

@@ -1,8 +1,11 @@
-"""The training loop: Adam, early stopping on validation AUC, atomic checkpoints, exact resume,
-per-epoch metrics, one result line per run. Under ``torchrun`` it trains with DDP (gloo on CPU, NCCL on
-CUDA): each rank trains on its own shard, and metrics are computed on the gathered predictions of all
-ranks. The run's bookkeeping (options, folder, checkpoints, early stopping) is :mod:`lifelong.train.run`,
-shared with the retrieval loop; the names re-exported here keep ``lifelong.train.loop`` imports working.
+"""Training of CTR (ranking) models and the entry point of every run: Adam, early stopping on validation
+AUC, atomic checkpoints, exact resume, per-epoch metrics, one result line per run. Under ``torchrun`` it
+trains with DDP (gloo on CPU, NCCL on CUDA): each rank trains on its own shard, and metrics are computed on
+the gathered predictions of all ranks. The epochs and steps are the one loop of :mod:`lifelong.train.epoch`
+(the CTR part is :class:`ClickTask`: the click loss on shuffled samples); retrieval models go through the
+same loop from :func:`lifelong.train.retrieval.train_retrieval`. The run's bookkeeping (options, folder,
+checkpoints, early stopping) is :mod:`lifelong.train.run`; the names re-exported here keep
+``lifelong.train.loop`` imports working.
 """
 
 from __future__ import annotations
@@ -16,24 +19,23 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
 
-from lifelong.batch import Collator, iterate_batches
+from lifelong.batch import Batch, Collator, iterate_batches
 from lifelong.dataset.store import PreparedDataset, SampleTable, load_dataset
 from lifelong.errors import UserError
 from lifelong.metrics import ctr_metrics
-from lifelong.models import build_model, config_from_dict
-from lifelong.nn import BehaviorEmbedding
-from lifelong.protocols import training_event_mask
-from lifelong.streams import STREAMS
+from lifelong.models import MODELS, build_model, config_from_dict
+from lifelong.models.ranking import RankingModel
+from lifelong.protocols import training_event_mask, training_popularity
 from lifelong.train.checkpoint import load_model_config, load_weights
 from lifelong.train.device import resolve_device, training_autocast
-from lifelong.train.ranking import evaluate_ranking, item_categories, training_popularity
+from lifelong.train.epoch import (EpochBatches, PlainStep, Selection, Trainer, click_loss, median_speed, train_epoch,
+                                  train_epochs)
+from lifelong.train.ranking import evaluate_ranking, item_categories
 from lifelong.train.retrieval import eval_chunk, evaluate_mi, train_retrieval
-from lifelong.train.run import (Distributed, TrainConfig, _log, _progress, check_run_dataset, check_task,
-                                dataset_protocol, end_epoch, model_config_for, open_run_folder, read_run,
-                                run_dataset_path, start_run, write_result_row)
+from lifelong.train.run import (Distributed, TrainConfig, _log, check_run_dataset, check_task, dataset_protocol,
+                                model_config_for, open_run_folder, read_run, run_dataset_path, start_run,
+                                write_result_row)
 
 
 EVAL_HISTORY_CELLS = 1 << 18  # at most 262,144 history positions per evaluation batch, whatever L is
@@ -80,22 +82,41 @@ def collators_for(model_config: dict[str, Any], dataset: PreparedDataset, max_le
     return evaluation, Collator(dataset, max_length, seed=seed, device=device, **needs)
 
 
-def _config_class(name: str):
-    from lifelong.models import MODELS
-
-    return MODELS[name][0] if name in MODELS else None
-
-
 def _set_counts(model: torch.nn.Module, dataset: PreparedDataset) -> None:
     """Id frequencies for the mini-batch aware regulariser, counted over the events training sees
     (:func:`lifelong.protocols.training_event_mask`): validation and test targets do not count."""
-    embedding = getattr(model, "embedding", None)
-    if not isinstance(embedding, BehaviorEmbedding):
+    if not isinstance(model, RankingModel):  # the ranking models' contract: ids embedded by model.embedding
         return
+    embedding = model.embedding
     seen = dataset.event_items[training_event_mask(dataset.offsets, dataset.samples("train"))]
     for counts, ids in ((embedding.item_counts, dataset.item_idx[seen]),
                         (embedding.cate_counts, dataset.item_cate[seen])):
         counts.copy_(torch.from_numpy(np.bincount(ids, minlength=counts.shape[0])[: counts.shape[0]]).float())
+
+
+CTR_SELECTION = Selection("auc", "best_auc", "train_logloss", "train_samples_per_s",
+                          (("AUC", "auc"), ("GAUC", "gauc"), ("logloss", "logloss")))
+
+
+class ClickTask:
+    """The training epochs of a CTR model (a :class:`lifelong.train.epoch.Task`): the click loss
+    (:func:`lifelong.train.epoch.click_loss`) on the training samples, shuffled with ``(seed, epoch)``
+    (under DDP this rank's equal share), in batches of at least two samples (batch statistics, e.g. Dice,
+    need two)."""
+
+    def __init__(self, config: TrainConfig, collator: Collator, samples: SampleTable,
+                 dist_ctx: Distributed) -> None:
+        self.config, self.collator, self.samples, self.dist_ctx = config, collator, samples, dist_ctx
+        self.objective = click_loss
+
+    def batches(self, epoch: int) -> EpochBatches:
+        order = np.random.default_rng([self.config.seed, epoch]).permutation(len(self.samples))
+        order = self.dist_ctx.shard(order, equal=True)
+        batches = iterate_batches(self.collator, self.samples, self.config.batch_size, order)
+        return EpochBatches(order.shape[0], (batch for batch in batches if len(batch) >= 2))
+
+    def targets(self, batch: Batch) -> int:
+        return len(batch)  # one click label per sample
 
 
 def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False, command: str | None = None,
@@ -109,7 +130,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     check_task(config.model, dataset_protocol(config.data))
     resume = open_run_folder(config, resume=resume, overwrite=overwrite, main=int(os.environ.get("RANK", "0")) == 0,
                              log=lambda message: _log(config, message))
-    if config.model and getattr(_config_class(config.model), "task", "ctr") == "retrieval":
+    if MODELS[config.model][0].task == "retrieval":
         return train_retrieval(config, resume=resume, command=command, on_epoch_end=on_epoch_end)
     ctx = Distributed(resolve_device(config.device))
     device = ctx.device
@@ -127,53 +148,18 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     state = start_run(config, dataset, model_config, model, optimizer, "best_auc", resume, command, ctx.main)
     net = torch.nn.parallel.DistributedDataParallel(model) if ctx.enabled else model
-    autocast = training_autocast(config.precision, device)
-
-    while not state["done"] and state["epoch"] < config.epochs:
-        epoch = state["epoch"] + 1
-        torch.manual_seed(config.seed * 1000 + epoch)  # dropout etc. restart exactly on resume
-        STREAMS.reset(config.seed, epoch)  # each random component its own stream (lifelong.streams)
-        order = np.random.default_rng([config.seed, epoch]).permutation(len(train_samples))
-        order = ctx.shard(order, equal=True)
-        net.train()
-        loss_sum, seen, started = 0.0, 0, time.perf_counter()
-        with _progress(config.progress and ctx.main, f"epoch {epoch}", order.shape[0]) as advance:
-            for batch in iterate_batches(train_collator, train_samples, config.batch_size, order):
-                if len(batch) < 2:  # batch statistics (Dice) need two samples
-                    continue
-                with autocast:
-                    output = net(batch)
-                loss = F.binary_cross_entropy_with_logits(output.logits.float(), batch.labels)
-                total = loss + sum(output.aux_losses.values()) if output.aux_losses else loss
-                optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                optimizer.step()
-                loss_sum += loss.detach() * len(batch)  # a device tensor: no host synchronisation per step
-                seen += len(batch)
-                advance(len(batch))
-        loss_sum = float(loss_sum)
-        seconds = time.perf_counter() - started
-        valid = evaluate(model, collator, valid_samples, config.eval_batch_size, ctx)
-        record = {"epoch": epoch, "train_logloss": loss_sum / max(seen, 1),
-                  "train_samples_per_s": seen * ctx.world_size / seconds, "train_seconds": seconds,
-                  **{f"valid_{k}": v for k, v in valid.items()}}
-        end_epoch(run, state, "best_auc", valid["auc"], valid, record, config, model, model_config,
-                  optimizer, ctx.main)
-        if ctx.main:
-            _log(config, f"epoch {epoch}: train logloss {record['train_logloss']:.4f}, "
-                         f"{record['train_samples_per_s']:,.0f} samples/s, valid AUC {valid['auc']:.4f} "
-                         f"GAUC {valid['gauc']:.4f} logloss {valid['logloss']:.4f}")
-        if ctx.enabled:
-            dist.barrier()
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, record)
-
-    load_weights(run / "checkpoints" / "best", model)
-    speeds = [json.loads(line)["train_samples_per_s"] for line in (run / "metrics.jsonl").read_text().splitlines()] if ctx.main else [0.0]
+    task = ClickTask(config, train_collator, train_samples, ctx)
+    trainer = Trainer(model, optimizer, task.objective, training_autocast(config.precision, device), config.clip_norm,
+                      net)
+    step = PlainStep()
+    records = train_epochs(config, state, model, model_config, optimizer,
+                           lambda model, optimizer, epoch: train_epoch(config, task, trainer, step, epoch, ctx),
+                           lambda: evaluate(model, collator, valid_samples, config.eval_batch_size, ctx),
+                           CTR_SELECTION, on_epoch_end, ctx)
     results = {
         "best_epoch": state["best_epoch"],
         "epochs_run": state["epoch"],
-        "train_samples_per_s": float(np.median(speeds[1:] or speeds)),  # after the warm-up epoch
+        "train_samples_per_s": median_speed(records, CTR_SELECTION.speed_key),  # after the warm-up epoch
         "valid": state["best_valid"],  # the best epoch's weights are the ones loaded: no second pass
     }
     test = dataset.samples("test")
@@ -248,7 +234,7 @@ def evaluate_run(run: str | Path, split: str = "test", batch_size: int = 8192, i
         return metrics
     if index is not None:
         raise ValueError("--index evaluates multi-interest retrieval runs (P3 mi-split) through faiss")
-    if getattr(model, "task", "ctr") == "retrieval":
+    if config_from_dict(model_config).task == "retrieval":
         n_items = model_config["n_items"]
         beyond = {"item_cates": item_categories(dataset, n_items), "popularity": training_popularity(dataset, n_items)}
         metrics = evaluate_ranking(model, Collator(dataset, config.max_length, device=device), dataset.samples(split),

@@ -1,5 +1,7 @@
 """Exact full-ranking evaluation of retrieval models (P2): every user's target is ranked against the
-whole catalogue, items of the user's input history removed (docs/protocols.md, P2 step 3).
+whole catalogue, items of the user's input history removed (docs/protocols.md, P2 step 3). What the
+protocol decides (the items never ranked, a sample's history at evaluation, the training events an item's
+popularity counts) is :mod:`lifelong.protocols.evaluation`; its names are re-exported here.
 
 Users are scored in chunks: no users x items matrix larger than ``chunk_users x n_items`` exists at
 any time. The item vectors are computed once per evaluation.
@@ -13,19 +15,7 @@ import torch
 from lifelong.batch import Collator, length_order
 from lifelong.dataset.store import PreparedDataset, SampleTable
 from lifelong.metrics import ranking_metrics, target_ranks
-
-FIRST_RANKED = 2  # vocabulary indices 0 (padding) and 1 (unknown) are never ranked
-
-
-def history_cells(dataset: PreparedDataset, samples: SampleTable) -> tuple[np.ndarray, np.ndarray]:
-    """(row, item vocabulary index) of every item in each sample's *whole* input history
-    ``events[:end]`` (not only the most recent L), for masking."""
-    user = samples.user.astype(np.int64)
-    length = samples.end.astype(np.int64)
-    rows = np.repeat(np.arange(user.shape[0]), length)
-    within = np.arange(rows.shape[0], dtype=np.int64) - np.repeat(np.cumsum(length) - length, length)
-    events = dataset.offsets[user][rows] + within
-    return rows, dataset.item_idx[dataset.event_items[events]]
+from lifelong.protocols.evaluation import FIRST_RANKED, history_cells, training_popularity  # noqa: F401 (re-exported)
 
 
 @torch.no_grad()
@@ -100,15 +90,6 @@ def evaluate_ranking(model: torch.nn.Module, collator: Collator, samples: Sample
         metrics.update({f"top10_{k}": v for k, v in
                         beyond_accuracy(top, beyond["item_cates"], beyond["popularity"]).items()})
     return (metrics, ranks) if keep_ranks else metrics
-
-
-def training_popularity(dataset: PreparedDataset, n_items: int) -> np.ndarray:
-    """(n_items,) interactions of every item vocabulary index in the training sequences (each user's
-    events but the last two, the validation and test targets)."""
-    counts = np.diff(dataset.offsets)
-    position = np.arange(dataset.n_events) - np.repeat(dataset.offsets[:-1], counts)
-    training = position < np.repeat(counts - 2, counts)
-    return np.bincount(dataset.item_idx[dataset.event_items[training]], minlength=n_items)[:n_items]
 
 
 SET_KS = (20, 50)  # P3 reports Recall / NDCG / HitRate at 20 and 50

@@ -1,12 +1,13 @@
-"""The training loop of retrieval models (P2 ``seq-loo`` and P3 ``mi-split``): the same shape as the CTR
-loop (Adam, early stopping on a validation metric, atomic checkpoints, exact resume, per-epoch metrics,
-one result line per run), with the model's own training loss and exact full-catalogue evaluation.
+"""Training of retrieval models (P2 ``seq-loo`` and P3 ``mi-split``) through the one loop of every model
+(:mod:`lifelong.train.epoch`: Adam, early stopping on a validation metric, atomic checkpoints, exact
+resume, per-epoch metrics, one result line per run): what is theirs is the :class:`RetrievalTask` (the
+model's own training loss on the rows below) and exact full-catalogue evaluation.
 
 - P3: every training row ``(user, end, target)`` is one sample (the history before ``end`` predicts the
   item at ``end``), batched by length as below; evaluation retrieves each held-out user's top 20 / 50
   and scores them against the user's target set (:func:`lifelong.train.ranking.evaluate_sets`);
   selection on validation Recall@50 (ComiRec's). With ``desmil`` the step is DESMIL's
-  (:mod:`lifelong.train.desmil`: per-sample weights that minimise the weighted HSIC between the
+  (:class:`lifelong.train.desmil.DesmilStep`, a variant of the loop's step: per-sample weights that minimise the weighted HSIC between the
   interests, alternating with the weighted model update); its batches are drawn at random, not by
   length (a batch of one-event histories has identical interests: nothing to reweight). A sequence
   model (SASRec...) under P3 trains on the windows of each training user's sequence, so every target is
@@ -27,7 +28,8 @@ one result line per run), with the model's own training loss and exact full-cata
   ``mean length / 2`` times the encoder work. Only models whose loss follows ``last_target_only``
   (``last_target_loss = True``: SASRec and the models built on it) accept it.
 - With ``loss = bce`` each training position gets one negative, drawn per epoch with the seed from the
-  items the user never interacted with, in ``batch.history_negative_items`` (aligned with the
+  items the user never interacted with in the events training sees (:mod:`lifelong.protocols.negatives`),
+  in ``batch.history_negative_items`` (aligned with the
   position's *next* item, the one it must predict).
 - A model with ``target_partners = True`` (ICLRec with ICSRec's ``subsequence_views``) gets, in every
   training batch, the history of another training row with the same target (``Batch.partner_items`` /
@@ -52,24 +54,27 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from lifelong.batch import Batch, Collator, iterate_batches, length_bucketed_order, length_order
 from lifelong.dataset.store import PreparedDataset, SampleTable, load_dataset
 from lifelong.errors import UserError
 from lifelong.models import MODELS, build_model
 from lifelong.models.retrieval import next_items
-from lifelong.protocols import (InteractionIndex, sample_negatives, target_partners, training_event_mask,
-                                training_prefixes, training_windows)
-from lifelong.streams import STREAMS
-from lifelong.train.checkpoint import load_weights
+from lifelong.protocols import (InteractionIndex, negative_index, sample_negatives, target_partners,
+                                training_popularity, training_prefixes, training_windows)
+from lifelong.train.desmil import DesmilStep, SampleWeighting, interest_hsic
 from lifelong.train.device import resolve_device, training_autocast
-from lifelong.train.ranking import (evaluate_ranking, evaluate_sets, item_categories, retrieve_lists,
-                                    training_popularity)
-from lifelong.train.run import Distributed, _log, _progress, end_epoch, model_config_for, start_run, write_result_row
+from lifelong.train.epoch import (EpochBatches, PlainStep, Selection, Trainer, median_speed, model_loss, train_epoch,
+                                  train_epochs)
+from lifelong.train.ranking import evaluate_ranking, evaluate_sets, item_categories, retrieve_lists
+from lifelong.train.run import Distributed, _log, model_config_for, start_run, write_result_row
 
 SELECT_METRIC = "ndcg@20"
 SELECT_METRIC_P3 = "recall@50"
+P2_SELECTION = Selection(SELECT_METRIC, "best_score", "train_loss", "train_targets_per_s",
+                         (("hr@10", "hr@10"), ("ndcg@10", "ndcg@10"), ("ndcg@20", "ndcg@20")))
+P3_SELECTION = Selection(SELECT_METRIC_P3, "best_score", "train_loss", "train_targets_per_s",
+                         (("recall@20", "recall@20"), ("recall@50", "recall@50"), ("ndcg@50", "ndcg@50")))
 SCORE_CELLS = 1 << 25  # at most 33.5M user x item scores per evaluation chunk (128 MB of float32)
 
 
@@ -79,7 +84,9 @@ def eval_chunk(config, n_items: int, interests: int = 1) -> int:
 
 
 def add_negatives(batch: Batch, dataset: PreparedDataset, index: InteractionIndex, rng: np.random.Generator) -> None:
-    """One negative per real position (for its next item): an item the user never interacted with."""
+    """One negative per real position (for its next item): an item the user never interacted with in the
+    events training sees (drawn by :func:`lifelong.protocols.sample_negatives` over ``index``, a
+    :func:`lifelong.protocols.negative_index`)."""
     _, mask = next_items(batch)
     users = batch.users.unsqueeze(1).expand_as(mask)[mask].cpu().numpy()
     rows = sample_negatives(users, index, rng)
@@ -88,13 +95,6 @@ def add_negatives(batch: Batch, dataset: PreparedDataset, index: InteractionInde
     batch.history_negative_items = negatives
     batch.history_negative_cates = torch.zeros_like(batch.history_items)
     batch.history_negative_cates[mask] = torch.from_numpy(dataset.item_cate[rows]).to(batch.device)
-
-
-def negative_index(dataset: PreparedDataset, rows: SampleTable) -> InteractionIndex:
-    """The (user, item) pairs a sampled training negative must avoid: those of the events the training
-    ``rows`` see (:func:`lifelong.protocols.training_event_mask`), never a validation or test target."""
-    return InteractionIndex.build(dataset.offsets, dataset.event_items, int(dataset.item_idx.shape[0]),
-                                  events=training_event_mask(dataset.offsets, rows))
 
 
 def train_retrieval(config, *, resume: bool = False, command: str | None = None,
@@ -126,9 +126,9 @@ def train_retrieval(config, *, resume: bool = False, command: str | None = None,
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     state = start_run(config, dataset, model_config, model, optimizer, "best_score", resume, command, ctx.main)
 
-    records = run_epochs(config, state, model, model_config, optimizer, epoch_of,
-                        lambda: evaluate_ranking(model, collator, valid_samples, chunk, dist_ctx=ctx), SELECT_METRIC,
-                        ("hr@10", "ndcg@10", "ndcg@20"), on_epoch_end, dist_ctx=ctx)
+    records = train_epochs(config, state, model, model_config, optimizer, epoch_of,
+                           lambda: evaluate_ranking(model, collator, valid_samples, chunk, dist_ctx=ctx), P2_SELECTION,
+                           on_epoch_end, dist_ctx=ctx)
     test = dataset.samples("test")
     started = time.perf_counter()
     beyond = {"item_cates": item_categories(dataset, model_config["n_items"]),
@@ -140,7 +140,7 @@ def train_retrieval(config, *, resume: bool = False, command: str | None = None,
         "select": SELECT_METRIC,
         "best_epoch": state["best_epoch"],
         "epochs_run": state["epoch"],
-        "train_targets_per_s": median_speed(records),
+        "train_targets_per_s": median_speed(records, P2_SELECTION.speed_key),
         "valid": state["best_valid"],
         "test": test_metrics,
         "test_seconds": time.perf_counter() - started,
@@ -192,133 +192,101 @@ def p3_columns(results: dict) -> dict:
             "train_samples_per_s": round(results["train_samples_per_s"], 1)}
 
 
-def median_speed(records: list[dict]) -> float:
-    """Median training targets per second over the epochs after the first (warm-up) one."""
-    speeds = [r["train_targets_per_s"] for r in records]
-    return float(np.median(speeds[1:] or speeds))
+class RetrievalTask:
+    """The training epochs of a retrieval model (a :class:`lifelong.train.epoch.Task`): the model's own
+    loss on the windows of the training ``rows`` (every prefix of each row's sequence up to its target),
+    on every prefix as its own row (``--samples prefixes``), or on the rows themselves (P3 multi-interest
+    models, ``windowed = False``: one target each).
 
+    An epoch's rows are shuffled with the seed and batched by length (windows of similar length together),
+    or kept in random order when the step reweights samples (DESMIL: a batch of one-event histories has
+    identical interests, nothing to reweight); under DDP each rank takes its share. Before the epoch the
+    model's ``epoch_start`` hook sees every window once (by length); each batch gets its sampled negatives
+    (``loss = bce``) and its rows' same-target partners (``target_partners`` models) on the way.
+    """
 
-def run_epochs(config, state: dict, model, model_config: dict, optimizer, epoch_of, validate: Callable[[], dict],
-               select: str, shown: tuple[str, ...], on_epoch_end: Callable[[int, dict], None] | None,
-               dist_ctx: Distributed | None = None) -> list[float]:
-    """The epochs of a run (both protocols): train one epoch, validate, record, checkpoint and stop early
-    on ``select``; then load the best weights. Returns every epoch's record (``metrics.jsonl``, resumed
-    epochs included)."""
-    run = Path(config.out)
-    while not state["done"] and state["epoch"] < config.epochs:
-        epoch = state["epoch"] + 1
-        started = time.perf_counter()
-        loss_sum, seen, targets, extra = epoch_of(model, optimizer, epoch)
-        seconds = time.perf_counter() - started
-        valid = validate()
-        record = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "train_targets_per_s": targets / seconds,
-                  "train_seconds": seconds, **extra, **{f"valid_{k}": v for k, v in valid.items()}}
-        main = dist_ctx is None or dist_ctx.main
-        end_epoch(run, state, "best_score", valid[select], valid, record, config, model, model_config,
-                  optimizer, main)
-        if main:
-            _log(config, f"epoch {epoch}: train loss {record['train_loss']:.4f}, {record['train_targets_per_s']:,.0f} "
-                         f"targets/s, valid " + ", ".join(f"{k} {valid[k]:.4f}" for k in shown))
-        if dist_ctx is not None and dist_ctx.enabled:
-            dist.barrier()  # the main process has written the epoch's checkpoints
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, record)
-    load_weights(run / "checkpoints" / "best", model)
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    def __init__(self, config, dataset: PreparedDataset, collator: Collator, model, rows: SampleTable,
+                 windowed: bool = True, bucketed: bool = True, dist_ctx: Distributed | None = None) -> None:
+        self.config, self.dataset, self.collator, self.model = config, dataset, collator, model
+        self.objective = model_loss
+        self.prefixes = windowed and config.samples == "prefixes"
+        self.one_target_per_row = self.prefixes or not windowed  # else a window trains each of its real positions
+        if not windowed:
+            self.windows = rows
+        elif self.prefixes:
+            self.windows = training_prefixes(rows, dataset.offsets, dataset.event_items)
+        else:
+            self.windows = training_windows(rows, dataset.offsets, dataset.event_items, config.max_length)
+        self.window_lengths = np.minimum(self.windows.end, config.max_length)  # targets per window (batches by length)
+        self.windows_by_length = length_order(self.windows, config.max_length)
+        self.bucketed = bucketed
+        self.dist_ctx = dist_ctx if dist_ctx is not None and dist_ctx.enabled else None  # None: one process
+        self.index = negative_index(dataset, rows) if model.config.batch_needs().get("with_negatives", False) else None
+
+    def batches(self, epoch: int) -> EpochBatches:
+        """The epoch's batches (after its seeding): rows shuffled with ``(seed, epoch)``, then by length."""
+        config = self.config
+        shuffle = np.random.default_rng([config.seed, epoch])
+        order = shuffle.permutation(len(self.windows))
+        if self.bucketed:
+            order = length_bucketed_order(order, self.window_lengths, config.batch_size, shuffle)
+        if self.dist_ctx is not None:  # each rank trains its share of every epoch's windows
+            order = self.dist_ctx.shard(order, equal=True)
+        negative_rng = np.random.default_rng([config.seed, epoch, 1]) if self.index is not None else None
+        partners = target_partners(self.windows.target, np.random.default_rng([config.seed, epoch, 2])) \
+            if self.model.target_partners else None
+        self.model.epoch_start(lambda: self.batches_of(self.windows_by_length), epoch)
+        return EpochBatches(order.shape[0], self.batches_of(order, partners, negative_rng))
+
+    def batches_of(self, order: np.ndarray, partners: np.ndarray | None = None,
+                   negative_rng: np.random.Generator | None = None):
+        """The batches of the windows in ``order``, with their partners' histories and their negatives."""
+        windows, collator = self.windows, self.collator
+        batches = iterate_batches(collator, windows, self.config.batch_size, order)
+        partner_batches = iterate_batches(collator, windows, self.config.batch_size, partners[order]) \
+            if partners is not None else None  # ICSRec: each row's same-target partner row, collated alike
+        for batch in batches:
+            batch.last_target_only = self.prefixes
+            if partner_batches is not None:
+                partner = next(partner_batches)
+                batch.partner_items, batch.partner_mask = partner.history_items, partner.history_mask
+            if negative_rng is not None:
+                add_negatives(batch, self.dataset, self.index, negative_rng)
+            yield batch
+
+    def targets(self, batch: Batch) -> int | torch.Tensor:
+        return len(batch) if self.one_target_per_row else batch.lengths.sum()
 
 
 def _trainer(config, dataset: PreparedDataset, collator: Collator, model_config: dict, rows, windowed: bool = True,
              dist_ctx: Distributed | None = None):
     """Build the model (seeded) and return it with ``epoch_of(model, optimizer, epoch)``, which trains
-    one epoch on the windows of ``rows`` (every prefix of each row's sequence up to its target; with
-    ``windowed = False`` the rows themselves, one target each: P3) and returns ``(loss sum, windows seen,
-    targets trained, extra)``; ``extra`` holds DESMIL's batch-mean HSIC of the interests under uniform
-    weights (``train_hsic_uniform``) and under the learned weights (``train_hsic_weighted``)."""
-    prefixes = windowed and config.samples == "prefixes"
-    one_target_per_row = prefixes or not windowed  # else a window trains each of its real positions
-    if not windowed:
-        windows = rows
-    elif prefixes:
-        windows = training_prefixes(rows, dataset.offsets, dataset.event_items)
-    else:
-        windows = training_windows(rows, dataset.offsets, dataset.event_items, config.max_length)
-    window_lengths = np.minimum(windows.end, config.max_length)  # targets per window (batches by length)
-    windows_by_length = length_order(windows, config.max_length)
+    one epoch of the :class:`RetrievalTask` of ``rows`` (:func:`lifelong.train.epoch.train_epoch`) and
+    returns its :class:`lifelong.train.epoch.EpochResult`; with ``desmil`` the step is DESMIL's
+    (:class:`lifelong.train.desmil.DesmilStep`), whose ``extra`` holds the batch-mean HSIC of the interests
+    under uniform weights (``train_hsic_uniform``) and under the learned weights (``train_hsic_weighted``)."""
     torch.manual_seed(config.seed)
     model = build_model(model_config)
-    if prefixes and not model.last_target_loss:
+    if windowed and config.samples == "prefixes" and not model.last_target_loss:
         raise ValueError(f"--samples prefixes trains the loss of each row's last position only; {config.model}'s "
                          f"training loss does not follow Batch.last_target_only")
-
-    def batches_of(order, partners=None):
-        batches = iterate_batches(collator, windows, config.batch_size, order)
-        partner_batches = iterate_batches(collator, windows, config.batch_size, partners[order]) \
-            if partners is not None else None  # ICSRec: each row's same-target partner row, collated alike
-        for batch in batches:
-            batch.last_target_only = prefixes
-            if partner_batches is not None:
-                partner = next(partner_batches)
-                batch.partner_items, batch.partner_mask = partner.history_items, partner.history_mask
-            yield batch
     model.set_item_categories(torch.from_numpy(item_categories(dataset, model_config["n_items"])))
     model.to(collator.device)  # after the buffers above are set
-    ddp = dist_ctx is not None and dist_ctx.enabled  # each rank trains its share of every epoch's windows
+    ddp = dist_ctx is not None and dist_ctx.enabled
     net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if ddp else model
-    needs_negatives = model.config.batch_needs().get("with_negatives", False)
-    needs_partners = model.target_partners
-    index = negative_index(dataset, rows) if needs_negatives else None
-    weighting = None
+    step = PlainStep()
     if config.desmil:
-        from lifelong.train.desmil import SampleWeighting, desmil_step
-
         if not model.multi_interest or model.config.interests < 2 or model.trains_one_vector:
             raise ValueError(f"--desmil reweights samples against the dependence of several interests; {config.model} "
                              f"does not train several")
-        weighting = SampleWeighting(seed=config.seed)
-
+        step = DesmilStep(SampleWeighting(seed=config.seed), config.seed)
+    task = RetrievalTask(config, dataset, collator, model, rows, windowed=windowed, bucketed=not config.desmil,
+                         dist_ctx=dist_ctx)
     autocast = training_autocast(config.precision, collator.device)
 
-    def epoch_of(model, optimizer, epoch: int) -> tuple[float, int, int]:
-        torch.manual_seed(config.seed * 1000 + epoch)  # dropout restarts exactly on resume
-        STREAMS.reset(config.seed, epoch)  # so do the components' own streams (negatives, splits, noise, ...)
-        shuffle = np.random.default_rng([config.seed, epoch])
-        order = shuffle.permutation(len(windows))
-        if weighting is None:  # DESMIL learns its weights on batches that mix lengths (a batch of one-event
-            order = length_bucketed_order(order, window_lengths, config.batch_size, shuffle)  # histories has no spread)
-        else:
-            weighting.generator.manual_seed(config.seed * 1000 + epoch)  # its RFF draws restart exactly on resume
-        if ddp:
-            order = dist_ctx.shard(order, equal=True)
-        negative_rng = np.random.default_rng([config.seed, epoch, 1])
-        partners = target_partners(windows.target, np.random.default_rng([config.seed, epoch, 2])) \
-            if needs_partners else None
-        model.epoch_start(lambda: batches_of(windows_by_length), epoch)
-        model.train()
-        loss_sum, seen, targets = 0.0, 0, 0
-        hsic = np.zeros(2)
-        with _progress(config.progress and (not ddp or dist_ctx.main), f"epoch {epoch}", order.shape[0]) as advance:
-            for batch in batches_of(order, partners):
-                if needs_negatives:
-                    add_negatives(batch, dataset, index, negative_rng)
-                if weighting is not None:
-                    loss, _, before, after = desmil_step(model, optimizer, batch, weighting)
-                    hsic += (before, after)
-                else:
-                    with autocast:
-                        loss = net(batch).loss.float()
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                loss_sum += (loss.detach() if torch.is_tensor(loss) else loss) * len(batch)  # summed on the device
-                seen += len(batch)
-                targets += len(batch) if one_target_per_row else batch.lengths.sum()
-                advance(len(batch))
-        loss_sum, targets = float(loss_sum), int(targets)  # one host synchronisation per epoch
-        if ddp:  # every rank trained an equal share
-            targets *= dist_ctx.world_size
-        batches = -(-len(windows) // config.batch_size)
-        extra = {"train_hsic_uniform": hsic[0] / batches, "train_hsic_weighted": hsic[1] / batches} if weighting else {}
-        return loss_sum, seen, targets, extra
+    def epoch_of(model, optimizer, epoch: int):
+        trainer = Trainer(model, optimizer, task.objective, autocast, config.clip_norm, net)
+        return train_epoch(config, task, trainer, step, epoch, dist_ctx)
 
     return model, epoch_of
 
@@ -332,8 +300,8 @@ def refit_with_valid(config, dataset: PreparedDataset, collator: Collator, model
     model, epoch_of = _trainer(config, dataset, collator, model_config, dataset.samples("valid"))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     for epoch in range(1, epochs + 1):
-        loss_sum, seen, _, _ = epoch_of(model, optimizer, epoch)
-        _log(config, f"refit epoch {epoch}/{epochs}: train loss {loss_sum / max(seen, 1):.4f}")
+        trained = epoch_of(model, optimizer, epoch)
+        _log(config, f"refit epoch {epoch}/{epochs}: train loss {trained.loss_sum / max(trained.seen, 1):.4f}")
     return evaluate_ranking(model, collator, dataset.samples("test"), chunk, beyond=beyond), epochs
 
 
@@ -360,7 +328,8 @@ def evaluate_mi(model, config, dataset: PreparedDataset, samples: SampleTable, k
     (``{"kind": "exact" | "ivf" | "hnsw", **params}``) the lists come from a faiss index over the item
     vectors (:mod:`lifelong.index`), and ``index_overlap@K`` is the share of the exact lists it returns."""
     collator = Collator(dataset, config.max_length, device=next(model.parameters()).device)
-    chunk = eval_chunk(config, int(model.item_vectors().shape[0]), getattr(model.config, "interests", 1))
+    interests = model.config.interests if model.multi_interest else 1
+    chunk = eval_chunk(config, int(model.item_vectors().shape[0]), interests)
     prepare_retrieval(model, dataset, collator, chunk)
     if index is None:
         metrics, tops = evaluate_sets(model, collator, samples, chunk, keep_tops=True, details=True)
@@ -413,8 +382,8 @@ def train_mi(config, dataset: PreparedDataset, *, resume: bool = False, command:
         prepare_retrieval(model, dataset, collator, chunk)
         return evaluate_sets(model, collator, valid_samples, chunk)
 
-    records = run_epochs(config, state, model, model_config, optimizer, epoch_of, validate, SELECT_METRIC_P3,
-                        ("recall@20", "recall@50", "ndcg@50"), on_epoch_end)
+    records = train_epochs(config, state, model, model_config, optimizer, epoch_of, validate, P3_SELECTION,
+                           on_epoch_end)
     started = time.perf_counter()
     test_metrics, tops = evaluate_mi(model, config, dataset, test, keep_tops=True)
     results = {
@@ -426,7 +395,7 @@ def train_mi(config, dataset: PreparedDataset, *, resume: bool = False, command:
         "select": SELECT_METRIC_P3,
         "best_epoch": state["best_epoch"],
         "epochs_run": state["epoch"],
-        "train_samples_per_s": median_speed(records),
+        "train_samples_per_s": median_speed(records, P3_SELECTION.speed_key),
         "valid": state["best_valid"],
         "test": test_metrics,
         "test_seconds": time.perf_counter() - started,
@@ -450,8 +419,6 @@ def interest_hsic_of(model, collator: Collator, samples: SampleTable, chunk: int
     """HSIC between a trained model's interest vectors (summed over interest pairs, random Fourier
     features, uniform weights) on up to ``HSIC_USERS`` rows of ``samples`` drawn with the seed:
     DESMIL's measure of how dependent the interests are."""
-    from lifelong.train.desmil import interest_hsic
-
     model.eval()
     rows = np.random.default_rng([seed, 7]).permutation(len(samples))[:HSIC_USERS]
     vectors, valid = [], []

@@ -1,8 +1,9 @@
-"""A run and its folder, shared by every training loop (CTR in :mod:`lifelong.train.loop`, retrieval in
-:mod:`lifelong.train.retrieval`): the resolved options (:class:`TrainConfig`), the distributed context,
-the run folder's life (made ready, started with its ``config.json``, the dataset it knows, checkpoints and
-early stopping after each epoch, result lines) and the console output. Both loops import it; neither
-imports the other's internals, so there is no import cycle.
+"""A run and its folder, shared by every training run (CTR in :mod:`lifelong.train.loop`, retrieval in
+:mod:`lifelong.train.retrieval`, both through the one loop of :mod:`lifelong.train.epoch`): the resolved
+options (:class:`TrainConfig`), the distributed context, the run folder's life (made ready, started with
+its ``config.json``, the dataset it knows, checkpoints and early stopping after each epoch, result lines)
+and the console output. It imports only the checkpoint and device modules of the package, so no cycle
+runs through it.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class TrainConfig:
     patience: int = 2
     lr_decay: float = 1.0  # on a plateau: multiply the learning rate by this factor (1.0: a constant rate)
     lr_decay_patience: int = 0  # ... after every this many epochs without a better validation score (0: never)
+    clip_norm: float = 0.0  # clip the gradients' global norm to this before every step (0: no clipping)
     seed: int = 2024
     threads: int | None = None
     progress: bool = True
@@ -77,10 +79,10 @@ class TrainConfig:
         if not 0 < self.lr_decay <= 1 or self.lr_decay_patience < 0:
             raise ValueError(f"train: lr_decay must be in (0, 1] and lr_decay_patience non-negative, got "
                              f"{self.lr_decay} and {self.lr_decay_patience}")
+        if not self.clip_norm >= 0:
+            raise ValueError(f"train: clip_norm must be non-negative (0: no clipping), got {self.clip_norm}")
         check_precision(self.precision)
         resolve_device(self.device)  # a CUDA request without CUDA is refused before anything is built
-        if self.desmil and self.precision != "fp32":
-            raise ValueError("train: --desmil needs --precision fp32 (its HSIC estimate is not safe in bfloat16)")
         if self.refit_with_valid and self.lr_decay_patience and self.lr_decay != 1:
             raise ValueError("train: --refit-with-valid replays the selected number of epochs at a constant rate; "
                              "it cannot replay a reduce-on-plateau schedule (set lr_decay_patience 0)")
@@ -140,6 +142,9 @@ def model_config_for(config: TrainConfig, dataset: PreparedDataset) -> dict[str,
         "n_behaviors": sizes.get("behavior", 0),
         **config.model_options,
     }
+    if "features" in config.model_options:
+        raise UserError("--set features: the feature declarations come from the dataset's manifest; turn a group "
+                        "off with --set user_features=false (or item_features, context_features)")
     config_class = _model_class(config.model)
     if config_class is not None and "features" in {f.name for f in dataclasses.fields(config_class)}:
         values["features"] = [dict(f) for f in dataset.features]  # the manifest's declarations, like the sizes
@@ -203,7 +208,7 @@ def check_task(model: str, protocol: str | None) -> None:
     """Refuse a model on a dataset of a protocol its task does not train on (before anything is built)."""
     if model not in MODELS:
         raise UserError(f"unknown model {model!r}; `lifelong models` lists them: {', '.join(sorted(MODELS))}")
-    task = getattr(MODELS[model][0], "task", "ctr")
+    task = MODELS[model][0].task
     wanted = TASK_PROTOCOLS[task]
     if protocol not in wanted:
         kind = "a CTR (ranking) model" if task == "ctr" else "a retrieval model"
