@@ -162,7 +162,8 @@ def _options(debug: bool = typer.Option(False, "--debug", help=f"show the traceb
 
 @app.command()
 def prepare(
-    recipe: str = typer.Option(..., help="amazon-s3rec | amazon-reviews | movielens | taobao-userbehavior | csv"),
+    recipe: str = typer.Option(..., help="amazon-s3rec | amazon-reviews | movielens | taobao-userbehavior | csv | "
+                                         "synthetic-lifelong (--input: a TOML/JSON spec or a written folder)"),
     input: Path = typer.Option(..., "--input", help="the raw file or folder"),
     out: Path = typer.Option(..., help="the prepared dataset folder to create"),
     protocol: str = typer.Option("ctr-din", help="ctr-din (P1), seq-loo (P2), mi-split (P3), ctr-time (P4) or "

@@ -500,3 +500,36 @@ def generic(input: Path, *, on_bad_rows: str = "error", columns: dict[str, str] 
                              timestamp_unit=timestamp_unit, on_bad_rows=on_bad_rows, max_id_bytes=max_id_bytes,
                              behaviors=None if behaviors is None else tuple(behaviors))
     return _assemble([part], part.item_features, [input], "csv", on_bad_rows, timestamp_unit)
+
+
+# ------------------------------------------------------------------------------------ synthetic-lifelong
+
+
+@_register("synthetic-lifelong")
+def synthetic_lifelong(input: Path, *, on_bad_rows: str = "error", timestamp_unit: str = "s",
+                       max_id_bytes: int = DEFAULT_MAX_ID_BYTES) -> EventLog:
+    """The lifelong synthetic log of :mod:`lifelong.data.lifelong_synthetic` (planted long-range tail).
+
+    input: a TOML (``.toml``) or JSON file of :func:`~lifelong.data.lifelong_synthetic.lifelong_log`'s
+    arguments (``n_users = 2000``, ``events_per_user = [1000, 1100]``, ``seed = 1``, ...), generated here;
+    or a folder written by :func:`~lifelong.data.lifelong_synthetic.write_lifelong_log`, whose
+    ``events.parquet`` goes through the strict reader and whose ``items.parquet`` gives category,
+    attributes and the content vector (``embedding``). Generated logs need no reading options.
+    """
+    from lifelong.data import lifelong_synthetic as lls
+
+    if input.is_dir():
+        events_file, items_file = input / lls.EVENTS_FILE, input / lls.ITEMS_FILE
+        for path in (events_file, items_file):
+            if not path.is_file():
+                raise FileNotFoundError(f"{input} has no {path.name}; write the folder with write_lifelong_log, "
+                                        f"or pass a spec file (.toml or .json) of lifelong_log's arguments")
+        part = read_events_frame(events_file, columns={"user_id": "user_id", "item_id": "item_id",
+                                                       "timestamp": "timestamp"},
+                                 fmt="parquet", on_bad_rows=on_bad_rows, timestamp_unit=timestamp_unit,
+                                 max_id_bytes=max_id_bytes)
+        items = pl.read_parquet(items_file, columns=["item_id", "category", "attributes", "embedding"])
+        return _assemble([part], items, [events_file, items_file], "synthetic-lifelong", on_bad_rows,
+                         timestamp_unit)
+    events, items = lls.lifelong_log(**lls.read_lifelong_spec(input))
+    return EventLog(events=events, items=items.drop("cluster"), sources=[input], recipe="synthetic-lifelong")
