@@ -1,0 +1,328 @@
+"""Search and exact stages of the long-history models (SIM, ETA, TWIN; SDIM shares the head).
+
+The lifelong models of docs/design.md are built in two stages:
+
+- a **search unit** (GSU) scores every history event against the candidate cheaply and keeps the top
+  ``k`` (:func:`top_k_events`); what it scores with (a category match, a Hamming distance, an inner
+  product of pre-projected keys) is each model's own;
+- an **exact unit** (ESU, :class:`ExactAttention`): multi-head target attention over the retrieved
+  events, with a time-gap embedding where the paper has one (SIM concatenates it to each event, TWIN
+  adds the cross features as a scalar bias per head);
+- the **head** (:class:`LifelongHead`), the papers' overall shape: a DIN over the last ``short_length``
+  events, the long-term interest, the target and the user features go into one MLP.
+
+The search is not differentiable: it runs under ``no_grad`` on keys the user side computes once
+(:func:`embed_in_chunks`, so the whole history is never embedded at once), and only the retrieved
+events are embedded with gradients (:func:`embed_events` on the ids :func:`gather_events` picks). With
+``k`` at least the history length, the retrieved set is the whole history and the two stages equal
+full target attention (tested).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from lifelong.nn.layers import MLP, TargetAttention
+
+NEGATIVE = -1e30  # the search score of a padding event: below every real one, finite (no inf * 0)
+
+
+def gather_events(values: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor | None:
+    """The values of history events ``index`` of each user.
+
+    Args:
+        values: (B, T, ...) per-event values (ids, timestamps, side features), or None.
+        index: (B, K, n) positions in ``[0, T)``.
+
+    Returns:
+        (B, K, n, ...) values, or None.
+
+    Example:
+        >>> gather_events(torch.tensor([[10, 11, 12]]), torch.tensor([[[2, 0]]]))
+        tensor([[[12, 10]]])
+    """
+    if values is None:
+        return None
+    b, k, n = index.shape
+    rows = torch.arange(b, device=index.device).view(b, 1, 1)
+    return values[rows, index]  # (B, K, n, ...)
+
+
+def last_events(mask: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions of the last ``n`` real events of left-aligned histories, oldest first.
+
+    Args:
+        mask: (B, T) bool, True at real events (left-aligned).
+        n: how many to keep.
+
+    Returns:
+        index (B, S) and its mask (B, S), ``S = min(n, T)``; the real ones left-aligned.
+
+    Example:
+        >>> index, keep = last_events(torch.tensor([[True, True, True, False], [True, False, False, False]]), 2)
+        >>> index.tolist(), keep.tolist()
+        ([[1, 2], [0, 1]], [[True, True], [True, False]])
+    """
+    width = min(n, mask.shape[1])
+    lengths = mask.sum(dim=1, keepdim=True)  # (B, 1)
+    start = (lengths - width).clamp(min=0)
+    index = start + torch.arange(width, device=mask.device)  # (B, S)
+    keep = torch.arange(width, device=mask.device) < lengths.clamp(max=width)
+    return index.clamp(max=mask.shape[1] - 1), keep
+
+
+def top_k_events(scores: torch.Tensor, k: int, ties: bool = True) -> torch.Tensor:
+    """The search stage's selection: the ``k`` highest-scoring events per (user, candidate).
+
+    Scores of padding must be :data:`NEGATIVE` (or lower); a selected padding event is masked by the
+    caller (``gather_events(mask, index)``). Ties are broken towards the most recent event, so the
+    selected set does not depend on the padding of the batch: a tie straddling the cut (the ``k``-th
+    and ``(k + 1)``-th scores equal, found for free by asking ``topk`` for one more) sends that row to a
+    stable sort. ``ties=False`` skips the check when the scores are known to be distinct (ETA's keys).
+
+    Args:
+        scores: (B, K, T) search scores.
+        k: how many to keep.
+        ties: resolve ties at the cut deterministically.
+
+    Returns:
+        (B, K, min(k, T)) int64 positions, in no particular order.
+
+    Example:
+        >>> top_k_events(torch.tensor([[[0.1, 0.9, 0.9, 0.3]]]), 2).sort(dim=-1).values.tolist()
+        [[[1, 2]]]
+        >>> top_k_events(torch.tensor([[[0.5, 0.5, 0.5, 0.1]]]), 2).sort(dim=-1).values.tolist()  # the most recent
+        [[[1, 2]]]
+    """
+    t = scores.shape[-1]
+    if k >= t:
+        return torch.arange(t, device=scores.device).expand(*scores.shape[:-1], t)
+    if not ties:
+        return torch.topk(scores, k, dim=-1, sorted=False).indices
+    values, index = torch.topk(scores, k + 1, dim=-1)  # sorted: the cut is between k - 1 and k
+    index = index[..., :k]
+    tied = (values[..., k - 1] == values[..., k]) & (values[..., k - 1] > NEGATIVE)  # (B, K)
+    if bool(tied.any()):
+        rows = tied.nonzero(as_tuple=True)
+        flipped = scores[rows].flip(-1)  # (R, T): the most recent first, so a stable sort prefers it
+        order = torch.sort(flipped, dim=-1, descending=True, stable=True).indices[:, :k]
+        index = index.index_put(rows, t - 1 - order)
+    return index
+
+
+def embed_events(embedding: nn.Module, items: torch.Tensor, cates: torch.Tensor, behaviors: torch.Tensor | None = None,
+                 attrs: torch.Tensor | None = None, dense: torch.Tensor | None = None) -> torch.Tensor:
+    """History events at any positions S, embedded like :meth:`FeatureEmbedding.history` does.
+
+    Args:
+        embedding: a :class:`lifelong.nn.features.FeatureEmbedding`.
+        items, cates: S int64.
+        behaviors: S int64 event contexts, read when the embedding has the context table.
+        attrs: S + (A,) attribute bags, or None.
+        dense: S + (D,) content vectors, or None.
+
+    Returns:
+        S + (W,) events (0 at padding).
+    """
+    embedded = embedding.items(items, cates, attrs, dense)
+    if embedding.behavior is not None:
+        if behaviors is None:
+            raise ValueError("this model reads the event context (behavior types) and the batch has none")
+        embedded = embedded + embedding.behavior(behaviors)
+    return embedded
+
+
+def embed_in_chunks(embed: Callable[[slice], torch.Tensor], length: int, chunk: int,
+                    transposed: bool = False) -> torch.Tensor:
+    """``embed`` of the history positions in chunks of ``chunk``, without gradients, written into one
+    preallocated tensor: the search keys of a long history, with at most (B, chunk, W) embedded events
+    alive at a time.
+
+    Args:
+        embed: positions slice -> (B, n, X) keys of those positions.
+        length: ``T``.
+        chunk: positions per step.
+        transposed: return (B, X, T) (the layout of a search's matrix product) instead of (B, T, X).
+
+    Returns:
+        (B, T, X), or (B, X, T) when ``transposed``.
+
+    Example:
+        >>> table = torch.arange(12.0).view(6, 2)
+        >>> embed_in_chunks(lambda part: table[part].unsqueeze(0), 6, chunk=4, transposed=True).shape
+        torch.Size([1, 2, 6])
+    """
+    out = None
+    with torch.no_grad():
+        for start in range(0, max(length, 1), chunk):
+            part = slice(start, min(start + chunk, length))
+            keys = embed(part)  # (B, n, X)
+            if out is None:
+                b, _, x = keys.shape
+                out = keys.new_empty((b, x, length) if transposed else (b, length, x))
+            if transposed:
+                out[:, :, part] = keys.transpose(1, 2)
+            else:
+                out[:, part] = keys
+    return out
+
+
+class ExactAttention(nn.Module):
+    """The exact stage (ESU): multi-head scaled dot-product target attention over the retrieved events.
+
+    Per head ``h``: ``alpha_h = softmax_i(q W^q_h . k_i W^k_h / sqrt(d) + b_h(gap_i))``, the interest is
+    ``concat_h sum_i alpha_h,i v_i W^v_h``. The time gap between an event and the scoring time enters
+    as the paper has it (``gap``):
+
+    - ``none``: keys and values are the events ``e_i`` (ETA);
+    - ``concat``: keys and values are ``[e_i, d_i]`` with ``d_i`` a learned embedding of the gap's
+      bucket (SIM's ESU);
+    - ``bias``: keys are the events' inherent features ``e_i`` alone, so they can be projected once per
+      behavior (:meth:`keys`, TWIN's pre-projection), the gap is a cross feature compressed to a
+      learned scalar per head ``b_h(gap_i)`` added to the logits; values are ``[e_i, d_i]`` (TWIN).
+
+    Args:
+        dim: event and target width ``W``.
+        heads: number of heads; each is ``dim // heads`` wide.
+        gap: ``none``, ``concat`` or ``bias``.
+        gap_buckets: rows of the gap tables (bucket 0 is padding), unused with ``gap="none"``.
+        impl: ``reference`` projects every retrieved event (``k_i W^k``, ``v_i W^v``); ``fused`` (default)
+            folds the projections into the query and the pooled values, ``(q W^q W^k^T) . k_i`` and
+            ``(sum_i alpha_i v_i) W^v``, so a candidate costs ``O(n H W)`` instead of ``O(n W^2)``. The
+            same result (tested).
+
+    Example:
+        >>> esu = ExactAttention(8, heads=2, gap="concat", gap_buckets=5)
+        >>> target, events = torch.randn(3, 4, 8), torch.randn(3, 4, 6, 8)
+        >>> mask, gaps = torch.ones(3, 4, 6, dtype=torch.bool), torch.randint(1, 5, (3, 4, 6))
+        >>> esu(target, events, mask, gaps).shape
+        torch.Size([3, 4, 8])
+    """
+
+    GAPS = ("none", "concat", "bias")
+
+    def __init__(self, dim: int, heads: int = 1, gap: str = "none", gap_buckets: int = 0, impl: str = "fused") -> None:
+        super().__init__()
+        if impl not in ("fused", "reference"):
+            raise ValueError(f"impl must be 'fused' or 'reference', got {impl!r}")
+        self.impl = impl
+        if gap not in self.GAPS:
+            raise ValueError(f"gap must be one of {self.GAPS}, got {gap!r}")
+        if heads < 1 or dim % heads:
+            raise ValueError(f"ExactAttention: dim {dim} must split into {heads} heads of equal width")
+        if gap != "none" and gap_buckets < 2:
+            raise ValueError(f"ExactAttention: gap={gap!r} needs at least 2 gap buckets, got {gap_buckets}")
+        self.heads, self.head_dim, self.gap = heads, dim // heads, gap
+        gap_dim = dim if gap != "none" else 0
+        self.gap_embedding = nn.Embedding(gap_buckets, gap_dim, padding_idx=0) if gap_dim else None
+        key_dim = dim + (gap_dim if gap == "concat" else 0)
+        self.query = nn.Linear(dim, dim, bias=False)
+        self.key = nn.Linear(key_dim, dim, bias=False)
+        self.value = nn.Linear(dim + gap_dim, dim, bias=False)
+        self.gap_bias = nn.Embedding(gap_buckets, heads, padding_idx=0) if gap == "bias" else None
+        for table in (self.gap_embedding, self.gap_bias):
+            if table is not None:
+                nn.init.normal_(table.weight, std=1e-2)
+                with torch.no_grad():
+                    table.weight[0].zero_()
+        self.out_dim = dim
+
+    def queries(self, target: torch.Tensor) -> torch.Tensor:
+        """(..., W) targets -> (..., H, d) per-head queries, scaled by ``1 / sqrt(d)``."""
+        q = self.query(target) / self.head_dim ** 0.5
+        return q.view(*q.shape[:-1], self.heads, self.head_dim)
+
+    def keys(self, events: torch.Tensor, gaps: torch.Tensor | None = None) -> torch.Tensor:
+        """(..., W) events (and (...,) gap buckets with ``gap="concat"``) -> (..., H, d) per-head keys."""
+        inputs = torch.cat([events, self.gap_embedding(gaps)], dim=-1) if self.gap == "concat" else events
+        k = self.key(inputs)
+        return k.view(*k.shape[:-1], self.heads, self.head_dim)
+
+    def bias(self, gaps: torch.Tensor | None) -> torch.Tensor | None:
+        """(...,) gap buckets -> (..., H) the cross features' scalar per head (``gap="bias"``), else None."""
+        return None if self.gap_bias is None else self.gap_bias(gaps)
+
+    def forward(self, target: torch.Tensor, events: torch.Tensor, mask: torch.Tensor,
+                gaps: torch.Tensor | None = None) -> torch.Tensor:
+        """Args:
+            target: (B, K, W) candidates.
+            events: (B, K, n, W) each candidate's retrieved events.
+            mask: (B, K, n) bool, True at real events.
+            gaps: (B, K, n) int64 gap buckets (0 at padding), needed unless ``gap="none"``.
+
+        Returns:
+            (B, K, W) the long-term interest (0 for a candidate with no event).
+        """
+        if self.gap != "none" and gaps is None:
+            raise ValueError("ExactAttention: the time gap needs gap buckets (the batch's timestamps)")
+        gap_rows = self.gap_embedding(gaps) if self.gap_embedding is not None else None  # (B, K, n, W)
+        q = self.queries(target)  # (B, K, H, d)
+        width = events.shape[-1]
+        if self.impl == "reference":  # project every event, then attend
+            logits = torch.einsum("bkhd,bknhd->bkhn", q, self.keys(events, gaps))  # (B, K, H, n)
+        else:  # the key projection folded into the query (q W^k_h^T), applied to [e_i, d_i] in two parts (no concat)
+            folded = torch.einsum("bkhd,hde->bkhe", q, self.key.weight.view(self.heads, self.head_dim, -1))
+            logits = folded[..., :width] @ events.transpose(-1, -2)  # (B, K, H, n)
+            if self.gap == "concat":
+                logits = logits + folded[..., width:] @ gap_rows.transpose(-1, -2)
+        bias = self.bias(gaps)
+        if bias is not None:
+            logits = logits + bias.transpose(-1, -2)
+        logits = logits.masked_fill(~mask.unsqueeze(2), torch.finfo(logits.dtype).min)
+        weights = torch.softmax(logits, dim=-1) * mask.unsqueeze(2)  # (B, K, H, n), 0 at padding
+        if self.impl == "reference":
+            inputs = events if gap_rows is None else torch.cat([events, gap_rows], dim=-1)  # (B, K, n, Dv)
+            v = self.value(inputs).view(*inputs.shape[:-1], self.heads, self.head_dim)  # (B, K, n, H, d)
+            return torch.einsum("bkhn,bknhd->bkhd", weights, v).flatten(-2)  # (B, K, W)
+        # the weighted inputs, projected once per head: (sum_i alpha_i [e_i, d_i]) W^v_h
+        value = self.value.weight.view(self.heads, self.head_dim, -1)  # (H, d, Dv)
+        out = torch.einsum("bkhe,hde->bkhd", weights @ events, value[..., :width])  # (B, K, H, d)
+        if gap_rows is not None:
+            out = out + torch.einsum("bkhe,hde->bkhd", weights @ gap_rows, value[..., width:])
+        return out.flatten(-2)  # (B, K, W)
+
+
+class LifelongHead(nn.Module):
+    """The long-history papers' overall shape: a DIN over the last ``short_length`` events (the short-term
+    interest), the long-term interest, the target and the user features -> MLP -> logit.
+
+    Args:
+        item_dim: width ``W`` of events and targets.
+        long_dim: width of the long-term interest.
+        user_dim: width of the user features (0 without).
+        attention: DIN's activation unit over the short sequence (:class:`TargetAttention`).
+        dnn: the MLP's hidden sizes, activation and dropout, e.g. ``((200, 80), "dice", 0.0)``.
+
+    Example:
+        >>> head = LifelongHead(8, 8, 0, TargetAttention(8, [4], "relu"), ((16,), "relu", 0.0))
+        >>> short, mask = torch.randn(2, 3, 8), torch.ones(2, 3, dtype=torch.bool)
+        >>> head(torch.randn(2, 5, 8), short, mask, torch.randn(2, 5, 8)).shape
+        torch.Size([2, 5])
+    """
+
+    def __init__(self, item_dim: int, long_dim: int, user_dim: int, attention: TargetAttention,
+                 dnn: tuple[tuple[int, ...], str, float]) -> None:
+        super().__init__()
+        hidden, activation_name, dropout = dnn
+        self.short_attention = attention
+        self.dnn = MLP(2 * item_dim + long_dim + user_dim, list(hidden), activation_name, out_dim=1, dropout=dropout)
+
+    def forward(self, target: torch.Tensor, short: torch.Tensor, short_mask: torch.Tensor, long_interest: torch.Tensor,
+                user: torch.Tensor | None = None) -> torch.Tensor:
+        """Args:
+            target: (B, K, W) candidates.
+            short: (B, S, W) the last events; short_mask (B, S) bool.
+            long_interest: (B, K, X).
+            user: (B, U) user features, or None.
+
+        Returns:
+            (B, K) logits.
+        """
+        short_interest, _ = self.short_attention(target, short, short_mask)  # (B, K, W)
+        inputs = torch.cat([short_interest, long_interest, target], dim=-1)  # (B, K, 2W + X)
+        if user is not None:
+            inputs = torch.cat([inputs, user.unsqueeze(1).expand(-1, inputs.shape[1], -1)], dim=-1)
+        return self.dnn(inputs.flatten(0, 1)).view(target.shape[:2])

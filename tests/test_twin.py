@@ -1,0 +1,114 @@
+"""TWIN mechanism tests: the search stage is the exact stage's own attention (consistency), over
+pre-projected behaviors with the cross features as a scalar bias."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from lifelong.models import build_model
+from lifelong.models.tin import interval_buckets
+from lifelong.nn.search import gather_events, top_k_events
+
+from helpers import random_batch, random_candidates, select
+from model_configs import TINY_CONFIGS, TINY_VOCAB
+
+
+def twin(seed: int = 0, **options):
+    torch.manual_seed(seed)
+    model = build_model({"model_type": "twin", **TINY_VOCAB, **TINY_CONFIGS["twin"], **options})
+    with torch.no_grad():
+        for table in (model.embedding.item, model.embedding.cate):
+            table.weight.normal_()
+            table.weight[0].zero_()
+        model.esu.gap_bias.weight.normal_() if model.esu.gap_bias is not None else None
+    return model.eval()
+
+
+def exact_logits(model, batch, candidates):
+    """The exact stage's attention logits of every behavior, summed over heads: (B, K, T)."""
+    history = model.embedding.history(batch)  # (B, T, W)
+    q = model.esu.queries(model.embedding.candidates(candidates))  # (B, K, H, d)
+    k = model.esu.keys(history)  # (B, T, H, d)
+    logits = torch.einsum("bkhd,bthd->bkt", q, k)
+    if model.config.time_gap:
+        gaps = interval_buckets(candidates.timestamps, batch.history_timestamps, batch.history_mask,
+                                model.config.gap_buckets)
+        logits = logits + model.esu.bias(gaps).sum(-1).unsqueeze(1)
+    return logits
+
+
+@pytest.mark.parametrize("k", [4, 12])  # fewer and more candidates than key rows: the two ways of adding the bias
+@pytest.mark.parametrize("time_gap", [True, False])
+def test_the_search_scores_are_the_exact_stages_own_logits(time_gap, k):
+    model = twin(time_gap=time_gap)
+    batch = random_batch(batch_size=6, width=9, seed=1)
+    candidates = random_candidates(batch, k=k, seed=2)
+    with torch.no_grad():
+        state = model.encode_user(batch)
+        assert state.keys.shape == (6, model.embedding.out_dim, 9)  # pre-projected once per behavior
+        got = model.search_scores(state, candidates, model.embedding.candidates(candidates))
+        expected = exact_logits(model, batch, candidates)
+    real = batch.history_mask.unsqueeze(1).expand_as(got)
+    torch.testing.assert_close(got[real], expected[real], rtol=1e-5, atol=1e-5)
+    assert bool((got[~real] < -1e29).all())
+
+
+@pytest.mark.parametrize("top_k", [1, 3])
+def test_search_keeps_the_top_k_of_the_exact_logits(top_k):
+    model = twin(top_k=top_k)
+    batch = random_batch(batch_size=6, width=9, seed=3)
+    candidates = random_candidates(batch, k=4, seed=4)
+    with torch.no_grad():
+        state = model.encode_user(batch)
+        scores = model.search_scores(state, candidates, model.embedding.candidates(candidates))
+        index = top_k_events(scores, top_k)
+        expected = exact_logits(model, batch, candidates).masked_fill(~batch.history_mask.unsqueeze(1), float("-inf"))
+    for b in range(6):
+        n = min(top_k, int(batch.history_mask[b].sum()))
+        for k in range(4):
+            real = [int(t) for t in index[b, k] if batch.history_mask[b, t]]
+            assert set(real) == set(torch.topk(expected[b, k], n).indices.tolist())
+
+
+def test_the_cross_feature_bias_changes_which_behaviors_are_retrieved():
+    model = twin(top_k=1)
+    batch = select(random_batch(batch_size=2, width=9, seed=7), torch.tensor([0]))
+    candidates = random_candidates(batch, k=1, seed=8)
+    with torch.no_grad():
+        state = model.encode_user(batch)
+        target = model.embedding.candidates(candidates)
+        before = top_k_of(model, state, candidates, target)
+        gaps = interval_buckets(candidates.timestamps, batch.history_timestamps, batch.history_mask, 8)[0]
+        other = next(t for t in range(9) if gaps[t] != gaps[before])
+        model.esu.gap_bias.weight[gaps[other]] = 1e3  # the cross features of that gap dominate
+        after = top_k_of(model, state, candidates, target)
+    assert gaps[after] == gaps[other] and after != before
+
+
+def top_k_of(model, state, candidates, target) -> int:
+    return int(top_k_events(model.search_scores(state, candidates, target), 1)[0, 0, 0])
+
+
+def test_a_behavior_outside_the_top_k_does_not_reach_the_score():
+    model = twin(top_k=2, short_length=1)
+    batch = select(random_batch(batch_size=2, width=9, seed=9), torch.tensor([0]))
+    candidates = random_candidates(batch, k=1, seed=10)
+    with torch.no_grad():
+        state = model.encode_user(batch)
+        target = model.embedding.candidates(candidates)
+        scores = model.search_scores(state, candidates, target)[0, 0]
+        kept = set(torch.topk(scores, 2).indices.tolist())
+        base = model.score(state, candidates)
+        worst = int(torch.argmin(scores[:8]))  # an old behavior far from the top 2
+        moved = dataclasses.replace(batch, history_timestamps=batch.history_timestamps.clone())
+        moved.history_timestamps[0, worst] -= 10 ** 4  # its gap changes a little: still far from the top
+        moved_state = model.encode_user(moved)
+        assert set(torch.topk(model.search_scores(moved_state, candidates, target)[0, 0], 2).indices.tolist()) == kept
+        torch.testing.assert_close(model.score(moved_state, candidates), base)
+        chosen = next(iter(kept - {8}))
+        moved.history_timestamps[0, chosen] -= 10 ** 7
+        assert not torch.allclose(model.score(model.encode_user(moved), candidates), base)
+    assert gather_events(state.mask, torch.tensor([[[worst]]])).all()
