@@ -159,8 +159,13 @@ def load_dataset(path: str | Path) -> PreparedDataset:
                         f"(`lifelong prepare ... --out {path} --overwrite`)")
     manifest.setdefault("fingerprint", dataset_fingerprint(manifest))  # datasets prepared before fingerprints
     events = _read_table(path / "events.parquet", _event_columns(manifest))
-    users = _read_table(path / "users.parquet", ["user_idx", "offset", "count"])
-    items = _read_table(path / "items.parquet", ["item_idx", "cate_idx"])
+    features = [dict(f) for f in manifest.get("features") or []]
+    _check_features(features, path)
+    users = _read_table(path / "users.parquet",  # each table read once, with its declared feature columns
+                        ["user_idx", "offset", "count", *(f"uf_{f['name']}" for f in features if f["group"] == "user")])
+    item_side = [{"attr": "attr_idx", "embedding": "embedding"}[f["name"]] for f in features
+                 if f["group"] == "item" and f["name"] in ("attr", "embedding")]
+    items = _read_table(path / "items.parquet", ["item_idx", "cate_idx", *item_side])
     offsets = np.zeros(users.height + 1, dtype=np.int64)
     offsets[1:] = np.cumsum(users["count"].to_numpy())
     behaviors = events["behavior"].to_numpy().astype(np.int16) if "behavior" in events.columns else None
@@ -175,34 +180,33 @@ def load_dataset(path: str | Path) -> PreparedDataset:
         item_cate=items["cate_idx"].to_numpy().astype(np.int64),
         user_idx=users["user_idx"].to_numpy().astype(np.int64),
         vocab_sizes=dict(manifest["vocab_sizes"]),
+        features=features,
     )
     del events
-    _load_features(dataset, path)
+    _load_features(dataset, users, items)
     return dataset
 
 
-def _load_features(dataset: PreparedDataset, path: Path) -> None:
-    """The declared features' columns: per user row, per item row (bags padded per item, not per sample)."""
-    dataset.features = [dict(f) for f in dataset.manifest.get("features") or []]
-    for feature in dataset.features:
+def _check_features(features: list[dict], path: Path) -> None:
+    """Refuse a declaration this version does not know (a dataset prepared by another version)."""
+    for feature in features:
         if feature.get("group") not in FEATURE_GROUPS or feature.get("kind") not in FEATURE_KINDS:
             raise UserError(f"{path / 'manifest.json'} declares a feature lifelong does not know ({feature}); "
                             f"prepare the dataset again with this version of lifelong")
-    user_declared = [f for f in dataset.features if f["group"] == "user"]
-    if user_declared:
-        table = _read_table(path / "users.parquet", [f"uf_{f['name']}" for f in user_declared])
-        for feature in user_declared:
-            values = table[f"uf_{feature['name']}"]
+
+
+def _load_features(dataset: PreparedDataset, users: pl.DataFrame, items: pl.DataFrame) -> None:
+    """The declared features' columns of the user and item tables: per user row, per item row (bags padded
+    per item, not per sample)."""
+    for feature in dataset.features:
+        if feature["group"] == "user":
+            values = users[f"uf_{feature['name']}"]
             if feature["kind"] == "numeric":
                 dataset.user_features[feature["name"]] = values.cast(pl.Float32).fill_null(float(feature["mean"])).to_numpy()
             else:
                 dataset.user_features[feature["name"]] = values.cast(pl.Int64).fill_null(UNKNOWN).to_numpy()
     bag = dataset.feature("attr", "item")
     dense = dataset.feature("embedding", "item")
-    columns = (["attr_idx"] if bag else []) + (["embedding"] if dense else [])
-    if not columns:
-        return
-    items = _read_table(path / "items.parquet", columns)
     if bag:
         lists = items["attr_idx"].list.head(bag["max_length"])  # ids from 2, one per attribute (null: none)
         width = max(int(bag["max_length"]), 1)

@@ -306,8 +306,7 @@ class BST(RankingModel):
     def __init__(self, config: BSTConfig) -> None:
         super().__init__()
         self.config = config
-        self.embedding = FeatureEmbedding(config.n_items, config.n_cates, config.embedding_dim, config.features,
-                                          config.feature_groups)
+        self.embedding = FeatureEmbedding.of(config)
         width = self.embedding.out_dim
         self.position = nn.Embedding(config.max_positions, width)
         nn.init.normal_(self.position.weight, std=1e-2)

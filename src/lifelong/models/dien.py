@@ -129,8 +129,7 @@ class DIEN(RankingModel):
     def __init__(self, config: DIENConfig) -> None:
         super().__init__()
         self.config = config
-        self.embedding = FeatureEmbedding(config.n_items, config.n_cates, config.embedding_dim, config.features,
-                                          config.feature_groups)
+        self.embedding = FeatureEmbedding.of(config)
         width = self.embedding.out_dim
         hidden = config.hidden_size or width
         self.extractor = AttentionalGRU(width, hidden, "gru")

@@ -434,8 +434,7 @@ class DiffuMIN(RankingModel):
     def __init__(self, config: DiffuMINConfig) -> None:
         super().__init__()
         self.config = config
-        self.embedding = FeatureEmbedding(config.n_items, config.n_cates, config.embedding_dim, config.features,
-                                          config.feature_groups)
+        self.embedding = FeatureEmbedding.of(config)
         width = self.embedding.out_dim
         self.extractor = OrthogonalInterestExtractor(width, config.channels, config.top_per_channel)
         self.generator = DiffusionInterestGenerator(width, config) if config.use_diffusion else None

@@ -112,8 +112,7 @@ class DIN(RankingModel):
     def __init__(self, config: DINConfig) -> None:
         super().__init__()
         self.config = config
-        self.embedding = FeatureEmbedding(config.n_items, config.n_cates, config.embedding_dim, config.features,
-                                          config.feature_groups)
+        self.embedding = FeatureEmbedding.of(config)
         width = self.embedding.out_dim
         self.attention = TargetAttention(
             width, list(config.attention_hidden), config.attention_activation,

@@ -120,8 +120,7 @@ class LongSequenceModel(RankingModel):
     def __init__(self, config: LongSequenceConfig) -> None:
         super().__init__()
         self.config = config
-        self.embedding = FeatureEmbedding(config.n_items, config.n_cates, config.embedding_dim, config.features,
-                                          config.feature_groups)
+        self.embedding = FeatureEmbedding.of(config)
 
     def build_head(self, long_dim: int) -> None:
         """The short-term DIN and the MLP over ``[short interest, long interest (long_dim), target, user]``."""

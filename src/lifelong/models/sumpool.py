@@ -79,8 +79,7 @@ class SumPool(RankingModel):
     def __init__(self, config: SumPoolConfig) -> None:
         super().__init__()
         self.config = config
-        self.embedding = FeatureEmbedding(config.n_items, config.n_cates, config.embedding_dim, config.features,
-                                          config.feature_groups)
+        self.embedding = FeatureEmbedding.of(config)
         width = self.embedding.out_dim
         self.dnn = MLP(2 * width + self.embedding.user_dim, list(config.dnn_hidden), config.dnn_activation, out_dim=1,
                        dropout=config.dropout)

@@ -151,8 +151,7 @@ class TIN(RankingModel):
     def __init__(self, config: TINConfig) -> None:
         super().__init__()
         self.config = config
-        self.embedding = FeatureEmbedding(config.n_items, config.n_cates, config.embedding_dim, config.features,
-                                          config.feature_groups)
+        self.embedding = FeatureEmbedding.of(config)
         width = self.embedding.out_dim
         self.position = nn.Embedding(config.max_positions, width) if config.uses_position else None
         self.interval = nn.Embedding(config.n_buckets, width) if config.uses_interval else None

@@ -67,6 +67,12 @@ class FeatureEmbedding(BehaviorEmbedding):
                                            for f in self.user_specs if f["kind"] == "numeric"})
         self.user_dim = dim * len(self.user_specs)
 
+    @classmethod
+    def of(cls, config) -> "FeatureEmbedding":
+        """The block a ranking config asks for: its vocabulary sizes, ``embedding_dim``, the dataset's
+        declarations and the groups it turns on (``RankingConfig.feature_groups``)."""
+        return cls(config.n_items, config.n_cates, config.embedding_dim, config.features, config.feature_groups)
+
     def items(self, items: torch.Tensor, cates: torch.Tensor, attrs: torch.Tensor | None = None,
               dense: torch.Tensor | None = None) -> torch.Tensor:
         """Items at any positions S: (S,) ids and categories, S + (A,) bags, S + (D,) vectors -> S + (out_dim,)."""

@@ -145,16 +145,10 @@ def model_config_for(config: TrainConfig, dataset: PreparedDataset) -> dict[str,
     if "features" in config.model_options:
         raise UserError("--set features: the feature declarations come from the dataset's manifest; turn a group "
                         "off with --set user_features=false (or item_features, context_features)")
-    config_class = _model_class(config.model)
+    config_class = MODELS[config.model][0] if config.model in MODELS else None
     if config_class is not None and "features" in {f.name for f in dataclasses.fields(config_class)}:
         values["features"] = [dict(f) for f in dataset.features]  # the manifest's declarations, like the sizes
     return config_from_dict(values).to_dict()
-
-
-def _model_class(name: str):
-    from lifelong.models import MODELS
-
-    return MODELS[name][0] if name in MODELS else None
 
 
 RUN_FORMAT = "lifelong-run/1"
