@@ -10,20 +10,23 @@ random candidates, eval mode, no gradients:
 - K single-row forwards: forward passes of one row each, K times the median of ``--single-passes``
   passes (all K by default; fewer keep slow rows short).
 
-Times are medians over ``--repeats`` runs (the two ways interleaved, so that load from other processes
+Each (model, L) row runs in a fresh process (``--in-process`` runs them all in this one): a model
+measured after others inherits their heap and thread-pool state, which made the same DIN row up to a
+third slower than alone. Times are medians over ``--repeats`` runs (the two ways interleaved, so that load from other processes
 falls on both alike) after one warm-up run, in milliseconds; the speed-up is the forward time over the
 encode_user + score time. Each row also checks that both give the same scores (max |difference| of
 the logits). Models have their default sizes (``embedding_dim`` 32, MLPs (200, 80)), 100,000 items and
 1,000 categories, random (untrained) weights: the cost does not depend on the weights.
 
     python benchmarks/candidates.py [--threads 2] [--repeats 5] [--lengths 50,1000] [--candidates 200]
-        [--models din,dien,...] [--single-passes 200] [--out docs/results/candidates.md]
+        [--models din,dien,...] [--single-passes 200] [--out docs/results/candidates.md] [--in-process]
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import platform
 import statistics
 import subprocess
@@ -143,6 +146,9 @@ def main() -> None:
     parser.add_argument("--single-passes", type=int, default=None,
                         help="single-row passes timed (K times their median is reported); default K, 0 skips them")
     parser.add_argument("--out", type=Path, help="also write the table (markdown) to this file")
+    parser.add_argument("--in-process", action="store_true",
+                        help="measure every row in this process (default: each row in a fresh one)")
+    parser.add_argument("--row", help=argparse.SUPPRESS)  # internal: measure one MODEL:L row, print it as JSON
     args = parser.parse_args()
     models = [m for m in args.models.split(",") if m]
     unknown = sorted(set(models) - set(ranking))
@@ -150,15 +156,30 @@ def main() -> None:
         parser.error(f"not ranking models: {unknown}; choose from {ranking}")
     single_passes = args.candidates if args.single_passes is None else args.single_passes
     torch.set_num_threads(args.threads)
+    if args.row:
+        name, length = args.row.split(":")
+        print(json.dumps(measure(name, int(length), args.candidates, args.repeats, single_passes)))
+        return
     print(f"threads: {torch.get_num_threads()}", file=sys.stderr)
     rows = []
     for length in (int(v) for v in args.lengths.split(",")):
         for name in models:
-            rows.append(measure(name, length, args.candidates, args.repeats, single_passes))
+            if args.in_process:
+                rows.append(measure(name, length, args.candidates, args.repeats, single_passes))
+            else:
+                command = [sys.executable, __file__, "--row", f"{name}:{length}", "--threads", str(args.threads),
+                           "--repeats", str(args.repeats), "--candidates", str(args.candidates),
+                           "--single-passes", str(single_passes)]
+                done = subprocess.run(command, capture_output=True, text=True)
+                if done.returncode != 0:
+                    sys.exit(f"{name} L={length} failed:\n{done.stderr}")
+                rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(f"{name} L={length}: done", file=sys.stderr)
     command = "python benchmarks/candidates.py " + " ".join(sys.argv[1:])
     text = (f"# Scoring {args.candidates} candidates for one user\n\n"
-            f"`{command.strip()}`: {provenance(torch.get_num_threads())}. Medians of {args.repeats} runs "
+            f"`{command.strip()}`: {provenance(torch.get_num_threads())}. "
+            f"{'All rows in one process' if args.in_process else 'Each row in a fresh process'}; "
+            f"medians of {args.repeats} runs "
             f"(after a warm-up), eval mode, no gradients; default model sizes, random weights. "
             f"Speed-up: forward time / encode_user + score time; single-row forwards: {args.candidates} x the "
             f"median of {single_passes} passes. See the script's docstring.\n\n"

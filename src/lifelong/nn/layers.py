@@ -8,7 +8,7 @@ from torch import nn
 from lifelong.nn.embedding import init_item_embedding
 
 ACTIVATIONS = ("dice", "prelu", "relu", "sigmoid")
-PAIRS_PER_CHUNK = 1 << 14  # (behavior, candidate) pairs per step of TargetAttention at inference
+PAIRS_PER_CHUNK = 1 << 13  # (behavior, candidate) pairs per step of TargetAttention at inference
 
 
 class Dice(nn.Module):
@@ -43,6 +43,56 @@ class Dice(nn.Module):
             p = torch.sigmoid(p)
             return x * (p * (1 - self.alpha) + self.alpha)
         return p.sigmoid_().mul_(1 - self.alpha).add_(self.alpha).mul_(x)
+
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Inference constants ``(scale, shift, 1 - alpha, alpha)``, each (F,), for :meth:`apply_folded_`
+        (computed once when the same Dice runs over many chunks)."""
+        scale = torch.rsqrt(self.norm.running_var + self.norm.eps)
+        return scale, -self.norm.running_mean * scale, 1 - self.alpha, self.alpha
+
+    @staticmethod
+    def apply_folded_(x: torch.Tensor, folded: tuple[torch.Tensor, ...],
+                      gate: torch.Tensor | None = None) -> torch.Tensor:
+        """Inference Dice with precomputed constants, overwriting ``x`` (N, F) (no gradient); ``gate``,
+        a scratch tensor shaped like ``x``, saves an allocation when given."""
+        scale, shift, one_minus_alpha, alpha = folded
+        gate = torch.addcmul(shift, x, scale, out=gate).sigmoid_()  # p(s)
+        return x.mul_(torch.addcmul(alpha, gate, one_minus_alpha, out=gate))  # s * (p + (1 - p) alpha)
+
+
+def inference_layers(mlp: nn.Module) -> list:
+    """An MLP's layers with each Dice replaced by its folded inference constants (see :func:`run_inference`)."""
+    layers = list(mlp.layers) if isinstance(mlp, MLP) else [mlp]
+    return [layer.folded() if isinstance(layer, Dice) and layer.norm.track_running_stats else layer
+            for layer in layers]
+
+
+def run_inference(layers: list, x: torch.Tensor, scratch: dict | None = None) -> torch.Tensor:
+    """Runs :func:`inference_layers` (no gradient): Dice in place with constants computed once.
+
+    ``scratch`` (a dict kept across calls of the same shapes or smaller) holds each layer's output and
+    Dice's gate, so that a loop over chunks allocates nothing after its first chunk."""
+    for i, layer in enumerate(layers):
+        if scratch is None:
+            x = Dice.apply_folded_(x, layer) if isinstance(layer, tuple) else layer(x)
+            continue
+        if isinstance(layer, tuple):
+            x = Dice.apply_folded_(x, layer, _scratch(scratch, i, x.shape[0], x.shape[1], x))
+        elif isinstance(layer, nn.Linear):
+            out = _scratch(scratch, i, x.shape[0], layer.out_features, x)
+            x = torch.addmm(layer.bias, x, layer.weight.T, out=out) if layer.bias is not None else \
+                torch.mm(x, layer.weight.T, out=out)
+        else:
+            x = layer(x)
+    return x
+
+
+def _scratch(scratch: dict, key: int, rows: int, width: int, like: torch.Tensor) -> torch.Tensor:
+    """A (rows, width) view of the scratch buffer ``key``, grown when too small."""
+    buffer = scratch.get(key)
+    if buffer is None or buffer.numel() < rows * width:
+        buffer = scratch[key] = like.new_empty(rows * width)
+    return buffer[: rows * width].view(rows, width)
 
 
 def activation(name: str, num_features: int, dice_momentum: float = 0.01) -> nn.Module:
@@ -210,6 +260,8 @@ class TargetAttention(nn.Module):
             parts = [slice(i, i + PAIRS_PER_CHUNK) for i in range(0, n, PAIRS_PER_CHUNK)]
             scores = torch.cat([self.pair_scores(targets, keys, rows[part], steps[part]) for part in parts]
                                or [targets.new_zeros(0, 1)])
+        elif self.impl == "fused":
+            scores = self.many_pair_scores(targets, keys, rows, steps)  # (N, K)
         else:
             chunk = max(1, PAIRS_PER_CHUNK // max(n, 1))  # candidates per chunk
             scores = torch.cat([self.pair_scores(targets[:, i : i + chunk], keys, rows, steps)
@@ -257,6 +309,45 @@ class TargetAttention(nn.Module):
                 if rows.shape[0] < b * t:  # padding: keep the real behaviors (Dice's batch statistics)
                     hidden = hidden[rows, steps]  # (N, K, H0)
         return self.rest(self.first_activation(hidden.reshape(-1, hidden.shape[-1]))).view(-1, k)  # (N, K)
+
+
+    def many_pair_scores(self, targets: torch.Tensor, keys: torch.Tensor, rows: torch.Tensor,
+                         steps: torch.Tensor) -> torch.Tensor:
+        """:meth:`pair_scores` (fused) of K candidates per user at inference, without gradients.
+
+        The same arithmetic, arranged for scoring many candidates: the candidates' part of the first
+        layer and the mixing matrices ``W_h + W_d + W_p diag(t_k)`` are built once for all K, each chunk of
+        candidates is one ``baddbmm`` (their bias folded into the product), and Dice runs in place with
+        constants computed once (:func:`inference_layers`).
+
+        Returns:
+            (N, K) scores, N = ``rows.shape[0]`` (every real behavior of ``keys``, row-major).
+        """
+        b, t, d = keys.shape
+        k = targets.shape[1]
+        w_h, w_t, w_d, w_p = self.first.weight.split(d, dim=1)  # 4 x (H0, D)
+        h0 = w_h.shape[0]
+        per_target = torch.addmm(self.first.bias, targets.reshape(-1, d), (w_t - w_d).T).view(b, 1, k * h0)
+        mixing = ((w_h + w_d) + w_p * targets.unsqueeze(2)).flatten(1, 2).transpose(1, 2)  # (B, D, K * H0)
+        first = inference_layers(self.first_activation)
+        rest = inference_layers(self.rest)
+        padded = rows.shape[0] < b * t
+        chunk = min(k, max(1, PAIRS_PER_CHUNK // max(b * t, 1)))  # candidates per chunk
+        # scratch reused by every chunk (large per-chunk allocations cost page faults)
+        product, first_scratch, rest_scratch = keys.new_empty(b * t * chunk * h0), {}, {}
+        scores = keys.new_empty(rows.shape[0], k)  # (N, K)
+        for i in range(0, k, chunk):
+            kc = min(k, i + chunk) - i
+            cols = slice(i * h0, (i + kc) * h0)
+            hidden = torch.baddbmm(per_target[:, :, cols], keys, mixing[:, :, cols],
+                                   out=product[: b * t * kc * h0].view(b, t, kc * h0))  # (B, T, k_c * H0)
+            hidden = hidden.view(b, t, kc, h0)
+            if padded:
+                hidden = hidden[rows, steps]  # (N, k_c, H0)
+            hidden = hidden.reshape(-1, h0)  # (N * k_c, H0)
+            activated = run_inference(first, hidden, first_scratch)
+            scores[:, i : i + kc] = run_inference(rest, activated, rest_scratch).view(-1, kc)
+        return scores
 
 
 def relative_positions(mask: torch.Tensor) -> torch.Tensor:
