@@ -81,6 +81,31 @@ def random_candidates(batch: Batch, k: int = 5, n_items: int = 30, n_cates: int 
                       cates=torch.randint(2, n_cates, (len(batch), k), generator=g), timestamps=batch.timestamps)
 
 
+def select_candidates(candidates: Candidates, rows: torch.Tensor) -> Candidates:
+    """The candidates of users ``rows``."""
+    return Candidates(candidates.items[rows], candidates.cates[rows],
+                      None if candidates.timestamps is None else candidates.timestamps[rows])
+
+
+def repeating_batch(users: int = 5, length: int = 120, pool: int = 6, seed: int = 30) -> Batch:
+    """Histories that repeat a few items (as lifelong ones do), of different lengths (padding), with
+    event contexts and times whose gaps span minutes to weeks (many log2-minute buckets); ids fit
+    model_configs.TINY_VOCAB."""
+    g = torch.Generator().manual_seed(seed)
+    items = torch.randint(1, pool + 1, (users, length), generator=g) * 3 + 1
+    lengths = torch.tensor([length, length - 7, 40, 3, length - 1][:users])
+    mask = torch.arange(length)[None, :] < lengths[:, None]
+    cates = (items % 5 + 2) * mask
+    behaviors = torch.randint(2, 4, (users, length), generator=g) * mask
+    steps = torch.exp(torch.rand(users, length, generator=g) * 9).long()  # 1 s .. 2 hours apart
+    timestamps = torch.cumsum(steps, dim=1) * mask
+    return Batch(history_items=items * mask, history_cates=cates, history_mask=mask,
+                 target_items=torch.randint(2, 20, (users,), generator=g),
+                 target_cates=torch.randint(2, 6, (users,), generator=g), labels=torch.zeros(users),
+                 users=torch.arange(users), history_behaviors=behaviors, history_timestamps=timestamps,
+                 timestamps=timestamps.max(dim=1).values + 60)
+
+
 def assert_candidates_score_as_forward_passes(model, batch: Batch, k: int = 5, seed: int = 0) -> torch.Tensor:
     """A ranking model in eval mode: K candidates scored against one encoded state (without gradients, as
     serving does) equal K forward passes with each candidate as the batch's target, and a user's

@@ -11,7 +11,7 @@ from lifelong.models.ranking import Candidates
 from lifelong.nn.hashing import hamming_distance, hash_bits, pack_bits, popcount
 from lifelong.nn.search import gather_events
 
-from helpers import random_batch, random_candidates, select
+from helpers import random_batch, random_candidates, repeating_batch, select, select_candidates
 from model_configs import TINY_CONFIGS, TINY_VOCAB
 
 
@@ -28,8 +28,9 @@ def eta(seed: int = 0, **options):
 def search_sets(model, batch, candidates):
     with torch.no_grad():
         state = model.encode_user(batch)
-        index = model.search(state, candidates, model.embedding.candidates(candidates))
-        real = gather_events(state.mask, index)
+        found = model.search(state, candidates, model.embedding.candidates(candidates))
+        index, valid = found if isinstance(found, tuple) else (found, True)
+        real = gather_events(state.mask, index) & valid
     return [[set(index[b, k][real[b, k]].tolist()) for k in range(index.shape[1])] for b in range(index.shape[0])]
 
 
@@ -73,6 +74,26 @@ def test_matmul_and_popcount_search_select_the_same_events_and_scores():
     with torch.no_grad():
         torch.testing.assert_close(fast.score(fast.encode_user(batch), candidates),
                                    reference.score(reference.encode_user(batch), candidates))
+
+
+@pytest.mark.parametrize("top_k", [4, 25])
+def test_search_over_distinct_keys_selects_the_events_of_the_search_over_every_event(top_k):
+    """A few items repeated over 120 events: the keys are hashed once each and a key contributes several
+    of its events to the top k (the most recent ones); the same events and scores as hashing every event."""
+    batch = repeating_batch()
+    candidates = random_candidates(batch, k=6, seed=31)
+    distinct, every = eta(hashes=6, top_k=top_k), eta(hashes=6, top_k=top_k, distinct=False)
+    with torch.no_grad():
+        assert distinct.encode_user(batch).distinct is not None and every.encode_user(batch).distinct is None
+        assert search_sets(distinct, batch, candidates) == search_sets(every, batch, candidates)
+        torch.testing.assert_close(distinct.score(distinct.encode_user(batch), candidates),
+                                   every.score(every.encode_user(batch), candidates))
+        state = distinct.encode_user(batch)
+        rows = torch.tensor([3, 0])  # a cache's rows: the states of users 3 and 0
+        torch.testing.assert_close(distinct.score(state.select(rows), select_candidates(candidates, rows)),
+                                   distinct.score(state, candidates)[rows])
+    sizes = [len(s) for row in search_sets(distinct, batch, candidates) for s in row]
+    assert max(sizes) == top_k and min(sizes) == 3  # the 3-event history keeps all three
 
 
 def test_selection_does_not_depend_on_padding():

@@ -12,7 +12,7 @@ from lifelong.models import build_model
 from lifelong.models.tin import interval_buckets
 from lifelong.nn.search import gather_events, top_k_events
 
-from helpers import random_batch, random_candidates, select
+from helpers import random_batch, random_candidates, repeating_batch, select, select_candidates
 from model_configs import TINY_CONFIGS, TINY_VOCAB
 
 
@@ -112,3 +112,36 @@ def test_a_behavior_outside_the_top_k_does_not_reach_the_score():
         moved.history_timestamps[0, chosen] -= 10 ** 7
         assert not torch.allclose(model.score(model.encode_user(moved), candidates), base)
     assert gather_events(state.mask, torch.tensor([[[worst]]])).all()
+
+
+def search_sets(model, batch, candidates):
+    with torch.no_grad():
+        state = model.encode_user(batch)
+        target = model.embedding.candidates(candidates)
+        if state.distinct is not None:
+            index, valid = model.search_distinct(state, candidates, target)
+        else:
+            index, valid = top_k_events(model.search_scores(state, candidates, target), model.config.top_k), True
+        real = gather_events(state.mask, index) & valid
+    return [[set(index[b, k][real[b, k]].tolist()) for k in range(index.shape[1])] for b in range(index.shape[0])]
+
+
+@pytest.mark.parametrize("time_gap", [True, False])
+@pytest.mark.parametrize("top_k", [5, 30])
+def test_search_over_distinct_behaviors_selects_the_events_of_the_search_over_every_event(top_k, time_gap):
+    """A few items repeated over 120 events whose time gaps fall in many buckets: each distinct behavior is
+    projected once, its events ranked by their cross-feature bias for the call; the same top k (ties to the
+    most recent) and the same scores as scoring every event."""
+    batch = repeating_batch()
+    candidates = random_candidates(batch, k=6, seed=31)
+    distinct, every = twin(top_k=top_k, time_gap=time_gap), twin(top_k=top_k, time_gap=time_gap, distinct=False)
+    with torch.no_grad():
+        state = distinct.encode_user(batch)
+        assert state.distinct is not None and state.keys.shape[-1] < 60 and every.encode_user(batch).distinct is None
+        assert search_sets(distinct, batch, candidates) == search_sets(every, batch, candidates)
+        scores = distinct.score(state, candidates)
+        torch.testing.assert_close(scores, every.score(every.encode_user(batch), candidates))
+        rows = torch.tensor([4, 1])  # a cache's rows
+        torch.testing.assert_close(distinct.score(state.select(rows), select_candidates(candidates, rows)), scores[rows])
+    sizes = [len(s) for row in search_sets(distinct, batch, candidates) for s in row]
+    assert max(sizes) == top_k and min(sizes) == 3

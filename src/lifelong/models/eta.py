@@ -35,6 +35,12 @@ Deviations:
     ``search_impl="popcount"`` holds one int64 word per event and costs about 20 integer passes over
     (B, K, T) per call, the better choice for training or evaluating very long histories with few
     candidates per user (K = 1), the worse for serving 200 candidates.
+  - Without gradients (evaluation, serving) the history is grouped by distinct event key (item,
+    category, context: equal keys hash equally) when the keys are at most half the events, as in
+    lifelong histories (a 100,000-event user of the lifelong synthetic log has about 5,600): each key
+    is hashed once and a candidate costs one Hamming distance per key, then at most ``top_k`` events
+    read from the best keys (:func:`lifelong.nn.search.top_k_distinct`); the same selection (tested).
+    ``distinct=False`` hashes every event.
   - A time-gap embedding in the exact stage is available (``time_gap``, off by default: the paper has
     none); the exact stage's heads default to 2.
 """
@@ -46,11 +52,13 @@ from dataclasses import dataclass
 import torch
 
 from lifelong.batch import Batch
-from lifelong.models.long_sequence import LongSequenceModel, LongSequenceState, TwoStageConfig, exact_interest
+from lifelong.models.long_sequence import (
+    LongSequenceModel, LongSequenceState, TwoStageConfig, event_keys, exact_interest,
+)
 from lifelong.models.ranking import Candidates
 from lifelong.models.registry import register
 from lifelong.nn.hashing import hash_bits, pack_bits, packed_hamming, random_projections, signs
-from lifelong.nn.search import ExactAttention, top_k_events
+from lifelong.nn.search import DistinctKeys, ExactAttention, distinct_keys, embed_events, gather_events, top_k_distinct, top_k_events
 
 EXACT_FLOAT32 = 2 ** 24  # integers up to this are exact in float32
 
@@ -61,6 +69,9 @@ class ETAConfig(TwoStageConfig):
         hashes: SimHash bits ``m`` (at most 64).
         hash_seed: seed of the fixed random projections.
         search_impl: ``matmul`` (fast) or ``popcount`` (reference); the same selection.
+        distinct: without gradients (evaluation, serving), hash each distinct event key (item, category,
+            context) once and search over the distinct keys when they are at most half the history
+            (:func:`lifelong.nn.search.distinct_keys`); the same selection.
         (and :class:`TwoStageConfig`'s ``top_k``, ESU heads, time gap, short sequence and MLP fields;
         ``time_gap`` is off by default.)
     """
@@ -69,6 +80,7 @@ class ETAConfig(TwoStageConfig):
     hashes: int = 64
     hash_seed: int = 0
     search_impl: str = "matmul"
+    distinct: bool = True
     time_gap: bool = False
 
     def validate(self) -> None:
@@ -88,10 +100,14 @@ class ETAState(LongSequenceState):
             row; padding: a zero signature and position ``-(m + 1) T`` (below every real key). Stored
             transposed, the layout of the search's product.
         packed: (B, T, 1) int64 (``popcount``) the signatures' bits packed.
+        distinct: the history grouped by key when the search runs over distinct keys
+            (:func:`lifelong.nn.search.distinct_keys`); ``signatures`` is then (B, m + 1, D), one column per
+            key, its last row the position of the key's most recent event.
     """
 
     signatures: torch.Tensor | None = None
     packed: torch.Tensor | None = None
+    distinct: DistinctKeys | None = None
 
 
 @register(ETAConfig)
@@ -114,20 +130,45 @@ class ETA(LongSequenceModel):
         self.build_head(self.esu.out_dim)
 
     def encode_long(self, batch: Batch, history: LongSequenceState) -> dict:
+        if self.config.search_impl == "matmul" and self.config.distinct and not torch.is_grad_enabled():
+            distinct = self.encode_distinct(history)
+            if distinct is not None:
+                return distinct
         bits = self.history_keys(history, lambda events: hash_bits(events, self.projections))  # (B, T, m) bool
         if self.config.search_impl == "popcount":
             return {"packed": pack_bits(bits)}
-        b, t, m = bits.shape
-        signatures = torch.empty(b, m + 1, t, device=bits.device)  # built in the search's layout, one copy
+        positions = torch.arange(bits.shape[1], device=bits.device).expand(history.mask.shape)
+        return {"signatures": self.signature_matrix(bits, history.mask, positions, bits.shape[1])}  # (B, m + 1, T)
+
+    @staticmethod
+    def signature_matrix(bits: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, t: int) -> torch.Tensor:
+        """(B, m + 1, N) the +-1 signatures of ``bits`` (B, N, m) over their columns, 0 where ``mask`` is
+        False, and a last row of ``positions`` (``-(m + 1) t`` at padding): the search's product layout."""
+        b, n, m = bits.shape
+        signatures = torch.empty(b, m + 1, n, device=bits.device)  # built in the search's layout, one copy
         sign_rows = signatures[:, :m]
-        sign_rows.copy_(bits.transpose(1, 2))  # in place to +-1, 0 at padding: no (B, m, T) temporaries
-        sign_rows.mul_(2).sub_(1).mul_(history.mask.unsqueeze(1))
-        positions = torch.arange(t, device=bits.device, dtype=torch.float32).expand(b, t)
-        signatures[:, m] = torch.where(history.mask, positions, float(-(m + 1) * t))
-        return {"signatures": signatures}  # (B, m + 1, T)
+        sign_rows.copy_(bits.transpose(1, 2))  # in place to +-1, 0 at padding: no (B, m, N) temporaries
+        sign_rows.mul_(2).sub_(1).mul_(mask.unsqueeze(1))
+        signatures[:, m] = torch.where(mask, positions.float(), float(-(m + 1) * t))
+        return signatures
+
+    def encode_distinct(self, history: LongSequenceState) -> dict | None:
+        """The search over distinct event keys: each key hashed once (its most recent event), or None when
+        the keys are more than half the history (then every event is hashed)."""
+        b, t = history.mask.shape
+        grouped = distinct_keys(event_keys(history, self.config.n_cates), history.mask, self.config.top_k)
+        if grouped is None or 2 * grouped.first.shape[1] > t:
+            return None
+        first = grouped.first
+        index = first.clamp(min=0).unsqueeze(1)  # (B, 1, D)
+        pick = [gather_events(getattr(history, name), index) for name in ("items", "cates", "behaviors", "attrs", "dense")]
+        bits = hash_bits(embed_events(self.embedding, *pick).squeeze(1), self.projections)  # (B, D, m)
+        # the last row 0: the product is T <s_q, s_h> alone, ties go to the most recent (top_k_distinct)
+        return {"signatures": self.signature_matrix(bits, first >= 0, torch.zeros_like(first), t), "distinct": grouped}
 
     def search(self, state: ETAState, candidates: Candidates, target: torch.Tensor) -> torch.Tensor:
-        """(B, K, min(top_k, T)) positions of the behaviors of smallest Hamming distance to each candidate."""
+        """(B, K, min(top_k, T)) positions of the behaviors of smallest Hamming distance to each candidate
+        (and a (B, K, n) validity mask when the search runs over distinct keys)."""
         t = state.items.shape[1]
         bits = hash_bits(target.detach(), self.projections)  # (B, K, m)
         m = bits.shape[-1]
@@ -141,9 +182,13 @@ class ETA(LongSequenceModel):
         if (2 * m + 2) * t >= EXACT_FLOAT32:  # beyond float32's exact integers
             query, signatures = query.double(), signatures.double()
         keys = torch.bmm(query, signatures)  # (B, K, T) T <s_q, s_h> + position, distinct
+        if state.distinct is not None:  # (B, K, D) T <s_q, s_h> per distinct key
+            offsets = keys.new_zeros(state.distinct.positions.shape)  # events of a key differ by recency alone
+            return top_k_distinct(keys, offsets, state.distinct, t, self.config.top_k)
         return top_k_events(keys, self.config.top_k, ties=False)
 
     def long_interest(self, state: ETAState, candidates: Candidates, target: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            index = self.search(state, candidates, target)
-        return exact_interest(self, state, candidates, target, index)
+            found = self.search(state, candidates, target)
+        index, valid = found if isinstance(found, tuple) else (found, None)
+        return exact_interest(self, state, candidates, target, index, valid)

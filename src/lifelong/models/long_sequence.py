@@ -15,7 +15,7 @@ Memory of long histories in training: no model keeps a (B, L, W) tensor for the 
 ``tests/test_search.py``). The searches run without gradients on keys computed chunk by chunk
 (``chunk_length`` events at a time) and only the retrieved events are embedded with gradients; SDIM's
 bucket sums and SIM soft's auxiliary loss read every event with gradients, chunk by chunk under
-activation checkpointing. Measured (``benchmarks/long_history.py memory``, 2026-12-07): one training
+activation checkpointing. Measured (``benchmarks/long_cost.py memory``, 2026-12-07): one training
 step (forward, backward, Adam) on 32 users x 10,000 events, ``embedding_dim`` 32 (W = 64), 100,000
 items, 1 thread, peaks at 522 MB resident for SDIM, 431 MB for SIM hard, 520 MB for SIM soft, 517 MB
 for ETA and 473 MB for TWIN, against 344 MB for the process that only builds the model and the batch
@@ -201,6 +201,15 @@ def scoring_gaps(state: LongSequenceState, candidates: Candidates, index: torch.
     times = gather_events(state.timestamps, index).reshape(b, k * n)
     mask = gather_events(state.mask, index).reshape(b, k * n)
     return interval_buckets(candidates.timestamps, times, mask, n_buckets).view(b, k, n)
+
+
+def event_keys(state: LongSequenceState, n_cates: int) -> torch.Tensor:
+    """(B, T) int64 one key per distinct (item, category, context) of the history: events with equal keys
+    embed equally (side features are the item's), what :func:`lifelong.nn.search.distinct_keys` groups by."""
+    ids = state.items * (n_cates + 1) + state.cates
+    if state.behaviors is not None:
+        ids = ids * (int(state.behaviors.max()) + 1 if state.behaviors.numel() else 1) + state.behaviors
+    return ids
 
 
 def event_fields(state: LongSequenceState, part: slice) -> list[torch.Tensor | None]:

@@ -179,11 +179,13 @@ class UserState:
 
 
 def _rows(value, index):
-    return value[index] if isinstance(value, torch.Tensor) else value
+    if isinstance(value, torch.Tensor):
+        return value[index]
+    return value.select(index) if hasattr(value, "select") else value  # a nested per-user structure
 
 
 def _move(value, device):
-    return value.to(device) if isinstance(value, torch.Tensor) else value
+    return value.to(device) if isinstance(value, torch.Tensor) or hasattr(value, "to") else value
 
 
 class RankingModel(nn.Module):

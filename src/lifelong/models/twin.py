@@ -27,6 +27,11 @@ Deviations:
     in the values and a learned scalar per head and bucket in the logits, which is ``(K_c W^c) beta``
     for a one-hot ``K_c``); ``time_gap=False`` leaves the inherent features only.
   - Ties go to the most recent behavior (:func:`lifelong.nn.search.top_k_events`).
+  - Without gradients (evaluation, serving) the behaviors are grouped by distinct inherent features
+    (item, category, context) when those are at most half the history: each is projected once, a
+    candidate costs one product per distinct behavior, and each behavior's events are ranked by their
+    cross-feature bias for the call (:meth:`TWIN.search_distinct`); the same selection as scoring every
+    event (tested). ``distinct=False`` projects every event.
   - The search runs without gradients (it is not differentiable); only the retrieved behaviors are
     embedded and projected again with gradients, by the same parameters, so training keeps no (B, L, W)
     tensor for the gradient and the search and the exact stage stay consistent.
@@ -40,20 +45,23 @@ import torch
 
 from lifelong.batch import Batch
 from lifelong.models.long_sequence import (
-    LongSequenceModel, LongSequenceState, TwoStageConfig, exact_interest, interval_buckets,
+    LongSequenceModel, LongSequenceState, TwoStageConfig, event_keys, exact_interest, interval_buckets,
 )
 from lifelong.models.ranking import Candidates
 from lifelong.models.registry import register
-from lifelong.nn.search import NEGATIVE, ExactAttention, top_k_events
+from lifelong.nn.search import NEGATIVE, DistinctKeys, ExactAttention, distinct_keys, top_k_distinct, top_k_events
 
 
 @dataclass
 class TWINConfig(TwoStageConfig):
     """Args: :class:`TwoStageConfig`'s ``top_k`` (100, the paper's), ``heads`` (4, the paper's), ``time_gap``
-    (the cross feature), ``gap_buckets``, and the short sequence and MLP fields."""
+    (the cross feature), ``gap_buckets``, and the short sequence and MLP fields; ``distinct``: without
+    gradients (evaluation, serving), project each distinct behavior (item, category, context) once and
+    search over the distinct ones when they are at most half the history (the same selection)."""
 
     model_type = "twin"
     heads: int = 4
+    distinct: bool = True
 
 
 @dataclass
@@ -62,10 +70,13 @@ class TWINState(LongSequenceState):
 
     Attributes:
         keys: (B, H * d, T) ``K_h W^h`` of every behavior, the heads concatenated (0 at padding), stored
-            transposed (the layout of the search's product).
+            transposed (the layout of the search's product); (B, H * d, D), one per distinct behavior,
+            when ``distinct`` is set.
+        distinct: the history grouped by behavior (:func:`lifelong.nn.search.distinct_keys`), or None.
     """
 
     keys: torch.Tensor | None = None
+    distinct: DistinctKeys | None = None
 
 
 @register(TWINConfig)
@@ -88,8 +99,38 @@ class TWIN(LongSequenceModel):
         self.build_head(self.esu.out_dim)
 
     def encode_long(self, batch: Batch, history: LongSequenceState) -> dict:
+        if self.config.distinct and not torch.is_grad_enabled():
+            grouped = distinct_keys(event_keys(history, self.config.n_cates), history.mask, history.mask.shape[1])
+            if grouped is not None and 2 * grouped.first.shape[1] <= history.mask.shape[1]:
+                events = self.events(history, grouped.first.clamp(min=0).unsqueeze(1)).squeeze(1)  # (B, D, W)
+                keys = self.esu.keys(events).flatten(-2) * (grouped.first >= 0).unsqueeze(-1)  # (B, D, H d)
+                return {"keys": keys.transpose(1, 2).contiguous(), "distinct": grouped}  # (B, H d, D)
         return {"keys": self.history_keys(history, lambda events: self.esu.keys(events).flatten(-2),
                                           transposed=True)}  # (B, H d, T)
+
+    def search_distinct(self, state: TWINState, candidates: Candidates,
+                        target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The CP-GSU over distinct behaviors: a behavior's logit is its key's product with the query plus
+        its cross-feature bias, so each key lists its events by bias (then recency) for this call and
+        :func:`lifelong.nn.search.top_k_distinct` picks the same top k as scoring every event."""
+        grouped, t = state.distinct, state.mask.shape[1]
+        base = torch.bmm(self.esu.queries(target).flatten(-2), state.keys)  # (B, K, D)
+        offsets = base.new_zeros(grouped.positions.shape)
+        if self.config.time_gap:
+            if candidates.timestamps is None:
+                raise ValueError("twin: the time gap needs the scoring time: candidates.timestamps (build the "
+                                 "collator with with_timestamps=True, as config.batch_needs() says)")
+            gaps = interval_buckets(candidates.timestamps, state.timestamps, state.mask, self.config.gap_buckets)
+            segment = grouped.segments()
+            offsets = self.esu.bias(gaps).sum(dim=-1)[segment // grouped.first.shape[1], grouped.positions]  # (P,)
+            values, rank = torch.unique(offsets, return_inverse=True)  # ascending dense ranks
+            n, p = values.numel(), offsets.numel()
+            # each key's events by bias, highest first; ties keep the listing's recency order
+            order = torch.argsort((segment * n + (n - 1 - rank)) * p + torch.arange(p, device=offsets.device))
+            positions, offsets = grouped.positions[order], offsets[order]
+            first = torch.where(grouped.first >= 0, positions[grouped.start.clamp(max=max(p - 1, 0))], -1)
+            grouped = DistinctKeys(first, grouped.start, grouped.count, positions)
+        return top_k_distinct(base, offsets, grouped, t, self.config.top_k)
 
     def search_scores(self, state: TWINState, candidates: Candidates, target: torch.Tensor) -> torch.Tensor:
         """The CP-GSU's score of every behavior: the exact stage's logits summed over heads, (B, K, T);
@@ -111,5 +152,8 @@ class TWIN(LongSequenceModel):
 
     def long_interest(self, state: TWINState, candidates: Candidates, target: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
+            if state.distinct is not None:
+                index, valid = self.search_distinct(state, candidates, target)
+                return exact_interest(self, state, candidates, target, index, valid)
             index = top_k_events(self.search_scores(state, candidates, target), self.config.top_k)
         return exact_interest(self, state, candidates, target, index)
