@@ -126,3 +126,24 @@ def test_gradients_reach_the_behaviors_as_through_the_formula():
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
     seen = torch.unique(batch.history_items[batch.history_mask])
     assert int((grads[0][seen].abs().sum(dim=1) > 0).sum()) > len(seen) // 2
+
+
+@pytest.mark.parametrize("chunk_length", [3, 1000])  # several checkpointed chunks, or one
+def test_training_forward_reads_the_targets_buckets_with_the_gradient_of_the_formula(chunk_length):
+    """Training sums the events colliding with each sample's target directly (one bucket per signature):
+    the same logits as the bucket encoding, and every embedding gets the gradient of the literal formula."""
+    model = sdim(chunk_length=chunk_length, dnn_activation="relu", attention_activation="relu")
+    batch = random_batch(batch_size=6, width=9, seed=9)
+    outputs, grads = [], []
+    for train in (True, False):  # the training shortcut, then the bucket encoding (with gradients)
+        model.train(train)
+        model.zero_grad()
+        with torch.enable_grad():
+            logits = model(batch).logits
+        (logits * torch.arange(1.0, 7.0)).sum().backward()
+        outputs.append(logits.detach())
+        grads.append(model.embedding.item.weight.grad.clone())
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+    seen = torch.unique(batch.history_items[batch.history_mask])
+    assert int((grads[0][seen].abs().sum(dim=1) > 0).sum()) > len(seen) // 2

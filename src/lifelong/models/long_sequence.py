@@ -154,12 +154,27 @@ class LongSequenceModel(RankingModel):
         return embed_events(self.embedding, *pick)
 
     def history_keys(self, state: LongSequenceState, keys, transposed: bool = False) -> torch.Tensor:
-        """``keys`` ((B, n, W) embedded events -> (B, n, X)) of the whole history, in chunks, without
-        gradients: (B, T, X) (the search keys), or (B, X, T) when ``transposed``."""
+        """``keys`` ((..., W) embedded events -> (..., X)) of the whole history, in chunks, without
+        gradients: (B, T, X) (the search keys), or (B, X, T) when ``transposed``. Each chunk's distinct
+        events (:meth:`distinct_events`) are embedded and keyed once: a lifelong history repeats items."""
         def embed(part: slice) -> torch.Tensor:
-            return keys(embed_events(self.embedding, *event_fields(state, part)))
+            distinct, inverse = self.distinct_events(state, part)
+            return keys(distinct)[inverse]  # (B, n, X)
 
         return embed_in_chunks(embed, state.items.shape[1], self.config.chunk_length, transposed)
+
+    def distinct_events(self, state: LongSequenceState, part: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """The distinct events (item, category, context) of history positions ``part``, embedded (with
+        gradients when they are enabled): (U, W), and (B, n) each position's row in it (padding is one
+        of the rows, embedded as zeros)."""
+        fields = event_fields(state, part)
+        _, inverse = torch.unique(event_keys(state, self.config.n_cates, part), return_inverse=True)  # (B, n)
+        n_distinct = int(inverse.max()) + 1 if inverse.numel() else 0
+        flat = inverse.flatten()
+        first = torch.full((n_distinct,), flat.numel(), dtype=torch.long, device=flat.device)
+        first.scatter_reduce_(0, flat, torch.arange(flat.numel(), device=flat.device), "amin")  # one position each
+        picked = [None if v is None else v.flatten(0, 1)[first] for v in fields]
+        return embed_events(self.embedding, *picked), inverse
 
     def encode_user(self, batch: Batch) -> LongSequenceState:
         base = self.history(batch)
@@ -203,12 +218,14 @@ def scoring_gaps(state: LongSequenceState, candidates: Candidates, index: torch.
     return interval_buckets(candidates.timestamps, times, mask, n_buckets).view(b, k, n)
 
 
-def event_keys(state: LongSequenceState, n_cates: int) -> torch.Tensor:
-    """(B, T) int64 one key per distinct (item, category, context) of the history: events with equal keys
-    embed equally (side features are the item's), what :func:`lifelong.nn.search.distinct_keys` groups by."""
-    ids = state.items * (n_cates + 1) + state.cates
+def event_keys(state: LongSequenceState, n_cates: int, part: slice = slice(None)) -> torch.Tensor:
+    """(B, n) int64 one key per distinct (item, category, context) of history positions ``part``: events
+    with equal keys embed equally (side features are the item's), what
+    :func:`lifelong.nn.search.distinct_keys` groups by."""
+    ids = state.items[:, part] * (n_cates + 1) + state.cates[:, part]
     if state.behaviors is not None:
-        ids = ids * (int(state.behaviors.max()) + 1 if state.behaviors.numel() else 1) + state.behaviors
+        behaviors = state.behaviors[:, part]
+        ids = ids * (int(state.behaviors.max()) + 1 if state.behaviors.numel() else 1) + behaviors
     return ids
 
 

@@ -21,7 +21,10 @@ the whole history, the target and the user features -> MLP (Dice) -> logit; logl
 Deviations:
   - A behavior and a target are the shared :class:`lifelong.nn.features.FeatureEmbedding` item vectors
     (id, category, declared side features; the event context added to behaviors).
-  - Training: the bucket sums are built chunk by chunk (``chunk_length`` events; ``embedding_bag``
+  - Training reads only the bucket of each sample's target (:meth:`SDIM.target_sums`: per signature the
+    colliding events, one ``embedding_bag``; each distinct event embedded and hashed once), the same value
+    as the full encoding (tested). The full encoding (serving, evaluation) is built chunk by chunk
+    (``chunk_length`` events; ``embedding_bag``
     sums of the events sorted by bucket), each chunk under activation checkpointing: backward keeps
     only the chunk's ids and embeds it again, so no (B, L, W) tensor is kept for the gradient and at
     most one chunk's (B, chunk, W) events are alive. Gradients reach every behavior's embedding through
@@ -40,7 +43,7 @@ from torch.utils.checkpoint import checkpoint
 from lifelong.batch import Batch
 from lifelong.models.long_sequence import LongSequenceConfig, LongSequenceModel, LongSequenceState, event_fields
 from lifelong.models.ranking import Candidates
-from lifelong.models.registry import register
+from lifelong.models.registry import ModelOutput, register
 from lifelong.nn.hashing import hash_bits, random_projections, signature_codes
 from lifelong.nn.search import embed_events
 
@@ -141,6 +144,55 @@ class SDIM(LongSequenceModel):
             else:
                 buckets = buckets + self.bucket_sums(*fields)
         return {"buckets": buckets.view(b, n, size, self.embedding.out_dim)}
+
+    def target_sums(self, target_codes: torch.Tensor, items: torch.Tensor, cates: torch.Tensor,
+                    behaviors: torch.Tensor | None = None, attrs: torch.Tensor | None = None,
+                    dense: torch.Tensor | None = None) -> torch.Tensor:
+        """Training's shortcut to the one bucket a sample's target reads: for each signature, the sum of
+        the events colliding with the target there (what ``buckets[b, i, code_i(target)]`` holds), one
+        ``embedding_bag`` over the colliding events; each distinct event embedded and hashed once.
+
+        Args:
+            target_codes: (B, n) the targets' signature codes.
+            items, cates, ...: (B, c) the events' ids (0 at padding), as :meth:`bucket_sums`.
+
+        Returns:
+            (B, n, W) the colliding sums.
+        """
+        part = LongSequenceState(items=items, cates=cates, behaviors=behaviors, attrs=attrs, dense=dense)
+        distinct, inverse = self.distinct_events(part, slice(None))  # (U, W), (B, c)
+        b, n = target_codes.shape
+        small = torch.int8 if self.config.hash_bits <= 7 else torch.int32  # codes < 2 ** tau
+        collides = self.codes(distinct).to(small)[inverse] == target_codes.to(small).unsqueeze(1)  # (B, c, n)
+        if not bool((items != 0).all()):
+            collides &= (items != 0).unsqueeze(-1)  # padding never collides
+        rows, signatures, events = collides.permute(0, 2, 1).nonzero(as_tuple=True)  # by (user, signature)
+        bags = rows * n + signatures
+        counts = torch.bincount(bags, minlength=b * n)
+        # each (user, signature) bag sums its colliding events' distinct rows: no (B, c, W) tensor is built
+        sums = F.embedding_bag(inverse[rows, events], distinct, torch.cumsum(counts, 0) - counts, mode="sum")
+        return sums.view(b, n, -1)  # (B, n, W)
+
+    def forward(self, batch: Batch):
+        if not (self.training and torch.is_grad_enabled()):
+            return super().forward(batch)
+        # training: each sample reads one bucket per signature, its target's; sum those events directly
+        # instead of every bucket (the same value; the serving path keeps the whole encoding)
+        batch.validate()
+        history = self.history(batch)
+        candidates = Candidates.from_targets(batch)
+        target = self.embedding.candidates(candidates)  # (B, 1, W)
+        codes = self.codes(target[:, 0])  # (B, n)
+        t, sums = history.items.shape[1], 0
+        for start in range(0, max(t, 1), self.config.chunk_length):  # at most (B, chunk, W) events at once
+            fields = event_fields(history, slice(start, min(start + self.config.chunk_length, t)))
+            if t > self.config.chunk_length:  # several chunks: backward embeds each again (no (B, L, W) kept)
+                sums = sums + checkpoint(self.target_sums, codes, *fields, use_reentrant=False)
+            else:
+                sums = sums + self.target_sums(codes, *fields)
+        long_interest = F.normalize(sums, dim=-1).mean(dim=1, keepdim=True)  # (B, 1, W)
+        logits = self.head(target, history.short, history.short_mask, long_interest, history.user).squeeze(1)
+        return ModelOutput(logits=logits, aux_losses={})
 
     def long_interest(self, state: SDIMState, candidates: Candidates, target: torch.Tensor) -> torch.Tensor:
         b, n, size, width = state.buckets.shape
