@@ -66,10 +66,11 @@ VARIANTS = {  # row name -> model type and config overrides
 def lifelong_histories(users: int, length: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``users`` histories of ``length`` events from the lifelong synthetic log (its items, their categories,
     its times): (users, length) items, categories and timestamps."""
-    events, items = lifelong_log(n_users=users, events_per_user=length + 1, seed=seed)
+    n = max(length, 200) + 1  # the generator needs more than tail + window events; keep the last L
+    events, items = lifelong_log(n_users=users, events_per_user=n, seed=seed)
     cates = torch.tensor([int(c[1:]) + 1 for c in items["category"].to_list()])  # 'c7' -> 8
-    item_ids = torch.from_numpy(events["item_id"].to_numpy().copy()).view(users, length + 1)[:, :length]
-    times = torch.from_numpy(events["timestamp"].to_numpy().copy()).view(users, length + 1)[:, :length]
+    item_ids = torch.from_numpy(events["item_id"].to_numpy().copy()).view(users, n)[:, n - 1 - length : n - 1]
+    times = torch.from_numpy(events["timestamp"].to_numpy().copy()).view(users, n)[:, n - 1 - length : n - 1]
     return item_ids, cates[item_ids - 1], times
 
 
@@ -107,7 +108,8 @@ def percentile(values: list[float], q: float) -> float:
 def score_latency(setups: list[tuple[str, int]], k: int, requests: int, modes: tuple[str, ...],
                   histories: str = "random") -> list[dict]:
     """p50/p99 (ms) of scoring ``k`` candidates for every (variant, L) and mode (``request``: encode_user +
-    score; ``cached``: score of a cached state), the requests interleaved round-robin over all of them."""
+    score; ``cached``: score of a cached state): the modes one after the other, each mode's requests
+    interleaved round-robin over the (variant, L)."""
     prepared = {}
     with torch.no_grad():
         for variant, length in setups:
@@ -118,17 +120,16 @@ def score_latency(setups: list[tuple[str, int]], k: int, requests: int, modes: t
     times = {(setup, mode): [] for setup in setups for mode in modes}
     warm_up = 5
     with torch.no_grad():
-        for step in range(requests + warm_up):
+        for mode, step in ((mode, step) for mode in modes for step in range(requests + warm_up)):
             candidates = Candidates(items=torch.randint(2, N_ITEMS, (1, k), generator=g),
                                     cates=torch.randint(2, N_CATES, (1, k), generator=g))
-            for setup in setups:
+            for setup in setups:  # one mode at a time: cached requests are not timed between encodings
                 model, batch, state = prepared[setup]
                 candidates.timestamps = batch.timestamps
-                for mode in modes:
-                    start = time.perf_counter()
-                    model.score(model.encode_user(batch) if mode == "request" else state, candidates)
-                    if step >= warm_up:
-                        times[setup, mode].append(1e3 * (time.perf_counter() - start))
+                start = time.perf_counter()
+                model.score(model.encode_user(batch) if mode == "request" else state, candidates)
+                if step >= warm_up:
+                    times[setup, mode].append(1e3 * (time.perf_counter() - start))
     return [{"model": variant, "L": length, "K": k, "mode": mode, "histories": histories, "requests": len(values),
              "p50_ms": round(percentile(values, 0.5), 2), "p99_ms": round(percentile(values, 0.99), 2)}
             for ((variant, length), mode), values in times.items()]

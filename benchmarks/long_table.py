@@ -8,7 +8,7 @@ reads the validation split only; the table reports the test metrics of the best 
 Finished runs are reused (rerun the script to continue an interrupted table; ``--fresh`` starts over).
 
     python benchmarks/long_table.py [--tables taobao200,taobao500,ml100k200,synth1k,synth10k]
-        [--models din50,din,sim_hard,sim_soft,eta,sdim,twin] [--seeds 2024] [--epochs 3] [--jobs 2]
+        [--models din50,din,sim_hard,sim_soft,eta,sdim,twin] [--seeds 2024] [--epochs 4] [--jobs 2]
         [--workdir runs/long-table] [--report-only] [--fresh]
 
 Outputs in the workdir: ``table.json`` (one row per run), ``table.md`` and ``auc_by_length.png``;
@@ -141,8 +141,8 @@ def main() -> None:
     parser.add_argument("--tables", default=",".join(TABLES))
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--seeds", default="2024")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--patience", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--patience", type=int, default=2)
     parser.add_argument("--jobs", type=int, default=2, help="training processes at once")
     parser.add_argument("--threads", default="1", help="torch threads per training process")
     parser.add_argument("--fresh", action="store_true", help="retrain runs that already finished")
@@ -189,11 +189,14 @@ def main() -> None:
               f"Commands in table.json.")
     text = header + "\n\n" + summarise(rows, tables, models) + "\n"
     (work / "table.md").write_text(text)
-    if args.out:
+    if args.out:  # the markdown and its rows (JSON) side by side; the plot next to them
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("# Lifelong sequences: P5 results\n\n" + text)
+        args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
     print("\n" + text)
     plot(rows, models, work / "auc_by_length.png")
+    if args.out and (work / "auc_by_length.png").exists():
+        (args.out.parent / "long_auc_by_length.png").write_bytes((work / "auc_by_length.png").read_bytes())
 
 
 if __name__ == "__main__":

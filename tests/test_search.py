@@ -157,3 +157,17 @@ def test_training_on_a_long_history_keeps_no_batch_by_length_by_width_tensor_for
     history = 4 * 2000 * width  # one (B, L, W) tensor
     assert sum(kept) < history / 4, f"{name}: {sum(kept)} floats kept for backward, a (B, L, W) history is {history}"
     loss.backward()
+
+
+def test_top_k_with_many_ties_keeps_the_highest_then_the_most_recent():
+    """Scores from a few values (a lifelong history repeats items): the selection is the k best by
+    (score, position), padding never before a real event."""
+    g = torch.Generator().manual_seed(12)
+    scores = torch.randint(0, 4, (3, 5, 60), generator=g).float()
+    scores[2, :, 50:] = NEGATIVE  # padding
+    for k in (1, 7, 30, 55):
+        got = top_k_events(scores, k)
+        for b in range(3):
+            for c in range(5):
+                ranked = sorted(range(60), key=lambda t: (float(scores[b, c, t]), t), reverse=True)[:k]
+                assert sorted(got[b, c].tolist()) == sorted(ranked), (k, b, c)

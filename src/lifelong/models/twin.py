@@ -122,8 +122,10 @@ class TWIN(LongSequenceModel):
                                  "collator with with_timestamps=True, as config.batch_needs() says)")
             gaps = interval_buckets(candidates.timestamps, state.timestamps, state.mask, self.config.gap_buckets)
             segment = grouped.segments()
-            offsets = self.esu.bias(gaps).sum(dim=-1)[segment // grouped.first.shape[1], grouped.positions]  # (P,)
-            values, rank = torch.unique(offsets, return_inverse=True)  # ascending dense ranks
+            listed_gaps = gaps[segment // grouped.first.shape[1], grouped.positions]  # (P,) bucket of each event
+            table = self.esu.bias(torch.arange(self.config.gap_buckets, device=gaps.device)).sum(dim=-1)  # (G,)
+            values, bucket_rank = torch.unique(table, return_inverse=True)  # dense ranks of the bucket biases
+            offsets, rank = table[listed_gaps], bucket_rank[listed_gaps]  # (P,)
             n, p = values.numel(), offsets.numel()
             # each key's events by bias, highest first; ties keep the listing's recency order
             order = torch.argsort((segment * n + (n - 1 - rank)) * p + torch.arange(p, device=offsets.device))

@@ -106,11 +106,15 @@ def top_k_events(scores: torch.Tensor, k: int, ties: bool = True) -> torch.Tenso
     values, index = torch.topk(scores, k + 1, dim=-1)  # sorted: the cut is between k - 1 and k
     index = index[..., :k]
     tied = (values[..., k - 1] == values[..., k]) & (values[..., k - 1] > NEGATIVE)  # (B, K)
-    if bool(tied.any()):
+    if bool(tied.any()):  # rows whose cut splits equal scores: above the cut, then the most recent at it
         rows = tied.nonzero(as_tuple=True)
-        flipped = scores[rows].flip(-1)  # (R, T): the most recent first, so a stable sort prefers it
-        order = torch.sort(flipped, dim=-1, descending=True, stable=True).indices[:, :k]
-        index = index.index_put(rows, t - 1 - order)
+        row_scores, cut = scores[rows], values[rows][:, k - 1 : k]  # (R, T), (R, 1)
+        above = row_scores > cut
+        at = row_scores == cut
+        wanted = k - above.sum(dim=1, keepdim=True)  # (R, 1) how many of the tied ones
+        from_end = at.flip(-1).cumsum(dim=-1).flip(-1)  # (R, T) tied ones at or after each position
+        keep = above | (at & (from_end <= wanted))  # exactly k per row
+        index = index.index_put(rows, keep.nonzero(as_tuple=True)[1].view(-1, k))
     return index
 
 
@@ -208,23 +212,32 @@ def distinct_keys(ids: torch.Tensor, mask: torch.Tensor, cap: int) -> DistinctKe
     return DistinctKeys(first, start, count, order[keep] % max(t, 1))
 
 
-def ordered(scores: torch.Tensor, positions: torch.Tensor, t: int) -> torch.Tensor:
-    """Float64 keys that order events by float32 ``scores``, ties to the most recent ``positions`` (in
-    ``[0, t)``): each score plus a fraction of its gap to the next float32, growing with the position
-    (exact: float64 has 29 bits below a float32's last one). -inf stays -inf.
+LOWEST = torch.iinfo(torch.int64).min  # an integral key below every real one
+
+
+def ordered(scores: torch.Tensor, positions: torch.Tensor, t: int, integral: bool = False) -> torch.Tensor:
+    """Keys that order events by float32 ``scores``, ties to the most recent ``positions`` (in ``[0, t)``).
+
+    Float64 keys: each score plus a fraction of its gap to the next float32, growing with the position
+    (exact: float64 has 29 bits below a float32's last one); -inf stays -inf. ``integral`` (scores are
+    integers, as ETA's): int64 keys ``score (t + 1) + position``, :data:`LOWEST` for -inf.
 
     Example:
         >>> keys = ordered(torch.tensor([1.0, 1.0, 0.5]), torch.tensor([3, 7, 9]), t=10)
         >>> torch.argsort(keys, descending=True).tolist()
         [1, 0, 2]
     """
+    if integral:
+        finite = torch.isfinite(scores)
+        keys = torch.where(finite, scores, 0.0).long() * (t + 1) + positions
+        return keys.masked_fill(~finite, LOWEST)
     gap = (torch.nextafter(scores, torch.full_like(scores, float("inf"))) - scores).double()
     keys = scores.double() + gap * ((positions.double() + 1) / (t + 1))
     return keys.masked_fill(torch.isinf(scores), float("-inf"))
 
 
 def top_k_distinct(base: torch.Tensor, offsets: torch.Tensor, keys: DistinctKeys, t: int,
-                   k: int) -> tuple[torch.Tensor, torch.Tensor]:
+                   k: int, integral: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The top ``k`` events of a search whose event score is its key's score plus a per-event term
     (``base(key) + offset(event)``, ties to the most recent event), from the distinct keys
     (:func:`distinct_keys`): the same selection as scoring every event.
@@ -242,6 +255,7 @@ def top_k_distinct(base: torch.Tensor, offsets: torch.Tensor, keys: DistinctKeys
         keys: :class:`DistinctKeys`; ``first`` holds each key's first listed event.
         t: the history length ``T`` (ties resolve by position).
         k: events to keep.
+        integral: the scores are integers (exact int64 keys, see :func:`ordered`).
 
     Returns:
         index (B, K, n) positions, ``n = min(k, events read)``, and valid (B, K, n) bool (False where a
@@ -255,25 +269,26 @@ def top_k_distinct(base: torch.Tensor, offsets: torch.Tensor, keys: DistinctKeys
         base.new_zeros(keys.first.shape)
     best = (base + first_offset.view(b, 1, d)).masked_fill((keys.first < 0).unsqueeze(1), float("-inf"))
     n_keys = min(k, d)
-    _, top = torch.topk(ordered(best, first.view(b, 1, d).expand_as(best), t), n_keys, dim=-1)  # best key first
+    _, top = torch.topk(ordered(best, first.view(b, 1, d).expand_as(best), t, integral), n_keys, dim=-1)  # best first
     rank = torch.arange(n_keys, device=device)
     lengths = torch.minimum(keys.count[rows, top], k - rank).clamp(min=0)  # events read from each key
     lengths = lengths.masked_fill(best.gather(-1, top) == float("-inf"), 0).flatten()  # (B K n_keys,)
     segment = torch.repeat_interleave(torch.arange(lengths.numel(), device=device), lengths)  # (E,)
     listed = DistinctKeys.listed(keys.start[rows, top], lengths)  # (E,) indices into keys.positions
     positions = keys.positions[listed]
-    scores = ordered(base.gather(-1, top).flatten()[segment] + offsets[listed], positions, t)
+    scores = ordered(base.gather(-1, top).flatten()[segment] + offsets[listed], positions, t, integral)
     row = segment // n_keys  # the (user, candidate) of each read event
     per_row = lengths.view(b * kk, n_keys).sum(dim=1)
     slot = torch.arange(segment.numel(), device=device) - (torch.cumsum(per_row, 0) - per_row)[row]
     width = max(int(per_row.max()) if per_row.numel() else 0, 1)
-    table = torch.full((b * kk, width), float("-inf"), dtype=torch.float64, device=device)
+    lowest = LOWEST if integral else float("-inf")
+    table = torch.full((b * kk, width), lowest, dtype=scores.dtype, device=device)
     table[row, slot] = scores
     where = torch.zeros((b * kk, width), dtype=torch.long, device=device)
     where[row, slot] = positions
     n = min(k, width)
     values, picked = torch.topk(table, n, dim=-1, sorted=False)
-    return where.gather(-1, picked).view(b, kk, n), (values > float("-inf")).view(b, kk, n)
+    return where.gather(-1, picked).view(b, kk, n), (values > lowest).view(b, kk, n)
 
 
 def embed_events(embedding: nn.Module, items: torch.Tensor, cates: torch.Tensor, behaviors: torch.Tensor | None = None,
