@@ -34,9 +34,10 @@ test: install-test
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 ## make bench-setup: a separate venv with the peers (FuxiCTR 2.3.10, DeepCTR-Torch 0.3.0) for benchmarks/throughput.py
+## and benchmarks/long_peers.py (keras-preprocessing: imported by the LongCTR loader in ../shared/peers/fuxictr-longctr)
 bench-setup:
 	test -d .venv-bench || $(PYTHON) -m venv .venv-bench
-	.venv-bench/bin/pip install --disable-pip-version-check -c constraints.txt torch==2.13.0 fuxictr==2.3.10 deepctr-torch==0.3.0
+	.venv-bench/bin/pip install --disable-pip-version-check -c constraints.txt torch==2.13.0 fuxictr==2.3.10 deepctr-torch==0.3.0 keras-preprocessing==1.1.2
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

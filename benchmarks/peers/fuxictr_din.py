@@ -22,7 +22,6 @@ import argparse
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -100,31 +99,8 @@ def main() -> None:
     params["data_loader"] = LongCTRDataLoader
     train_gen, valid_gen = RankDataLoader(feature_map, stage="train", **params)
 
-    epoch_seconds, eval_seconds, valid_aucs = [], [0.0], []
-    best = {"epoch": 0}
-    train_epoch, eval_step = model.train_epoch, model.eval_step
-
-    def timed_eval_step():
-        started = time.perf_counter()
-        before = model._best_metric
-        eval_step()
-        eval_seconds[-1] += time.perf_counter() - started
-        valid_aucs.append(float(model._best_metric) if model._best_metric != before else None)
-        if model._best_metric != before:
-            best["epoch"] = model._epoch_index + 1
-
-    def timed_train_epoch(data_generator):
-        eval_seconds[-1] = 0.0
-        started = time.perf_counter()
-        train_epoch(data_generator)
-        seconds = time.perf_counter() - started - eval_seconds[-1]
-        epoch_seconds.append(seconds)
-        common.log(f"fuxictr epoch {len(epoch_seconds)}: {train_gen.num_samples / seconds:,.0f} samples/s "
-                   f"({seconds:.1f}s train, {eval_seconds[-1]:.1f}s validation)")
-        eval_seconds.append(0.0)
-
-    model.train_epoch, model.eval_step = timed_train_epoch, timed_eval_step
-    model.fit(train_gen, validation_data=valid_gen, **params)  # reloads the best checkpoint at the end
+    fit = common.timed_fit(model, train_gen, valid_gen, params, "fuxictr")
+    epoch_seconds, valid_aucs, best = fit["epoch_seconds"], fit["valid_aucs"], {"epoch": fit["best_epoch"]}
 
     test_gen = RankDataLoader(feature_map, stage="test", **params)
     predictions = model.predict(test_gen)
