@@ -88,7 +88,7 @@ def finished(out: Path) -> bool:
 
 
 def summarise(rows: list[dict], tables: list[str], models: list[str]) -> str:
-    lines = ["| data (P5) | L | model | test AUC | test GAUC | test logloss | best epochs | seeds |",
+    lines = ["| data (P5), table L | L read | model | test AUC | test GAUC | test logloss | best epochs | seeds |",
              "|---|---:|---|---|---|---|---|---:|"]
     for table in tables:
         for row in models:
@@ -100,7 +100,8 @@ def summarise(rows: list[dict], tables: list[str], models: list[str]) -> str:
                 values = [r[metric] for r in group]
                 cells.append(f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}" if len(values) > 1
                              else f"{values[0]:.4f}")
-            lines.append(f"| {TABLES[table][0]} | {group[0]['L']:,} | {LABELS[row]} | {' | '.join(cells)} | "
+            lines.append(f"| {TABLES[table][0]}, {TABLES[table][1]:,} | {group[0]['L']:,} | {LABELS[row]} | "
+                         f"{' | '.join(cells)} | "
                          f"{', '.join(str(r['best_epoch']) for r in group)} | {len(group)} |")
     return "\n".join(lines)
 
@@ -197,6 +198,8 @@ def main() -> None:
     plot(rows, models, work / "auc_by_length.png")
     if args.out and (work / "auc_by_length.png").exists():
         (args.out.parent / "long_auc_by_length.png").write_bytes((work / "auc_by_length.png").read_bytes())
+        with args.out.open("a") as out:
+            out.write("\n![test AUC by history length](long_auc_by_length.png)\n")
 
 
 if __name__ == "__main__":
