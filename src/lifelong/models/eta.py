@@ -58,7 +58,7 @@ from lifelong.models.long_sequence import (
 from lifelong.models.ranking import Candidates
 from lifelong.models.registry import register
 from lifelong.nn.hashing import hash_bits, pack_bits, packed_hamming, random_projections, signs
-from lifelong.nn.search import DistinctKeys, ExactAttention, distinct_keys, embed_events, gather_events, top_k_distinct, top_k_events
+from lifelong.nn.search import DistinctKeys, ExactAttention, distinct_keys, top_k_distinct, top_k_events
 
 EXACT_FLOAT32 = 2 ** 24  # integers up to this are exact in float32
 
@@ -160,9 +160,8 @@ class ETA(LongSequenceModel):
         if grouped is None or 2 * grouped.first.shape[1] > t:
             return None
         first = grouped.first
-        index = first.clamp(min=0).unsqueeze(1)  # (B, 1, D)
-        pick = [gather_events(getattr(history, name), index) for name in ("items", "cates", "behaviors", "attrs", "dense")]
-        bits = hash_bits(embed_events(self.embedding, *pick).squeeze(1), self.projections)  # (B, D, m)
+        events = self.events(history, first.clamp(min=0).unsqueeze(1)).squeeze(1)  # (B, D, W) each key's latest
+        bits = hash_bits(events, self.projections)  # (B, D, m)
         # the last row 0: the product is T <s_q, s_h> alone, ties go to the most recent (top_k_distinct)
         return {"signatures": self.signature_matrix(bits, first >= 0, torch.zeros_like(first), t), "distinct": grouped}
 
