@@ -37,8 +37,8 @@ class Dice(nn.Module):
             return x * (p + (1 - p) * self.alpha)
         # inference: the moving averages fold into one scale and shift; in place when no gradient is
         # needed (ranking many candidates runs Dice over every (behavior, candidate) pair)
-        scale = torch.rsqrt(self.norm.running_var + self.norm.eps)  # (F,)
-        p = torch.addcmul(-self.norm.running_mean * scale, x, scale)  # (N, F) (x - E[s]) / sqrt(Var[s] + eps)
+        scale, shift, _, _ = self.folded()  # (F,) each
+        p = torch.addcmul(shift, x, scale)  # (N, F) (x - E[s]) / sqrt(Var[s] + eps)
         if torch.is_grad_enabled():
             p = torch.sigmoid(p)
             return x * (p * (1 - self.alpha) + self.alpha)
