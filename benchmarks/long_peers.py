@@ -18,7 +18,10 @@ FuxiCTR); the table gives medians over ``--repeats``.
   .venv), with ``--set item_features=false`` (the synthetic log also has attribute bags and content vectors;
   the peers read item id and category only) and, for the two-stage models, ``time_gap=false`` (no time
   feature on the FuxiCTR side); ``sim`` runs ``search=soft`` (FuxiCTR's SIM has only the soft search).
-  Everything else is lifelong's defaults (embedding_dim 32, top_k 100, short_length 50, ...).
+  The hashing is the zoo configs' (SDIM ``hashes=8 hash_bits=4``: 2 signatures of 4 bits; ETA ``hashes=32``),
+  so both sides train the same model; ``--lifelong-defaults`` keeps lifelong's, the papers' (SDIM 48 bits in
+  16 signatures of 3, ETA 64 bits). Everything else is lifelong's defaults (embedding_dim 32, top_k 100,
+  short_length 50, ...).
 - FuxiCTR: ``benchmarks/peers/fuxictr_longctr.py`` (in .venv-bench) runs the model of FuxiCTR's LongCTR zoo
   (``../shared/peers/fuxictr-longctr``) with the zoo's config as the base and embedding_dim 32, top-k 100,
   the same L, B and T, its DataLoader workers (``--num-workers``, default the zoo config's 3).
@@ -68,6 +71,10 @@ LIFELONG_OPTIONS = {  # the peers' feature set: item id and category, no time
     "eta": ["item_features=false", "time_gap=false"],
     "sim": ["item_features=false", "time_gap=false", "search=soft"],
     "twin": ["item_features=false", "time_gap=false"],
+}
+MATCHED_HASHES = {  # the zoo configs' hashing (lifelong's defaults are the papers': SDIM 48 bits / tau 3, ETA 64 bits)
+    "sdim": ["hashes=8", "hash_bits=4"],  # num_hashes 2 x hash_bits 4: 2 signatures of 4 bits
+    "eta": ["hashes=32"],  # hash_bits 32
 }
 REFERENCE = "SDIM 723 samples/s at 2.4 GB RSS at L = 1,000 (FuxiCTR's LongCTR loader; this machine kind, 2026-11-22)"
 BAR = (3.0, 0.5)  # issue 28: sdim and eta at >= 3x FuxiCTR's samples/s with <= half its peak RSS
@@ -197,7 +204,8 @@ def score(data: Path, predictions: Path, result: Path, env: dict) -> dict:
 
 def lifelong_run(args, data: Path, model: str, repeat: int, env: dict) -> dict:
     run = args.work / "runs" / f"lifelong-{model}-{repeat}"
-    options = LIFELONG_OPTIONS[model] + args.lifelong_set
+    options = LIFELONG_OPTIONS[model] + ([] if args.lifelong_defaults else MATCHED_HASHES.get(model, [])) \
+        + args.lifelong_set
     command = [LIFELONG, "train", "--data", data, "--model", model, "--max-length", args.max_length,
                "--epochs", args.epochs, "--batch-size", args.batch_size, "--threads", args.threads,
                "--out", run, "--overwrite", "--no-progress", *[a for o in options for a in ("--set", o)]]
@@ -284,7 +292,12 @@ def markdown(args, data: Path, info: dict, rows: list[dict], entries: list[dict]
         f"{args.epochs} epoch(s), each run a fresh process, median of {args.repeats} run(s).",
         "- lifelong: `lifelong train` with its defaults (embedding_dim 32, top_k 100, short_length 50) and "
         "`item_features=false` (item id + category, as the peers), `time_gap=false` for the two-stage models, "
-        "`search=soft` for sim; batches built in the training process (no workers).",
+        "`search=soft` for sim; batches built in the training process (no workers). "
+        + ("Hashing: lifelong's defaults, the papers' (SDIM 48 bits in signatures of 3, ETA 64 bits)."
+           if args.lifelong_defaults else
+           "Hashing as the zoo configs have it, so both sides run the same model: SDIM `hashes=8 hash_bits=4` (2 "
+           "signatures of 4 bits), ETA `hashes=32` (lifelong's defaults are the papers': SDIM 48 bits in 16 "
+           "signatures of 3, ETA 64 bits; `--lifelong-defaults`)."),
         f"- FuxiCTR {fx_run.get('version', '2.3.10')}: the LongCTR zoo's model (../shared/peers/fuxictr-longctr), its "
         "model config as the base with embedding_dim 32 and top-k 100, LongCTRDataLoader with "
         f"{fx_run.get('params', {}).get('num_workers', '?')} DataLoader workers; pad_sequences from "
@@ -340,6 +353,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads, both sides")
     parser.add_argument("--num-workers", type=int, help="FuxiCTR DataLoader workers (default: its config's 3)")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--lifelong-defaults", action="store_true",
+                        help="lifelong's own hashing (the papers': SDIM 48 bits / tau 3, ETA 64 bits) instead of the "
+                             "zoo configs' (SDIM 2 x 4 bits, ETA 32 bits)")
     parser.add_argument("--lifelong-set", action="append", default=[], help="extra lifelong model option key=value")
     parser.add_argument("--fuxictr-set", action="append", default=[], help="extra FuxiCTR parameter key=value")
     parser.add_argument("--sample-every", type=float, default=0.1, help="seconds between /proc samples")

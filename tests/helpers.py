@@ -106,6 +106,15 @@ def repeating_batch(users: int = 5, length: int = 120, pool: int = 6, seed: int 
                  timestamps=timestamps.max(dim=1).values + 60)
 
 
+def many_keys_batch(length: int = 300) -> Batch:
+    """:func:`repeating_batch` over every item of model_configs.TINY_VOCAB: about 28 distinct events per user."""
+    batch = repeating_batch(length=length)
+    mask = batch.history_mask
+    items = torch.randint(2, 30, mask.shape, generator=torch.Generator().manual_seed(33))
+    batch.history_items, batch.history_cates = items * mask, (items % 5 + 2) * mask
+    return batch
+
+
 def assert_candidates_score_as_forward_passes(model, batch: Batch, k: int = 5, seed: int = 0) -> torch.Tensor:
     """A ranking model in eval mode: K candidates scored against one encoded state (without gradients, as
     serving does) equal K forward passes with each candidate as the batch's target, and a user's

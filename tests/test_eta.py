@@ -11,7 +11,7 @@ from lifelong.models.ranking import Candidates
 from lifelong.nn.hashing import hamming_distance, hash_bits, pack_bits, popcount
 from lifelong.nn.search import gather_events
 
-from helpers import random_batch, random_candidates, repeating_batch, select, select_candidates
+from helpers import many_keys_batch, random_batch, random_candidates, repeating_batch, select, select_candidates
 from model_configs import TINY_CONFIGS, TINY_VOCAB
 
 
@@ -145,3 +145,16 @@ def test_hamming_top_k_recalls_most_of_the_inner_product_top_k():
     best = torch.topk(inner, 50, dim=-1).indices
     recall = sum(len(got[b][j] & set(best[b, j].tolist())) for b in range(users) for j in range(k)) / (users * k * 50)
     assert recall > 0.55, f"recall {recall:.3f}"
+
+
+def test_search_over_many_distinct_keys_cut_to_a_bound_selects_the_events_of_the_search_over_every_event():
+    """At least 8 k distinct keys: the keys are first cut to those at or above a bound k of them reach
+    (lifelong.nn.search.best_keys); the same events and scores as hashing every event."""
+    batch = many_keys_batch()
+    candidates = random_candidates(batch, k=6, seed=32)
+    distinct, every = eta(hashes=6, top_k=2), eta(hashes=6, top_k=2, distinct=False)
+    with torch.no_grad():
+        assert distinct.encode_user(batch).distinct.first.shape[1] >= 16
+        assert search_sets(distinct, batch, candidates) == search_sets(every, batch, candidates)
+        torch.testing.assert_close(distinct.score(distinct.encode_user(batch), candidates),
+                                   every.score(every.encode_user(batch), candidates))

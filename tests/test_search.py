@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from lifelong.models import build_model
 from lifelong.models.long_sequence import scoring_gaps
 from lifelong.nn.search import (
-    NEGATIVE, ExactAttention, embed_in_chunks, gather_events, last_events, top_k_events,
+    NEGATIVE, DistinctKeys, ExactAttention, best_keys, distinct_keys, embed_in_chunks, gather_events, last_events,
+    top_k_distinct, top_k_events,
 )
 
 from helpers import random_batch, random_candidates
@@ -171,3 +172,56 @@ def test_top_k_with_many_ties_keeps_the_highest_then_the_most_recent():
             for c in range(5):
                 ranked = sorted(range(60), key=lambda t: (float(scores[b, c, t]), t), reverse=True)[:k]
                 assert sorted(got[b, c].tolist()) == sorted(ranked), (k, b, c)
+
+
+@pytest.mark.parametrize("n_levels", [1, 3])
+@pytest.mark.parametrize("k", [1, 7, 40])
+def test_top_k_over_distinct_keys_selects_the_top_k_events_with_ties_to_the_most_recent(k, n_levels):
+    """Few keys repeated over long histories, integer key scores and a few offset levels (many ties, as ETA's
+    Hamming distances and TWIN's time-gap buckets have): the same events as ranking every event by
+    (key score + offset, position), whatever bounds the search reads the keys with."""
+    g = torch.Generator().manual_seed(k * 10 + n_levels)
+    b, kk, t = 3, 5, 90
+    ids = torch.randint(1, 9, (b, t), generator=g)
+    mask = torch.ones(b, t, dtype=torch.bool)
+    mask[1, 60:] = False  # a shorter user
+    mask[2, 3:] = False  # fewer events than k
+    keys = distinct_keys(ids, mask, t)
+    d = keys.first.shape[1]
+    base = torch.randint(0, 3, (b, kk, d), generator=g).float()
+    level_values = torch.tensor([0.0, 1.0, 2.0])[:n_levels]
+    event_level = torch.randint(0, n_levels, (b, t), generator=g)  # per history event, as a time-gap bucket
+    segment = keys.segments()
+    level = event_level[segment // d, keys.positions]
+    p = level.numel()  # each key's events by offset, highest first, then the most recent (the listing order)
+    order = torch.argsort((segment * n_levels + (n_levels - 1 - level)) * p + torch.arange(p))
+    positions, level = keys.positions[order], level[order]
+    first = torch.where(keys.first >= 0, positions[keys.start.clamp(max=p - 1)], -1)
+    listed = DistinctKeys(first, keys.start, keys.count, positions)
+    index, valid = top_k_distinct(base, level_values[level], listed, t, k)
+    compact = torch.unique(torch.where(mask, ids, -1), return_inverse=True)[1]
+    for u in range(b):
+        slot_of = {int(compact[u, int(keys.first[u, s])]): s for s in range(d) if keys.first[u, s] >= 0}
+        real = [i for i in range(t) if mask[u, i]]
+        for c in range(kk):
+            score = {i: float(base[u, c, slot_of[int(compact[u, i])]]) + float(level_values[event_level[u, i]])
+                     for i in real}
+            expected = set(sorted(real, key=lambda i: (-score[i], -i))[:k])
+            assert set(index[u, c][valid[u, c]].tolist()) == expected, (u, c)
+
+
+@pytest.mark.parametrize("integral", [True, False])
+@pytest.mark.parametrize("n", [3, 10])
+def test_best_keys_cut_to_a_bound_then_ordered_are_the_best_by_score_then_position(n, integral):
+    """Many keys (the cut to a bound runs from 8 n keys), few distinct scores (ties at the cut, which go to
+    the highest position) and absent keys: the same keys, in the same order, as ordering every key."""
+    g = torch.Generator().manual_seed(n)
+    b, kk, d, t = 2, 4, 40 * n + 3, 1000
+    scores = torch.randint(0, 3 * n, (b, kk, d), generator=g).float() * (7 if integral else 0.37)
+    scores[1, :, -5:] = float("-inf")  # absent keys
+    positions = torch.stack([torch.randperm(t, generator=g)[:d] for _ in range(b)])
+    got = best_keys(scores, positions, t, n, integral)
+    for u in range(b):
+        for c in range(kk):
+            expected = sorted(range(d), key=lambda i: (-float(scores[u, c, i]), -int(positions[u, i])))[:n]
+            assert got[u, c].tolist() == expected, (u, c)

@@ -12,7 +12,7 @@ from lifelong.models import build_model
 from lifelong.models.tin import interval_buckets
 from lifelong.nn.search import gather_events, top_k_events
 
-from helpers import random_batch, random_candidates, repeating_batch, select, select_candidates
+from helpers import many_keys_batch, random_batch, random_candidates, repeating_batch, select, select_candidates
 from model_configs import TINY_CONFIGS, TINY_VOCAB
 
 
@@ -145,3 +145,17 @@ def test_search_over_distinct_behaviors_selects_the_events_of_the_search_over_ev
         torch.testing.assert_close(distinct.score(state.select(rows), select_candidates(candidates, rows)), scores[rows])
     sizes = [len(s) for row in search_sets(distinct, batch, candidates) for s in row]
     assert max(sizes) == top_k and min(sizes) == 3
+
+
+@pytest.mark.parametrize("time_gap", [True, False])
+def test_search_over_many_distinct_behaviors_cut_to_a_bound_selects_the_events_of_the_search_over_every_event(time_gap):
+    """At least 8 k distinct behaviors: they are first cut to those at or above a bound k of them reach
+    (lifelong.nn.search.best_keys); the same top k and scores as scoring every event."""
+    batch = many_keys_batch()
+    candidates = random_candidates(batch, k=6, seed=32)
+    distinct, every = twin(top_k=2, time_gap=time_gap), twin(top_k=2, time_gap=time_gap, distinct=False)
+    with torch.no_grad():
+        assert distinct.encode_user(batch).distinct.first.shape[1] >= 16
+        assert search_sets(distinct, batch, candidates) == search_sets(every, batch, candidates)
+        torch.testing.assert_close(distinct.score(distinct.encode_user(batch), candidates),
+                                   every.score(every.encode_user(batch), candidates))

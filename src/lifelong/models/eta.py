@@ -183,7 +183,8 @@ class ETA(LongSequenceModel):
         keys = torch.bmm(query, signatures)  # (B, K, T) T <s_q, s_h> + position, distinct
         if state.distinct is not None:  # (B, K, D) T <s_q, s_h> per distinct key
             offsets = keys.new_zeros(state.distinct.positions.shape)  # events of a key differ by recency alone
-            return top_k_distinct(keys, offsets, state.distinct, t, self.config.top_k, integral=True)
+            levels = keys.new_zeros(1), state.distinct.count.unsqueeze(-1)  # one offset level: 0
+            return top_k_distinct(keys, offsets, state.distinct, t, self.config.top_k, integral=True, levels=levels)
         return top_k_events(keys, self.config.top_k, ties=False)
 
     def long_interest(self, state: ETAState, candidates: Candidates, target: torch.Tensor) -> torch.Tensor:

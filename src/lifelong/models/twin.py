@@ -128,10 +128,17 @@ class TWIN(LongSequenceModel):
             offsets, rank = table[listed_gaps], bucket_rank[listed_gaps]  # (P,)
             n, p = values.numel(), offsets.numel()
             # each key's events by bias, highest first; ties keep the listing's recency order
-            order = torch.argsort((segment * n + (n - 1 - rank)) * p + torch.arange(p, device=offsets.device))
+            b, d = grouped.first.shape
+            code = segment * n + (n - 1 - rank)  # (user, behavior), then the bias level, highest first
+            if b * d * n < 2 ** 31:
+                code = code.int()  # a faster sort
+            order = torch.sort(code, stable=True).indices  # stable: the listing's recency order within a level
             positions, offsets = grouped.positions[order], offsets[order]
             first = torch.where(grouped.first >= 0, positions[grouped.start.clamp(max=max(p - 1, 0))], -1)
+            # how many events of each behavior fall in each bias level (ascending)
+            levels = values, torch.bincount(code, minlength=b * d * n).view(b, d, n).flip(-1)
             grouped = DistinctKeys(first, grouped.start, grouped.count, positions)
+            return top_k_distinct(base, offsets, grouped, t, self.config.top_k, levels=levels)
         return top_k_distinct(base, offsets, grouped, t, self.config.top_k)
 
     def search_scores(self, state: TWINState, candidates: Candidates, target: torch.Tensor) -> torch.Tensor:

@@ -212,15 +212,13 @@ def distinct_keys(ids: torch.Tensor, mask: torch.Tensor, cap: int) -> DistinctKe
     return DistinctKeys(first, start, count, order[keep] % max(t, 1))
 
 
-LOWEST = torch.iinfo(torch.int64).min  # an integral key below every real one
-
-
 def ordered(scores: torch.Tensor, positions: torch.Tensor, t: int, integral: bool = False) -> torch.Tensor:
-    """Keys that order events by float32 ``scores``, ties to the most recent ``positions`` (in ``[0, t)``).
+    """Float64 keys that order events by float32 ``scores``, ties to the most recent ``positions`` (in
+    ``[0, t)``); -inf stays -inf.
 
-    Float64 keys: each score plus a fraction of its gap to the next float32, growing with the position
-    (exact: float64 has 29 bits below a float32's last one); -inf stays -inf. ``integral`` (scores are
-    integers, as ETA's): int64 keys ``score (t + 1) + position``, :data:`LOWEST` for -inf.
+    Each score plus a fraction of its gap to the next float32, growing with the position (exact: float64
+    has 29 bits below a float32's last one). ``integral`` (the scores are integers, as ETA's): ``score
+    (t + 1) + position``, exact while that stays below 2**53.
 
     Example:
         >>> keys = ordered(torch.tensor([1.0, 1.0, 0.5]), torch.tensor([3, 7, 9]), t=10)
@@ -228,25 +226,69 @@ def ordered(scores: torch.Tensor, positions: torch.Tensor, t: int, integral: boo
         [1, 0, 2]
     """
     if integral:
-        finite = torch.isfinite(scores)
-        keys = torch.where(finite, scores, 0.0).long() * (t + 1) + positions
-        return keys.masked_fill(~finite, LOWEST)
+        return scores.double().mul_(t + 1).add_(positions)
     gap = (torch.nextafter(scores, torch.full_like(scores, float("inf"))) - scores).double()
     keys = scores.double() + gap * ((positions.double() + 1) / (t + 1))
     return keys.masked_fill(torch.isinf(scores), float("-inf"))
 
 
+def best_keys(scores: torch.Tensor, positions: torch.Tensor, t: int, n: int, integral: bool = False) -> torch.Tensor:
+    """(B, K, n) the ``n`` best keys of each row by (score, position), best first: :func:`ordered`'s order.
+
+    A full ``topk`` over many keys costs more than the search's product, so with at least ``8 n`` keys the
+    rows are first cut to the keys at or above a bound that ``n`` keys reach: the ``n``-th highest of the
+    maxima of ``4 n`` blocks (``n`` blocks hold a key at or above it). The keys above the cut (a few times
+    ``n`` on search scores, ties at the cut included) are then ordered exactly.
+
+    Args:
+        scores: (B, K, D) float32 each key's score, -inf for absent keys.
+        positions: (B, D) each key's position (ties go to the highest).
+        t: the history length (positions are in ``[0, t)``).
+        n: keys to keep (at most D).
+        integral: the scores are integers (see :func:`ordered`).
+    """
+    b, kk, d = scores.shape
+    if d < 8 * n:
+        return torch.topk(ordered(scores, positions.view(b, 1, d), t, integral), n, dim=-1).indices
+    blocks = 4 * n
+    width = d // blocks
+    maxima = scores[..., : blocks * width].reshape(b, kk, width, blocks).amax(dim=-2)  # block j: keys j mod blocks
+    bound = torch.topk(maxima, n, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)  # n keys reach it
+    flat = (scores >= bound).view(-1).nonzero().squeeze(1)  # (N,) the keys above the cut, row by row
+    row, column = flat // d, flat % d
+    per_row = torch.bincount(row, minlength=b * kk)
+    slot = torch.arange(flat.numel(), device=scores.device) - (torch.cumsum(per_row, 0) - per_row)[row]
+    table = torch.full((b * kk, int(per_row.max())), float("-inf"), dtype=torch.float64, device=scores.device)
+    table[row, slot] = ordered(scores.view(-1)[flat], positions[row // kk, column], t, integral)
+    where = torch.zeros(table.shape, dtype=torch.long, device=scores.device)
+    where[row, slot] = column
+    return where.gather(-1, torch.topk(table, n, dim=-1).indices).view(b, kk, n)
+
+
 def top_k_distinct(base: torch.Tensor, offsets: torch.Tensor, keys: DistinctKeys, t: int,
-                   k: int, integral: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                   k: int, integral: bool = False,
+                   levels: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The top ``k`` events of a search whose event score is its key's score plus a per-event term
     (``base(key) + offset(event)``, ties to the most recent event), from the distinct keys
     (:func:`distinct_keys`): the same selection as scoring every event.
 
     Each key lists its events best first (``offsets`` non-increasing, ties the most recent first), so a
-    key's best event is its first. The key ranked ``r``-th (from 0) by its best event has ``r`` keys whose
-    best events beat all of its events, so at most ``k - r`` of its events reach the top ``k``. The search
-    keeps the ``k`` best keys, reads at most ``k - r`` events of each (ragged: no (K, k, k) table) and
-    takes the top ``k`` of them.
+    key's best event is its first and its worst its last. The keys are ranked by their best event
+    (:func:`best_keys`); only the ``k`` best can hold a selected event, and the search reads a prefix of
+    each, as short as these bounds allow (ragged: no (K, k, k) table), then takes the top ``k`` of what it
+    read:
+
+    - a threshold ``tau`` with at least ``k`` events at or above it (the ``k``-th best key's best event, or
+      the score where the keys' worst events, best first, add up to ``k`` events): no event below it is
+      selected, so a key is read only down to ``tau`` (its events per offset level, ``levels``);
+    - the key ranked ``r``-th (from 0): the ``A`` events of the ``a`` keys whose worst event beats its best,
+      and the best event of each of the other keys ranked above it, beat all of its events, so at most
+      ``k - A - (r - a)`` of them can be selected.
+
+    With one offset level (ETA: all of a key's events score the same) this reads the keys above the
+    ``k``-th event's score whole (fewer than ``k`` events) and, at that score, at most as many as remain,
+    the key with the most recent best event first: about ``k`` events per candidate instead of the
+    ``k (k + 1) / 2`` of the rank bound alone.
 
     Args:
         base: (B, K, D) float32 each key's score without the per-event term (ETA: ``T <s_q, s_h>``; TWIN:
@@ -255,7 +297,9 @@ def top_k_distinct(base: torch.Tensor, offsets: torch.Tensor, keys: DistinctKeys
         keys: :class:`DistinctKeys`; ``first`` holds each key's first listed event.
         t: the history length ``T`` (ties resolve by position).
         k: events to keep.
-        integral: the scores are integers (exact int64 keys, see :func:`ordered`).
+        integral: the scores are integers (see :func:`ordered`).
+        levels: ``(values, counts)``: the distinct offsets (n,) ascending and (B, D, n) how many of each
+            key's events have each; None: computed from ``offsets``.
 
     Returns:
         index (B, K, n) positions, ``n = min(k, events read)``, and valid (B, K, n) bool (False where a
@@ -264,31 +308,83 @@ def top_k_distinct(base: torch.Tensor, offsets: torch.Tensor, keys: DistinctKeys
     b, kk, d = base.shape
     device = base.device
     rows = torch.arange(b, device=device).view(b, 1, 1)
-    first = keys.first.clamp(min=0)
-    first_offset = offsets[keys.start.clamp(max=max(offsets.numel() - 1, 0))] if offsets.numel() else \
-        base.new_zeros(keys.first.shape)
-    best = (base + first_offset.view(b, 1, d)).masked_fill((keys.first < 0).unsqueeze(1), float("-inf"))
+    p = offsets.numel()
+    values, level_counts = offset_levels(offsets, keys) if levels is None else levels
+    one_level = values.numel() == 1
+    best = base  # each key's best event: its score plus its first event's offset
+    if not one_level or bool(values[0] != 0):
+        best = base + offsets[keys.start.clamp(max=max(p - 1, 0))].view(b, 1, d)
+    if bool((keys.first < 0).any()):
+        best = best.masked_fill((keys.first < 0).unsqueeze(1), float("-inf"))
     n_keys = min(k, d)
-    _, top = torch.topk(ordered(best, first.view(b, 1, d).expand_as(best), t, integral), n_keys, dim=-1)  # best first
+    top = best_keys(best, keys.first.clamp(min=0), t, n_keys, integral)  # (B, K, n_keys) best first
+    counts = keys.count[rows, top]
+    top_best, top_base = best.gather(-1, top), base.gather(-1, top)
+    # the keys' worst events, best first (keys whose worst event beats a key's best rank above it)
+    if one_level:
+        worst, worst_counts = top_best, counts  # one level: a key's events all score the same
+    else:
+        lowest = (level_counts > 0).long().argmax(dim=-1)  # (B, D) each key's lowest offset level
+        worst = (top_base + values[lowest[rows, top]]).masked_fill(top_best == float("-inf"), float("-inf"))
+        worst, by_worst = torch.sort(worst, dim=-1, descending=True)
+        worst_counts = counts.gather(-1, by_worst)
+    held = torch.cumsum(worst_counts, dim=-1)  # (B, K, n_keys) events of the keys at or above each worst
+    enough = held >= k
+    tau = torch.where(enough.any(dim=-1), worst.gather(-1, enough.long().argmax(dim=-1, keepdim=True)).squeeze(-1),
+                      float("-inf"))  # at least k events score tau or more
+    if n_keys == k:
+        tau = torch.maximum(tau, top_best[..., -1])  # the k best keys' best events
+    # events of each key at or above tau (a prefix of its listing)
+    if one_level:
+        above_tau = torch.where(top_best >= tau.unsqueeze(-1), counts, 0)
+    else:  # the lowest level whose events reach tau, and the events at or above it
+        n_levels = values.numel()
+        level = torch.searchsorted(values, (tau.unsqueeze(-1) - top_base).contiguous())  # (B, K, n_keys)
+        reaches = lambda at: top_base + values[at.clamp(max=n_levels - 1)] >= tau.unsqueeze(-1)  # noqa: E731
+        while True:  # the events' own float32 sums decide (rounding): down while the level below reaches tau
+            lower = (level > 0) & reaches(level - 1)
+            if not bool(lower.any()):
+                break
+            level = level - lower.long()
+        level = level + ((level < n_levels) & ~reaches(level)).long()  # up one where this level falls short
+        at_or_above = torch.cat([level_counts.flip(-1).cumsum(dim=-1).flip(-1), level_counts[..., :1] * 0], dim=-1)
+        above_tau = at_or_above.view(-1)[((rows * d + top) * (n_levels + 1) + level).flatten()].view_as(level)
+    beaten_by = torch.searchsorted(-worst.contiguous(), -top_best.contiguous())  # (B, K, n_keys) keys whose worst beats it
+    better = torch.where(beaten_by > 0, held.gather(-1, (beaten_by - 1).clamp(min=0)), 0)
     rank = torch.arange(n_keys, device=device)
-    lengths = torch.minimum(keys.count[rows, top], k - rank).clamp(min=0)  # events read from each key
-    lengths = lengths.masked_fill(best.gather(-1, top) == float("-inf"), 0).flatten()  # (B K n_keys,)
+    lengths = torch.minimum(above_tau, k - better - (rank - beaten_by)).clamp(min=0)  # events read from each key
+    lengths = lengths.masked_fill(top_best == float("-inf"), 0).flatten()  # (B K n_keys,)
     segment = torch.repeat_interleave(torch.arange(lengths.numel(), device=device), lengths)  # (E,)
     listed = DistinctKeys.listed(keys.start[rows, top], lengths)  # (E,) indices into keys.positions
     positions = keys.positions[listed]
-    scores = ordered(base.gather(-1, top).flatten()[segment] + offsets[listed], positions, t, integral)
+    scores = top_base.flatten()[segment]
+    if not one_level or bool(values[0] != 0):
+        scores = scores + offsets[listed]
+    scores = ordered(scores, positions, t, integral)
     row = segment // n_keys  # the (user, candidate) of each read event
     per_row = lengths.view(b * kk, n_keys).sum(dim=1)
     slot = torch.arange(segment.numel(), device=device) - (torch.cumsum(per_row, 0) - per_row)[row]
     width = max(int(per_row.max()) if per_row.numel() else 0, 1)
-    lowest = LOWEST if integral else float("-inf")
-    table = torch.full((b * kk, width), lowest, dtype=scores.dtype, device=device)
+    table = torch.full((b * kk, width), float("-inf"), dtype=scores.dtype, device=device)
     table[row, slot] = scores
     where = torch.zeros((b * kk, width), dtype=torch.long, device=device)
     where[row, slot] = positions
     n = min(k, width)
-    values, picked = torch.topk(table, n, dim=-1, sorted=False)
-    return where.gather(-1, picked).view(b, kk, n), (values > lowest).view(b, kk, n)
+    kept, picked = torch.topk(table, n, dim=-1, sorted=False)
+    return where.gather(-1, picked).view(b, kk, n), (kept > float("-inf")).view(b, kk, n)
+
+
+def offset_levels(offsets: torch.Tensor, keys: DistinctKeys) -> tuple[torch.Tensor, torch.Tensor]:
+    """The offset levels :func:`top_k_distinct` reads keys by: the distinct values of ``offsets`` (n,),
+    ascending, and (B, D, n) how many events of each key have each."""
+    b, d = keys.first.shape
+    if offsets.numel() == 0 or bool((offsets == offsets[0]).all()):
+        value = offsets[:1] if offsets.numel() else offsets.new_zeros(1)
+        return value, keys.count.unsqueeze(-1)
+    values, level = torch.unique(offsets, return_inverse=True)
+    n = values.numel()
+    counts = torch.bincount(keys.segments() * n + level, minlength=b * d * n).view(b, d, n)
+    return values, counts
 
 
 def embed_events(embedding: nn.Module, items: torch.Tensor, cates: torch.Tensor, behaviors: torch.Tensor | None = None,
