@@ -14,7 +14,10 @@ from lifelong.models.ranking import Candidates
 from lifelong.nn.search import gather_events
 
 from test_search import full_attention
-from helpers import assert_candidates_score_as_forward_passes, random_batch, random_candidates, select
+from helpers import (
+    assert_candidates_score_as_forward_passes, many_keys_batch, random_batch, random_candidates, repeating_batch, select,
+    select_candidates,
+)
 from model_configs import TINY_CONFIGS, TINY_VOCAB
 
 
@@ -170,3 +173,21 @@ def test_soft_search_ties_go_to_the_most_recent_event_whatever_the_padding():
     assert got == wider
     for chosen in got[0]:
         assert chosen in ({4, 2}, {5, 3}, {4, 5})
+
+
+@pytest.mark.parametrize("batch_of, top_k", [(repeating_batch, 4), (repeating_batch, 25), (many_keys_batch, 2)])
+def test_soft_search_over_distinct_events_selects_the_events_of_the_search_over_every_event(batch_of, top_k):
+    """Histories that repeat events: each distinct event is projected once and a key gives several of its
+    events (the most recent) to the top k; with 8 k keys and more they are first cut to a bound. The same
+    events and scores as projecting every event."""
+    batch = batch_of()
+    candidates = random_candidates(batch, k=6, seed=31)
+    distinct, every = sim("soft", top_k=top_k).eval(), sim("soft", top_k=top_k, distinct=False).eval()
+    with torch.no_grad():
+        state = distinct.encode_user(batch)
+        assert state.distinct is not None and every.encode_user(batch).distinct is None
+        assert retrieved(distinct, batch, candidates) == retrieved(every, batch, candidates)
+        scores = distinct.score(state, candidates)
+        torch.testing.assert_close(scores, every.score(every.encode_user(batch), candidates))
+        rows = torch.tensor([3, 0])  # a cache's rows
+        torch.testing.assert_close(distinct.score(state.select(rows), select_candidates(candidates, rows)), scores[rows])

@@ -37,6 +37,11 @@ Deviations:
   - Soft search: ties in ``r_i`` are broken towards the most recent event
     (:func:`lifelong.nn.search.top_k_events`). The GSU and ESU share the id embeddings (one
     :class:`lifelong.nn.features.FeatureEmbedding`).
+  - Soft search without gradients (evaluation, serving): the history is grouped by distinct event
+    (item, category, context: equal events score equally) when those are at most half the events, as in
+    lifelong histories; each is projected once and a candidate costs one product per distinct event,
+    then at most ``top_k`` events read from the best (:func:`lifelong.nn.search.top_k_distinct`); the
+    same selection (tested). ``distinct=False`` projects every event.
   - Time gaps are TIN's log2-minute buckets (:func:`lifelong.models.tin.interval_buckets`), embedded and
     concatenated to the event (the paper's ``e_i ⊕ d_i``); ``top_k`` defaults to 100.
 """
@@ -52,12 +57,14 @@ from torch.utils.checkpoint import checkpoint
 
 from lifelong.batch import Batch
 from lifelong.models.long_sequence import (
-    LongSequenceModel, LongSequenceState, TwoStageConfig, event_fields, exact_interest,
+    LongSequenceModel, LongSequenceState, TwoStageConfig, event_fields, event_keys, exact_interest,
 )
 from lifelong.models.ranking import Candidates
 from lifelong.models.registry import register
 from lifelong.nn import MLP
-from lifelong.nn.search import NEGATIVE, ExactAttention, embed_events, top_k_events
+from lifelong.nn.search import (
+    NEGATIVE, DistinctKeys, ExactAttention, distinct_keys, embed_events, top_k_distinct, top_k_events,
+)
 
 
 @dataclass
@@ -67,6 +74,9 @@ class SIMConfig(TwoStageConfig):
         search_dim: width of the soft search's projections ``W_a``, ``W_b``.
         aux_weight: ``alpha``, the weight of the soft search's auxiliary loss.
         aux_hidden: the auxiliary MLP's hidden sizes (ReLU).
+        distinct: soft search without gradients (evaluation, serving): project each distinct event (item,
+            category, context) once and search over the distinct ones when they are at most half the
+            history (the same selection).
         (and :class:`TwoStageConfig`'s ``top_k``, ESU heads, time gap, short sequence and MLP fields.)
     """
 
@@ -75,6 +85,7 @@ class SIMConfig(TwoStageConfig):
     search_dim: int = 32
     aux_weight: float = 1.0
     aux_hidden: tuple[int, ...] = (64, 32)
+    distinct: bool = True
 
     def validate(self) -> None:
         super().validate()
@@ -95,12 +106,16 @@ class SIMState(LongSequenceState):
         cate_order: (B, T) int64 (hard search) the position of each of them.
         search_keys: (B, search_dim + 1, T) (soft search) ``W_b e_i`` and a last row that is 0 at real
             events and a large negative at padding (so one product scores and masks), transposed (the
-            layout of the search's product); None for hard.
+            layout of the search's product); None for hard. With ``distinct``: (B, search_dim, D), one
+            column per distinct event.
+        distinct: (soft search without gradients) the history grouped by event
+            (:func:`lifelong.nn.search.distinct_keys`), or None.
     """
 
     sorted_cates: torch.Tensor | None = None
     cate_order: torch.Tensor | None = None
     search_keys: torch.Tensor | None = None
+    distinct: DistinctKeys | None = None
 
 
 @register(SIMConfig)
@@ -138,6 +153,14 @@ class SIM(LongSequenceModel):
             sorted_keys, order = torch.sort(cates * t + positions, dim=1)  # (category, time), unique
             return {"sorted_cates": torch.div(sorted_keys, t, rounding_mode="floor"), "cate_order": order}
 
+        if self.config.distinct and not torch.is_grad_enabled():
+            t = history.mask.shape[1]
+            grouped = distinct_keys(event_keys(history, self.config.n_cates), history.mask, self.config.top_k)
+            if grouped is not None and 2 * grouped.first.shape[1] <= t:
+                events = self.events(history, grouped.first.clamp(min=0).unsqueeze(1)).squeeze(1)  # (B, D, W)
+                keys = self.search_history(events) * (grouped.first >= 0).unsqueeze(-1)  # (B, D, search_dim)
+                return {"search_keys": keys.transpose(1, 2).contiguous(), "distinct": grouped}
+
         def keys(events: torch.Tensor) -> torch.Tensor:  # (B, n, W) -> (B, n, D + 1); padding fixed below
             return torch.cat([self.search_history(events), torch.zeros_like(events[..., :1])], dim=-1)
 
@@ -157,6 +180,12 @@ class SIM(LongSequenceModel):
             rows = torch.arange(len(query), device=query.device).view(-1, 1, 1)
             return state.cate_order[rows, slots.clamp(min=0)], valid
         with torch.no_grad():
+            if state.distinct is not None:  # r_i per distinct event; its events differ by recency alone
+                grouped = state.distinct
+                base = torch.bmm(self.search_target(target), state.search_keys)  # (B, K, D)
+                levels = base.new_zeros(1), grouped.count.unsqueeze(-1)  # one offset level: 0
+                return top_k_distinct(base, base.new_zeros(grouped.positions.shape), grouped, state.mask.shape[1],
+                                      self.config.top_k, levels=levels)
             query = torch.cat([self.search_target(target), torch.ones_like(target[..., :1])], dim=-1)  # (B, K, D + 1)
             scores = torch.bmm(query, state.search_keys)  # (B, K, T) r_i, padding NEGATIVE
         index = top_k_events(scores, k)
