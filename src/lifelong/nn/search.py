@@ -532,16 +532,18 @@ class ExactAttention(nn.Module):
         """
         if self.gap != "none" and gaps is None:
             raise ValueError("ExactAttention: the time gap needs gap buckets (the batch's timestamps)")
-        gap_rows = self.gap_embedding(gaps) if self.gap_embedding is not None else None  # (B, K, n, W)
+        reference = self.impl == "reference"
+        gap_rows = self.gap_embedding(gaps) if self.gap_embedding is not None and reference else None  # (B, K, n, W)
         q = self.queries(target)  # (B, K, H, d)
         width = events.shape[-1]
-        if self.impl == "reference":  # project every event, then attend
+        if reference:  # project every event, then attend
             logits = torch.einsum("bkhd,bknhd->bkhn", q, self.keys(events, gaps))  # (B, K, H, n)
         else:  # the key projection folded into the query (q W^k_h^T), applied to [e_i, d_i] in two parts (no concat)
             folded = torch.einsum("bkhd,hde->bkhe", q, self.key.weight.view(self.heads, self.head_dim, -1))
             logits = folded[..., :width] @ events.transpose(-1, -2)  # (B, K, H, n)
-            if self.gap == "concat":
-                logits = logits + folded[..., width:] @ gap_rows.transpose(-1, -2)
+            if self.gap == "concat":  # q' . d_g once per gap bucket g, read per event: no (B, K, n, W) gap rows
+                per_bucket = folded[..., width:] @ self.gap_embedding.weight.T  # (B, K, H, G)
+                logits = logits + per_bucket.gather(-1, gaps.unsqueeze(2).expand(-1, -1, self.heads, -1))
         bias = self.bias(gaps)
         if bias is not None:
             logits = logits + bias.transpose(-1, -2)
@@ -554,8 +556,11 @@ class ExactAttention(nn.Module):
         # the weighted inputs, projected once per head: (sum_i alpha_i [e_i, d_i]) W^v_h
         value = self.value.weight.view(self.heads, self.head_dim, -1)  # (H, d, Dv)
         out = torch.einsum("bkhe,hde->bkhd", weights @ events, value[..., :width])  # (B, K, H, d)
-        if gap_rows is not None:
-            out = out + torch.einsum("bkhe,hde->bkhd", weights @ gap_rows, value[..., width:])
+        if self.gap_embedding is not None:  # sum_i alpha_i d_{g_i} = sum_g (the weight of bucket g) d_g
+            table = self.gap_embedding.weight  # (G, W)
+            per_bucket = weights.new_zeros(*weights.shape[:-1], table.shape[0])  # (B, K, H, G)
+            per_bucket = per_bucket.scatter_add(-1, gaps.unsqueeze(2).expand(-1, -1, self.heads, -1), weights)
+            out = out + torch.einsum("bkhe,hde->bkhd", per_bucket @ table, value[..., width:])
         return out.flatten(-2)  # (B, K, W)
 
 
