@@ -79,9 +79,10 @@ def signature_codes(bits: torch.Tensor, bits_per_signature: int) -> torch.Tensor
     m = bits.shape[-1]
     if m % bits_per_signature:
         raise ValueError(f"{m} hash bits do not split into signatures of {bits_per_signature} bits")
-    weights = 2 ** torch.arange(bits_per_signature, device=bits.device)  # (tau,)
-    grouped = bits.view(*bits.shape[:-1], m // bits_per_signature, bits_per_signature).long()
-    return (grouped * weights).sum(dim=-1)
+    bit = torch.arange(m, device=bits.device)
+    weights = torch.zeros(m, m // bits_per_signature, device=bits.device)  # (m, m / tau): bit j -> its group
+    weights[bit, bit // bits_per_signature] = 2.0 ** (bit % bits_per_signature)
+    return (bits.to(weights.dtype) @ weights).long()  # one product; exact (codes below 2**24)
 
 
 def collision_probability(cosine: torch.Tensor | float, bits_per_signature: int) -> torch.Tensor:
