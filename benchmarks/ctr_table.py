@@ -1,4 +1,4 @@
-"""The README's CTR results table: every CTR model on P1 Beauty, P1 Sports, P1 MovieLens-100K and P4
+"""The CTR results table (docs/results/ctr_table.md): every CTR model on P1 Beauty, P1 Sports, P1 MovieLens-100K and P4
 Taobao, test AUC / GAUC / logloss as mean ± std over seeds, plus a plot of test AUC by history length
 on Beauty.
 
@@ -12,7 +12,7 @@ interrupted table continues where it stopped; ``--fresh`` starts over.
         [--workdir runs/ctr-table] [--repeat] [--fresh] [--report-only]
 
 A model SPEC is NAME or NAME:key=value:key=value (model options), e.g. ``dien:aux_weight=0``.
-Outputs in the workdir: ``table.json`` (one row per run), ``table.md`` (the README table) and
+Outputs in the workdir: ``table.json`` (one row per run), ``table.md`` (the table) and
 ``auc_by_length_beauty.png``.
 """
 
@@ -92,6 +92,19 @@ class RunFailed(RuntimeError):
     pass
 
 
+def git_commit() -> str | None:
+    """The checkout's commit (``+dirty``: with uncommitted changes), recorded in the JSON row of each run
+    trained by this invocation (a reused run's commit is not known here, so its row has none)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
 def run(command: list[str]) -> None:
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:
@@ -110,6 +123,7 @@ def results_of(out: Path, command: list[str], finished: bool, report_only: bool)
         except RunFailed as error:
             print(error, flush=True)
             return None
+        return {**json.loads((out / "results.json").read_text()), "commit": git_commit()}
     return json.loads((out / "results.json").read_text())
 
 
@@ -247,7 +261,8 @@ def main() -> None:
         out, command = train_command(work, dataset, spec, seed, attempt, args)
         if args.report_only and not finished_with(out, command):
             return None
-        if args.fresh or not finished_with(out, command):
+        trained = args.fresh or not finished_with(out, command)
+        if trained:
             subprocess.run(["rm", "-rf", str(out)], check=True)
             try:
                 run(command)
@@ -255,6 +270,8 @@ def main() -> None:
                 print(error, flush=True)
                 return None
         result = json.loads((out / "results.json").read_text())
+        if trained:
+            result["commit"] = git_commit()
         print(f"[{(time.time() - started) / 60:5.1f} min] {dataset} {label_of(spec)} seed {seed}: test AUC "
               f"{result['test']['auc']:.4f} (best epoch {result['best_epoch']}, "
               f"{result['train_samples_per_s']:,.0f} samples/s)", flush=True)
@@ -274,7 +291,7 @@ def main() -> None:
         row = {"dataset": dataset, "protocol": DATASETS[dataset][0], "spec": spec, "model": label_of(spec),
                "seed": seed, **result["test"], "valid_auc": result["valid"]["auc"],
                "best_epoch": result["best_epoch"], "train_samples_per_s": result["train_samples_per_s"],
-               "command": shown(command)}
+               "command": shown(command), **({"commit": result["commit"]} if result.get("commit") else {})}
         if (out / "test_predictions.npz").exists():
             lengths = np.load(out / "test_predictions.npz")["history_length"]
             row["bucket_auc"] = bucket_aucs(out / "test_predictions.npz")

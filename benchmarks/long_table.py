@@ -179,7 +179,8 @@ def main() -> None:
         source, length = TABLES[table]
         return {"table": table, "source": source, "L": MODELS[row][2] or length, "row": row, "model": LABELS[row],
                 "seed": seed, **result["test"], "valid_auc": result["valid"]["auc"], "best_epoch": result["best_epoch"],
-                "train_samples_per_s": result["train_samples_per_s"], "command": shown(command)}
+                "train_samples_per_s": result["train_samples_per_s"], "command": shown(command),
+                **({"commit": result["commit"]} if result.get("commit") else {})}
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         rows = [r for r in pool.map(one, jobs) if r is not None]

@@ -1,11 +1,11 @@
-"""The README's multi-interest retrieval table: the single-interest baseline and every multi-interest model
+"""The multi-interest retrieval table (docs/results/mi_table.md): the single-interest baseline and every multi-interest model
 on P3 ``mi-split`` Amazon Beauty, Amazon Sports and MovieLens-100K (users split 8:1:1; a held-out user's
 first 80% of behaviors retrieve the rest over the full catalogue), Recall / NDCG / HitRate at 20 and 50
 as mean ± std over seeds, beside the interests' redundancy (mean pairwise cosine, HCN's claim) and HSIC
 (DESMIL's), the category diversity of the top 50 and how many of the user's own input items it holds.
 Every model runs as its paper trains it and again with ``history_negatives`` (its own input items as
 extra negatives of each sample's softmax); ComiRec-SA also runs with MIND's label-aware attention power
-2, the setting chosen on Sports validation (README). A second table runs the DESMIL rows and their
+2, the setting chosen on Sports validation (docs/results/notes/mi_table.md). A second table runs the DESMIL rows and their
 plain counterparts on the *shifted* split (users ordered by their last event: the earliest 80% train,
 the latest 10% are tested).
 
@@ -49,7 +49,7 @@ TRAIN_FLAGS = {"lr": "--lr", "batch_size": "--batch-size", "epochs": "--epochs",
 # (``history_negatives``, an option of ours, not of the papers), and ComiRec's linear baseline tower
 PLAIN = "youtube_dnn,youtube_dnn:hidden=[],mind,comirec_dr:lr=0.005,comirec_sa,hcn,knn_embed"
 HN = ":history_negatives=true"
-# ComiRec-SA with MIND's soft label-aware attention (power 2), chosen on Sports validation (README)
+# ComiRec-SA with MIND's soft label-aware attention (power 2), chosen on Sports validation (docs/results/notes/mi_table.md)
 BEST = "comirec_sa:label_power=2"
 DEFAULT_MODELS = ",".join([PLAIN, "comirec_sa:desmil=1", *(spec + HN for spec in PLAIN.split(",")), BEST, BEST + HN])
 DEFAULT_SHIFTED = ",".join(["comirec_sa", "comirec_sa:desmil=1", BEST + HN, BEST + HN + ":desmil=1"])
@@ -176,7 +176,7 @@ def main() -> None:
         outcomes = list(pool.map(one, jobs))
     rows = [{"dataset": d, "spec": s, "seed": seed, "loss": r["loss"], "best_epoch": r["best_epoch"],
              **{m: r["test"].get(m) for m in (*METRICS, *REPORTS)}, "valid_recall@50": r["valid"]["recall@50"],
-             "command": c,
+             "command": c, **({"commit": r["commit"]} if r.get("commit") else {}),
              "single": {m: r["test"][f"single_{m}"] for m in (*METRICS, "top50_category_diversity")}
              if "single_recall@50" in r["test"] else None,
              "train_hsic": [r["train_hsic_uniform"], r["train_hsic_weighted"]] if "train_hsic_uniform" in r else None}

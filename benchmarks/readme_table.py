@@ -1,4 +1,4 @@
-"""Merge the ``table.json`` files (later ones replace earlier rows) written by ``ctr_table.py`` (and their reruns) into the README's markdown.
+"""Merge the ``table.json`` files (later ones replace earlier rows) written by ``ctr_table.py`` (and their reruns) into the markdown of the 12-epoch CTR table (docs/results/measurements.md).
 
     python benchmarks/readme_table.py runs/table-a/table.json runs/table-b/table.json ... \
         [--rerun runs/table-a2/table.json ...]

@@ -1,4 +1,4 @@
-"""The README's next-item retrieval table: every P2 model on Amazon Beauty, Amazon Sports and
+"""The next-item retrieval tables (docs/results/seq_table*.md): every P2 model on Amazon Beauty, Amazon Sports and
 MovieLens-100K (full ranking, history items masked), HR/NDCG@5/10/20 and Recall@50 as mean ± std over
 seeds, with the training loss of each row, next to the published numbers for the same protocol
 (the papers' own tables and the authors' released logs; each published row names its source).
@@ -47,7 +47,7 @@ DATASET_EPOCHS = {"ml100k": 200}
 # spec options that are training flags, not model options
 TRAIN_FLAGS = {"lr": "--lr", "batch_size": "--batch-size", "epochs": "--epochs", "patience": "--patience",
                "samples": "--samples", "lr_decay": "--lr-decay", "lr_decay_patience": "--lr-decay-patience"}
-# the rows of the README table (batch 64: more Adam steps per epoch than 256 converged faster on Beauty validation;
+# the rows of the table (batch 64: more Adam steps per epoch than 256 converged faster on Beauty validation;
 # full softmax gets patience 20, BCE, the slowest learner, 300 epochs and patience 40 as ICLRec; the first two rows
 # train on every prefix as its own row with batch 256, ICSRec's and BSARec's regime)
 DEFAULT_MODELS = ("sasrec:loss=full:batch_size=256:patience=20:samples=prefixes,"
@@ -248,7 +248,7 @@ def main() -> None:
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         outcomes = list(pool.map(one, range(len(jobs))))
     rows = [{"dataset": d, "spec": plain(s), "seed": seed, "loss": r["loss"], "best_epoch": r["best_epoch"],
-             "test_seconds": r["test_seconds"], "stopped_at": r.get("stopped_at"), **{m: r["test"][m] for m in METRICS}, "command": shown(c),
+             "test_seconds": r["test_seconds"], "stopped_at": r.get("stopped_at"), **{m: r["test"][m] for m in METRICS}, "command": shown(c), **({"commit": r["commit"]} if r.get("commit") else {}),
              "refit": {m: r["test_refit"][m] for m in METRICS} if "test_refit" in r else None}
             for (d, s, seed), c, r in (o for o in outcomes if o is not None)]
     trained = {(r["dataset"], r["spec"], r["seed"]) for r in rows}
