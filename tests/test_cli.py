@@ -153,9 +153,12 @@ def test_movielens_and_taobao_prepare(tmp_path):
 def test_demo_runs_end_to_end_on_a_small_synthetic_log(tmp_path):
     result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--users", "150", "--epochs", "1"])
     assert result.exit_code == 0, result.output
-    assert "sumpool" in result.output and "din" in result.output
+    assert "sumpool" in result.output and "din" in result.output and "sasrec" in result.output
     lines = (tmp_path / "demo" / "results.csv").read_text().splitlines()
-    assert len(lines) == 3  # header + one line per model
+    assert len(lines) == 3  # header + one line per CTR model
+    assert json.loads((tmp_path / "demo" / "sasrec" / "results.json").read_text())["test"]["n"] == 150
+    report = tmp_path / "demo" / "report" / "index.html"
+    assert report.exists() and f"report: {report}" in result.output  # the page of the three runs
 
 
 @pytest.mark.slow

@@ -1,6 +1,8 @@
-"""``lifelong``: prepare | train | evaluate | demo | models.
+"""``lifelong``: prepare | train | evaluate | models | demo | report | export | serve.
 
-A thin layer: parse options (command line over an optional TOML/YAML config file), call the stages.
+A thin layer over the Python API (:mod:`lifelong.api`): parse options (command line over an optional
+TOML/YAML/JSON config file), call the same function a notebook calls, print what it returns (readable in
+a terminal and in a log file: :mod:`lifelong.display`; ``--json`` where a program reads it).
 """
 
 from __future__ import annotations
@@ -10,75 +12,23 @@ import json
 import os
 import shlex
 import sys
-import tomllib
 import warnings
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
-import yaml
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
+from lifelong import __version__, api
+from lifelong.api import parse_assignments, read_config_file  # noqa: F401  (the config files' reader lives there)
+from lifelong.display import is_terminal, print_table, wrapped
 from lifelong.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="User-interest modeling for recommender systems: prepare logs, train, evaluate.")
-console = Console()
-errors = Console(stderr=True)
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, but a key given twice in one mapping is an error (as in TOML)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-def read_config_file(path: Optional[Path]) -> dict[str, Any]:
-    """Options from a TOML (.toml) or YAML (.yaml/.yml) file; empty without a file. A file that does not
-    parse (a duplicate key included) is a :class:`UserError` naming the file and the line."""
-    if path is None:
-        return {}
-    if not path.is_file():
-        raise UserError(f"--config {path} {'is a folder' if path.is_dir() else 'does not exist'}; "
-                        f"pass a TOML or YAML file of options")
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as error:
-        raise UserError(f"--config {path} cannot be read as text ({error})") from None
-    try:
-        values = tomllib.loads(text) if path.suffix == ".toml" else yaml.load(text, Loader=_UniqueKeyLoader)
-    except tomllib.TOMLDecodeError as error:
-        raise UserError(f"--config {path} is not valid TOML: {error}") from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        raise UserError(f"--config {path} is not valid YAML{where}: {getattr(error, 'problem', None) or error}") from None
-    if not isinstance(values, dict):
-        raise UserError(f"--config {path} must hold a table of options (key = value lines)")
-    return {key.replace("-", "_"): value for key, value in values.items()}
-
-
-def parse_assignments(pairs: list[str], what: str) -> dict[str, Any]:
-    """``key=value`` pairs; values parsed as JSON when they can be (numbers, lists, booleans)."""
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise UserError(f"{what} expects key=value, got {pair!r}")
-        key, value = pair.split("=", 1)
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
+console = Console(soft_wrap=True)  # long lines are not wrapped at 80 columns in a log file
+errors = Console(stderr=True, soft_wrap=True)
 
 
 # What a user can cause, shown as a message and exit code 2: a UserError (BadRowError included), an OSError
@@ -154,9 +104,17 @@ def _from_library(filename: str) -> bool:
     return not Path(filename).resolve().is_relative_to(PACKAGE)
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"lifelong {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _options(debug: bool = typer.Option(False, "--debug", help=f"show the traceback of an error (also "
-                                        f"{DEBUG_VARIABLE}=1); errors are otherwise one message and exit code 2")) -> None:
+                                        f"{DEBUG_VARIABLE}=1); errors are otherwise one message and exit code 2"),
+             version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                          help="print lifelong's version and exit")) -> None:
     _state["debug"] = debug
 
 
@@ -185,32 +143,19 @@ def prepare(
     overwrite: bool = typer.Option(False, help="replace an existing output folder"),
 ) -> None:
     """Validate a raw log and prepare it: one sequence per user, item table, vocabularies, samples."""
-    from lifelong.data import load_recipe
-    from lifelong.pipeline import ProtocolOptions, prepare as run_prepare
-
-    from lifelong.outputs import DATASET, check_output
-
-    if on_bad_rows not in ("error", "skip"):
-        _fail(UserError(f"--on-bad-rows must be 'error' or 'skip', got {on_bad_rows!r}"))
-    with user_errors():  # the output folder is checked before the log is read
-        check_output(out, DATASET, inputs=[input], overwrite=overwrite)
-    options: dict[str, Any] = {"timestamp_unit": timestamp_unit, "max_id_bytes": max_id_bytes}
     with user_errors():  # warnings (skipped rows per file, a missing side file) shown as lines, on failure too
-        if column:
-            options["columns"] = {k: str(v) for k, v in parse_assignments(column, "--column").items()}
-        protocol_options = ProtocolOptions(
-            name=protocol, seed=seed, max_train_per_user=max_train_per_user, t_valid=t_valid, t_test=t_test,
-            positive_behaviors=tuple(positive_behaviors.split(",")) if positive_behaviors else None,
-            user_order=user_order, min_events=min_events,
-        )
-        log = load_recipe(recipe, input, on_bad_rows=on_bad_rows, **options)
-        path = run_prepare(log, out, protocol_options, overwrite=overwrite)
+        path = api.prepare(
+            recipe, input, out, protocol=protocol, seed=seed, on_bad_rows=on_bad_rows,
+            columns={k: str(v) for k, v in parse_assignments(column, "--column").items()} or None,
+            timestamp_unit=timestamp_unit, max_id_bytes=max_id_bytes, max_train_per_user=max_train_per_user,
+            t_valid=t_valid, t_test=t_test, positive_behaviors=positive_behaviors, user_order=user_order,
+            min_events=min_events, overwrite=overwrite)
     manifest = json.loads((path / "manifest.json").read_text())
     if manifest["rejected_rows"]:
         errors.print(f"skipped {manifest['rejected_rows']} bad rows; they are in {path / 'rejected.csv'}")
-    console.print(f"prepared {path}: {manifest['n_events']:,} events, {manifest['n_users']:,} users, "
+    print(wrapped(f"prepared {path}: {manifest['n_events']:,} events, {manifest['n_users']:,} users, "
                   f"{manifest['n_items']:,} items, {manifest['n_categories']:,} categories; samples "
-                  + ", ".join(f"{k} {v:,}" for k, v in manifest["samples"].items()))
+                  + ", ".join(f"{k} {v:,}" for k, v in manifest["samples"].items()), "  "), flush=True)
 
 
 @app.command()
@@ -218,7 +163,7 @@ def train(
     data: Optional[str] = typer.Option(None, help="prepared dataset folder"),
     model: Optional[str] = typer.Option(None, help="model_type (see `lifelong models`)"),
     out: Optional[str] = typer.Option(None, help="run folder to create"),
-    config: Optional[Path] = typer.Option(None, help="TOML or YAML file of train options; model options go in a [model] table (with model_type) or [model_options]"),
+    config: Optional[Path] = typer.Option(None, help="TOML, YAML or JSON file of train options (configs/ holds one per results row); model options go in a [model] table (with model_type) or [model_options]; options given here win"),
     epochs: Optional[int] = typer.Option(None),
     batch_size: Optional[int] = typer.Option(None),
     lr: Optional[float] = typer.Option(None),
@@ -240,7 +185,8 @@ def train(
                                 "epoch 1 when it stopped before its first checkpoint; --data: the dataset moved)"),
     overwrite: bool = typer.Option(False, help="replace the run in --out (only a run folder lifelong wrote, "
                                    "holding nothing else)"),
-    progress: bool = typer.Option(True, help="show a progress bar"),
+    progress: bool = typer.Option(True, help="in a terminal: a progress bar within each epoch (samples/s, ETA); "
+                                  "without one, one plain line per epoch either way"),
     save_predictions: bool = typer.Option(False, help="also write test_predictions.npz (per-sample test logits)"),
     refit_with_valid: bool = typer.Option(False, help="retrieval: after selection, retrain from scratch through the "
                                           "validation item for the selected number of epochs and test that model too "
@@ -256,83 +202,44 @@ def train(
                                           "own row, the loss on its last position: ICSRec's / BSARec's regime)"),
 ) -> None:
     """Train a model (ranking or retrieval); the best validation epoch is evaluated on test."""
-    from lifelong.train import TrainConfig, train as run_train
-
-    from lifelong.train.run import read_run, run_dataset_path
-
     command = " ".join(shlex.quote(a) for a in ["lifelong", *sys.argv[1:]])
+    given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+             "max_length": max_length, "patience": patience, "seed": seed, "lr_decay": lr_decay,
+             "lr_decay_patience": lr_decay_patience, "clip_norm": clip_norm, "threads": threads,
+             "results_csv": results_csv, "samples": samples, "device": device, "precision": precision,
+             "progress": progress, "save_predictions": save_predictions or None,
+             "refit_with_valid": refit_with_valid or None, "desmil": desmil or None}
     with user_errors():
-        if resume and overwrite:
-            raise UserError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
-        if resume:
-            if out is None:
-                raise UserError("--resume needs --out RUN_DIR")
-            resolved = read_run(out)
-            values = dict(resolved["train"])
-            values["data"] = run_dataset_path(resolved)  # the absolute path (--data below: the dataset moved)
-        else:
-            values = read_config_file(config)
-            # `model` is the model name, or a table of model options (with an optional model_type)
-            table = values.pop("model") if isinstance(values.get("model"), dict) else {}
-            values["model_options"] = {**values.get("model_options", {}), **table, **parse_assignments(set, "--set")}
-            if "model_type" in values["model_options"]:
-                values.setdefault("model", values["model_options"].pop("model_type"))
-        given = {"data": data, "model": model, "out": out, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-                 "weight_decay": weight_decay, "max_length": max_length, "patience": patience, "seed": seed,
-                 "lr_decay": lr_decay, "lr_decay_patience": lr_decay_patience, "clip_norm": clip_norm,
-                 "threads": threads, "results_csv": results_csv, "samples": samples, "device": device,
-                 "precision": precision}
-        values.update({k: v for k, v in given.items() if v is not None})
-        values["progress"] = progress
-        if save_predictions:
-            values["save_predictions"] = True
-        if refit_with_valid:
-            values["refit_with_valid"] = True
-        if desmil:
-            values["desmil"] = True
-        train_config = TrainConfig.from_dict(values)
-        results = run_train(train_config, resume=resume, overwrite=overwrite, command=command)
-    _print_metrics(f"{train_config.model} (best epoch {results['best_epoch']})", results)
+        results = api.train(data, model, out, config=config, model_options=parse_assignments(set, "--set"),
+                            resume=resume, overwrite=overwrite, command=command, **given)
+    _print_metrics(f"{results['model']} (best epoch {results['best_epoch']})", results)
 
 
 SPLITS = ("train", "valid", "test")
 
 
 def _print_metrics(title: str, results: dict) -> None:
+    """The metrics table of a run's splits (stdout): a rich table in a wide enough terminal, aligned plain
+    columns otherwise (:func:`lifelong.display.print_table`)."""
     if results.get("protocol") == "mi-split":
-        table = Table(title=f"{title}, loss {results.get('loss')}{', DESMIL' if results.get('desmil') else ''}, "
-                            f"P3 mi-split, full catalogue")
         names = ("recall@20", "ndcg@20", "hitrate@20", "recall@50", "ndcg@50", "hitrate@50")
-        for name in ("split", *names, "users"):
-            table.add_column(name)
         shown = [split for split in SPLITS if split in results]
-        for split in shown:
-            m = results[split]
-            table.add_row(split, *(f"{m[k]:.4f}" for k in names), f"{m['n']:,}")
-        console.print(table)
+        rows = [(split, *(f"{results[split][k]:.4f}" for k in names), f"{results[split]['n']:,}") for split in shown]
+        print_table(f"{title}, loss {results.get('loss')}{', DESMIL' if results.get('desmil') else ''}, "
+                    f"P3 mi-split, full catalogue", ("split", *names, "users"), rows)
         extra = {k: v for k, v in results[shown[-1]].items() if k.startswith(("interest_", "top"))}
         if extra:
-            console.print("test: " + ", ".join(f"{k} {v:.4f}" for k, v in extra.items()))
+            print(wrapped("test: " + ", ".join(f"{k} {v:.4f}" for k, v in extra.items()), "  "), flush=True)
         return
     if results.get("task") == "retrieval":
-        table = Table(title=f"{title}, loss {results.get('loss')}, full ranking")
         names = ("hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@20", "ndcg@20", "recall@50")
-        for name in ("split", *names, "users"):
-            table.add_column(name)
-        for split in ("valid", "test", "test_refit"):
-            if split in results:
-                m = results[split]
-                table.add_row(split, *(f"{m[k]:.4f}" for k in names), f"{m['n']:,}")
-        console.print(table)
+        rows = [(split, *(f"{results[split][k]:.4f}" for k in names), f"{results[split]['n']:,}")
+                for split in ("valid", "test", "test_refit") if split in results]
+        print_table(f"{title}, loss {results.get('loss')}, full ranking", ("split", *names, "users"), rows)
         return
-    table = Table(title=title)
-    for name in ("split", "AUC", "GAUC", "logloss", "samples"):
-        table.add_column(name)
-    for split in ("valid", "test"):
-        if split in results:
-            m = results[split]
-            table.add_row(split, f"{m['auc']:.4f}", f"{m['gauc']:.4f}", f"{m['logloss']:.4f}", f"{m['n']:,}")
-    console.print(table)
+    rows = [(split, f"{m['auc']:.4f}", f"{m['gauc']:.4f}", f"{m['logloss']:.4f}", f"{m['n']:,}")
+            for split, m in ((s, results[s]) for s in ("valid", "test") if s in results)]
+    print_table(title, ("split", "AUC", "GAUC", "logloss", "samples"), rows)
 
 
 @app.command()
@@ -345,69 +252,205 @@ def evaluate(
     data: Optional[Path] = typer.Option(None, help="the run's dataset, when it moved (it must be the same dataset: "
                                         "its fingerprint is checked)"),
     device: str = typer.Option("auto", help="auto (CUDA when available) | cpu | cuda | cuda:N"),
+    as_json: bool = typer.Option(False, "--json", help="print the metrics as JSON on stdout (nothing else goes "
+                                 "there)"),
 ) -> None:
     """Evaluate a run's best checkpoint; print the metrics and write eval_<split>[_<index>].json."""
-    from lifelong.train import evaluate_run
-
     with user_errors():
-        if split not in SPLITS:
-            raise UserError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
-        spec = None
-        if index_param and index is None:
-            raise UserError("--index-param needs --index exact|ivf|hnsw")
-        if index is not None:
-            from lifelong.index import check_params
-
-            params = parse_assignments(index_param, "--index-param")
-            try:
-                check_params(index, params)
-            except ValueError as error:
-                raise UserError(f"--index-param: {error}") from None
-            spec = {"kind": index, **params}
-        metrics = evaluate_run(run, split, index=spec, data=data, device=device)
-    kind = {"task": "retrieval", "loss": "see config.json"} if "ndcg@10" in metrics else {}
+        metrics = api.evaluate(run, split, index=index, index_params=parse_assignments(index_param, "--index-param"),
+                               data=data, device=device)
+    if as_json:
+        print(_json_text(metrics), flush=True)
+        return
+    try:
+        loss = json.loads((Path(run) / "config.json").read_text())["model"].get("loss")
+    except (OSError, ValueError, KeyError, AttributeError):
+        loss = None
+    kind = {"task": "retrieval", "loss": loss} if "ndcg@10" in metrics else {}
     if "recall@20" in metrics:
-        kind = {"task": "retrieval", "protocol": "mi-split", "loss": "see config.json"}
+        kind = {"task": "retrieval", "protocol": "mi-split", "loss": loss}
     _print_metrics(f"{run} ({split})", {split: metrics, **kind})
-    console.print_json(json.dumps(metrics))
+    written = f"eval_{split}" + (f"_{index}" if index else "") + ".json"
+    print(wrapped(f"wrote {Path(run) / written} (--json prints the metrics as JSON)", "  "), file=sys.stderr,
+          flush=True)
+
+
+def _json_text(value: Any) -> str:
+    """Strict JSON (a non-finite number is null), indented: what ``--json`` prints on stdout."""
+    import math
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps(clean(value), indent=2, allow_nan=False, default=str)
+
+
+JSON_OPTION = typer.Option(False, "--json", help="print machine-readable JSON on stdout (nothing else goes there)")
 
 
 @app.command()
-def models() -> None:
-    """List the registered models and their config fields."""
-    import dataclasses
+def models(as_json: bool = JSON_OPTION) -> None:
+    """List the registered models: task, the protocols they train on, what they are, their options."""
+    listing = api.available_models()
+    if as_json:
+        print(_json_text(listing), flush=True)
+        return
+    width = min(console.width, 120) if is_terminal() else 120
+    lines = [f"{len(listing)} registered models (lifelong train --model NAME --set option=value; --json: "
+             f"machine-readable)", ""]
+    for entry in listing:
+        lines.append(f"{entry['model_type']}  [{entry['task']}: {', '.join(entry['protocols'])}]")
+        if entry["summary"]:
+            lines.append(wrapped("  " + entry["summary"].replace("``", ""), "  ", width))
+        options = ", ".join(f"{k}={_option_text(v)}" for k, v in entry["options"].items())
+        lines.append(wrapped("  options: " + options, "    ", width))
+    print("\n".join(lines), flush=True)
 
-    from lifelong.models import MODELS
 
-    table = Table(title="registered models")
-    table.add_column("model_type")
-    table.add_column("config fields (defaults)")
-    for name, (config_class, model_class) in sorted(MODELS.items()):
-        fields = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(config_class)
-                           if f.name not in ("n_items", "n_cates", "n_behaviors", "features"))
-        table.add_row(name, fields)
-    console.print(table)
+def _option_text(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (list, dict, bool)) or value is None else str(value)
 
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("runs/demo"), help="folder for the synthetic dataset and the runs"),
-    users: int = typer.Option(2000, help="synthetic users"),
-    epochs: int = typer.Option(4, help="training epochs per model"),
+    out: Path = typer.Option(Path("runs/demo"), help="folder for the synthetic datasets, the runs and the report"),
+    users: int = typer.Option(800, help="synthetic users"),
+    epochs: int = typer.Option(2, help="training epochs per CTR model (sasrec: ten times as many, much shorter)"),
     seed: int = typer.Option(2024),
 ) -> None:
-    """The embedded default: a synthetic log with planted interests -> sumpool vs din, side by side."""
+    """The library's breadth in ~2 minutes: a synthetic log -> a CTR pair (sumpool, din) and a retrieval
+    model (sasrec), then an HTML report of the three runs."""
     from lifelong.demo import run_demo
 
     with user_errors():
-        rows = run_demo(out, n_users=users, epochs=epochs, seed=seed, console=console)
-    table = Table(title="lifelong demo: P1 ctr-din on a synthetic log (test split)")
-    for name in ("model", "AUC", "GAUC", "logloss", "train samples/s", "best epoch"):
-        table.add_column(name)
-    for row in rows:
-        table.add_row(row["model"], f"{row['auc']:.4f}", f"{row['gauc']:.4f}", f"{row['logloss']:.4f}",
-                      f"{row['samples_per_s']:,.0f}", str(row["best_epoch"]))
-    console.print(table)
+        done = run_demo(out, n_users=users, epochs=epochs, seed=seed, console=errors)
+    print_table("lifelong demo: CTR ranking, P1 ctr-din on the synthetic log (test split)",
+                ("model", "AUC", "GAUC", "logloss", "train samples/s", "best epoch"),
+                [(r["model"], f"{r['auc']:.4f}", f"{r['gauc']:.4f}", f"{r['logloss']:.4f}", f"{r['samples_per_s']:,.0f}",
+                  str(r["best_epoch"])) for r in done["ctr"]])
+    print()
+    print_table("lifelong demo: retrieval, P2 seq-loo, full ranking of every item (test split)",
+                ("model", "HR@10", "NDCG@10", "recall@50", "users", "best epoch"),
+                [(r["model"], f"{r['hr@10']:.4f}", f"{r['ndcg@10']:.4f}", f"{r['recall@50']:.4f}", f"{r['n']:,}",
+                  str(r["best_epoch"])) for r in done["retrieval"]])
+    print()
+    if done["report"] is not None:
+        print(f"report: {done['report']}")
+    else:
+        print(done["report_note"])
+    print(f"runs in {out} ({done['seconds']:.0f} s); next: lifelong evaluate {Path(out) / 'din'} --json", flush=True)
+
+
+@app.command()
+def report(
+    runs: list[Path] = typer.Argument(..., help="run folders written by `lifelong train` (one or more)"),
+    out: Path = typer.Option(..., "--out", help="folder for index.html and its plots: a new or empty folder, or an "
+                                                "earlier report (replaced)"),
+) -> None:
+    """Write a static HTML page about runs: curves, metric table, AUC by history length, HR/NDCG@K.
+
+    The page needs no network (its plots are PNG files beside it); several runs are drawn side by side."""
+    from lifelong.report import write_report
+
+    with user_errors():
+        page = write_report(runs, out)
+    print(f"report: {page}", flush=True)
+
+@app.command()
+def export(
+    run: Path = typer.Argument(..., help="a run folder written by `lifelong train`"),
+    out: Path = typer.Option(..., "--out", help="the artifact folder to create"),
+    index: Optional[str] = typer.Option(None, help="retrieval: also build an approximate index: ivf | hnsw "
+                                                   "(the exact one is always built)"),
+    index_param: list[str] = typer.Option([], help="index parameter key=value (ivf: nlist, nprobe; hnsw: M, "
+                                                   "ef_search, ef_construction), repeatable"),
+    data: Optional[Path] = typer.Option(None, help="the run's dataset, when it moved (its fingerprint is checked)"),
+    overwrite: bool = typer.Option(False, help="replace an artifact lifelong wrote at --out"),
+    threads: Optional[int] = typer.Option(None, help="faiss threads for building the indexes"),
+) -> None:
+    """Export a run's best checkpoint as a self-describing serving artifact (weights, config, vocabularies, item
+    table, item vectors and faiss indexes, a manifest of checksums)."""
+    from lifelong.serve.artifact import export_artifact
+
+    with user_errors():
+        manifest = export_artifact(run, out, index=index, index_params=parse_assignments(index_param, "--index-param"),
+                                   data=data, overwrite=overwrite, threads=threads)
+    size = sum(f["bytes"] for f in manifest["files"].values())
+    console.print(f"exported {manifest['model_type']} ({manifest['task']}) to {out}: {len(manifest['files'])} files, "
+                  f"{size / 1e6:,.1f} MB" + (f", indexes {', '.join(manifest['indexes'])}" if manifest["indexes"] else ""),
+                  markup=False, highlight=False)
+
+
+@app.command()
+def serve(
+    artifact: Path = typer.Argument(..., help="an artifact folder written by `lifelong export` (or a run folder)"),
+    store: str = typer.Option("sqlite:lifelong-store.db", help="behavior store: sqlite:PATH or redis://HOST:PORT "
+                                                               "(optionally /DB)"),
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(8000),
+    index: Optional[str] = typer.Option(None, help="retrieval: the artifact's index to search: exact (default) | ivf | "
+                                                   "hnsw"),
+    threads: int = typer.Option(1, help="torch intra-op (and faiss) threads"),
+    max_batch: int = typer.Option(32, help="most requests coalesced into one forward pass (1: no micro-batching)"),
+    max_delay_ms: float = typer.Option(0.0, help="longest wait for more requests after the first of a batch (0: none, "
+                                                 "as Triton's default: a batch takes what queued while the workers "
+                                                 "were busy)"),
+    batch_workers: int = typer.Option(2, help="batches computed at the same time, one thread each (e.g. one per core)"),
+    cache_size: int = typer.Option(4096, help="users whose encoded state is cached (0: none)"),
+    max_candidates: int = typer.Option(1000, help="most candidates of a rank request"),
+    max_events: int = typer.Option(1000, help="most events of an events request"),
+    max_history: int = typer.Option(10000, help="most events of an explicit history"),
+    max_k: int = typer.Option(1000, help="largest k of a retrieve request"),
+    max_body_bytes: int = typer.Option(1 << 20, help="largest request body"),
+) -> None:
+    """Serve an artifact over HTTP (FastAPI on uvicorn): /v1/rank, /v1/retrieve, /v1/events, user histories,
+    /healthz, /readyz, /metrics; OpenAPI page at /docs."""
+    import torch
+
+    from lifelong.serve.scorer import Scorer
+    from lifelong.serve.store import open_store
+
+    with user_errors():
+        for name, value in (("--max-batch", max_batch), ("--max-candidates", max_candidates), ("--threads", threads),
+                            ("--batch-workers", batch_workers),
+                            ("--max-events", max_events), ("--max-history", max_history), ("--max-k", max_k),
+                            ("--max-body-bytes", max_body_bytes), ("--port", port + 1)):
+            if value < 1:
+                raise UserError(f"{name} must be at least 1, got {value}")
+        if max_delay_ms < 0 or cache_size < 0:
+            raise UserError("--max-delay-ms and --cache-size must be non-negative")
+        try:
+            from lifelong.serve.app import ServeOptions, run_server
+        except ImportError as error:
+            raise UserError(f"serving needs the `serve` extra ({error.name} is missing): pip install 'lifelong[serve]'") from None
+        torch.set_num_threads(threads)
+        scorer = Scorer.from_path(artifact, index=index, threads=threads)
+        behavior_store = open_store(store)
+    options = ServeOptions(max_batch=max_batch, max_delay_ms=max_delay_ms, batch_workers=batch_workers,
+                           cache_size=cache_size,
+                           max_candidates=max_candidates, max_events=max_events, max_history=max_history,
+                           max_k=max_k, max_body_bytes=max_body_bytes)
+    console.print(f"serving {scorer.model_type} ({'ranking' if scorer.task == 'ctr' else 'retrieval'}) from {artifact} "
+                  f"on http://{host}:{port} (store {_without_password(store)}; OpenAPI page /docs)", markup=False,
+                  highlight=False)
+    try:
+        with user_errors():
+            run_server(scorer, behavior_store, options, host, port)
+    finally:
+        behavior_store.close()
+
+
+def _without_password(url: str) -> str:
+    """A store URL fit for a log line: ``redis://user:secret@host`` -> ``redis://***@host``."""
+    import re
+
+    return re.sub(r"//[^@/]*@", "//***@", url)
 
 
 def main() -> None:

@@ -77,7 +77,8 @@ RUN = OutputKind(
     or (e.startswith("eval_") and e.endswith(".json")),
 )
 DEMO = OutputKind("demo folder", "demo.json", _is_demo,
-                  lambda e: e in {"demo.json", "data", "sumpool", "din", "results.csv"})
+                  lambda e: e in {"demo.json", "data", "data-seq", "sumpool", "din", "sasrec", "results.csv",
+                                  "report"})
 
 
 TABLE_WORKDIR_ENTRIES = {"lifelong-table.json", "data", "runs", "table.json", "table.md", "summary.json",

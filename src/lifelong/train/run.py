@@ -328,28 +328,43 @@ def write_result_row(path: Path, row: dict) -> None:
         writer.writerow(row)
 
 
-def _log(config: TrainConfig, message: str) -> None:
-    if config.progress:
-        from rich.console import Console
+def _stderr_console():
+    """A rich console on stderr when it is a terminal (or a notebook); ``None`` for a pipe or a file."""
+    from rich.console import Console
 
-        Console(stderr=True).print(message)
+    console = Console(stderr=True)
+    return console if console.is_terminal or console.is_jupyter else None
+
+
+def _log(config: TrainConfig, message: str) -> None:
+    """One line of a run's progress (an epoch's line...) on stderr: through rich in a terminal, as a plain
+    line otherwise (never wrapped: a log file gets exactly one line per message)."""
+    console = _stderr_console() if config.progress else None
+    if console is not None:
+        console.print(message, soft_wrap=True, highlight=False, markup=False)
     else:
-        print(message, file=sys.stderr)
+        print(message, file=sys.stderr, flush=True)
 
 
 class _progress:
-    """A rich progress bar with samples/s, or nothing when disabled."""
+    """Within an epoch, in a terminal (or a notebook): a rich progress bar on stderr with samples/s, the
+    elapsed time and the ETA, gone when the epoch ends (its line is logged then). Nothing when disabled
+    or when stderr is not a terminal: a log file gets the epoch's line alone."""
 
     def __init__(self, enabled: bool, label: str, total: int) -> None:
         self.enabled, self.label, self.total = enabled, label, total
+        self.bar = None
 
     def __enter__(self):
-        if not self.enabled:
+        console = _stderr_console() if self.enabled else None
+        if console is None:
             return lambda n: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
 
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[rate]} samples/s"), TimeElapsedColumn(), transient=True)
+                            TextColumn("{task.fields[rate]} samples/s"), TimeElapsedColumn(),
+                            TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=True)
         self.bar.__enter__()
         task = self.bar.add_task(self.label, total=self.total, rate="-")
         start = time.perf_counter()
@@ -363,5 +378,5 @@ class _progress:
         return advance
 
     def __exit__(self, *exc) -> None:
-        if self.enabled:
+        if self.bar is not None:
             self.bar.__exit__(*exc)
