@@ -70,13 +70,15 @@ def test_the_commands_call_the_api_functions(tmp_path, monkeypatch):
     assert kwargs["columns"] == {"user_id": "uid"} and kwargs["protocol"] == "seq-loo"
     assert kwargs["positive_behaviors"] == "buy"
 
-    result = runner.invoke(app, ["train", "--data", "d", "--model", "din", "--out", "r", "--epochs", "3",
-                                 "--set", "embedding_dim=8", "--no-progress", "--save-predictions"])
+    line = ["train", "--data", "d", "--model", "din", "--out", "r", "--epochs", "3", "--set", "embedding_dim=8",
+            "--no-progress", "--save-predictions"]
+    monkeypatch.setattr(sys, "argv", ["/usr/bin/lifelong", *line])  # the command line the run records
+    result = runner.invoke(app, line)
     assert result.exit_code == 0, result.output
     (args, kwargs), = calls["train"]
     assert args == ("d", "din", "r") and kwargs["epochs"] == 3 and kwargs["progress"] is False
     assert kwargs["model_options"] == {"embedding_dim": 8} and kwargs["save_predictions"] is True
-    assert kwargs["command"].startswith("lifelong ")
+    assert kwargs["command"] == "lifelong " + " ".join(line)
 
     result = runner.invoke(app, ["evaluate", "r", "--split", "valid", "--json"])
     assert result.exit_code == 0, result.output
