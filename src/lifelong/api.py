@@ -205,7 +205,7 @@ def train(data: Optional[str | Path] = None, model: Optional[str] = None, out: O
         results = lifelong.train("data/mylog", "din", "runs/din", epochs=2, model_options={"embedding_dim": 16})
         results["test"]["auc"]
     """
-    from lifelong.train import TrainConfig, train as run_train
+    from lifelong.train.loop import TrainConfig, train as run_train  # the submodule: lifelong.train forwards here
     from lifelong.train.run import read_run, run_dataset_path
 
     if resume and overwrite:
@@ -246,7 +246,7 @@ def evaluate(run: str | Path, split: str = "test", *, index: Optional[str] = Non
         metrics = lifelong.evaluate("runs/din", "valid")
         metrics["auc"], metrics["gauc"]
     """
-    from lifelong.train import evaluate_run
+    from lifelong.train.loop import evaluate_run
 
     if split not in SPLITS:
         raise UserError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
