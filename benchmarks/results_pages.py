@@ -138,16 +138,33 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|")
 
 
+def config_index() -> dict[tuple[str, str, str, str], str]:
+    """configs/index.json (benchmarks/make_configs.py): (table, dataset, spec, seed) -> the row's config."""
+    path = RESULTS.parent.parent / "configs" / "index.json"
+    entries = json.loads(path.read_text()) if path.exists() else []
+    return {(e["table"], str(e["dataset"]), str(e["spec"]), str(e["seed"])): e["config"] for e in entries}
+
+
+def config_of(configs: dict, page: Page, row: dict) -> str:
+    """A link to the config that rebuilds ``row`` (``lifelong train --config ... --seed N``), or a dash."""
+    key = (page.name, str(row.get("dataset") or row.get("table")), str(row.get("spec") or row.get("row")),
+           str(row.get("seed")))
+    config = configs.get(key)
+    return f"[{Path(config).name}](../../{config})" if config else "-"
+
+
 def run_lines(page: Page, rows: list[dict]) -> list[str]:
-    """One line per run: dataset, protocol, model, seed, commit, command (what every row must carry)."""
-    kind = KINDS[page.kind]
-    lines = ["| dataset | protocol | model | seed | commit | command |", "|---|---|---|---|---|---|"]
+    """One line per run: dataset, protocol, model, seed, commit, command (what every row must carry), and the
+    config that rebuilds it."""
+    kind, configs = KINDS[page.kind], config_index()
+    lines = ["| dataset | protocol | model | seed | commit | command | config |", "|---|---|---|---|---|---|---|"]
     for row in rows:
         shown = kind.fields(row)
         commit = row.get("commit") or "not recorded"
         command = row.get("command") or "not recorded"
         lines.append(f"| {_cell(shown['dataset'])} | {_cell(shown['protocol'])} | {_cell(shown['model'])} | "
-                     f"{_cell(row.get('seed', 'not recorded'))} | {_cell(commit)} | `{_cell(command)}` |")
+                     f"{_cell(row.get('seed', 'not recorded'))} | {_cell(commit)} | `{_cell(command)}` | "
+                     f"{config_of(configs, page, row)} |")
     return lines
 
 
@@ -189,9 +206,10 @@ def render(page: Page, plots: bool) -> str:
     if below:
         parts.append(below)
     missing = missing_fields(page, rows)
-    runs = ["## Runs", "Every run of the table: its dataset, protocol, model, seed, the commit it ran at and the "
+    runs = ["## Runs", "Every run of the table: its dataset, protocol, model, seed, the commit it ran at, the "
                        "command that trained it (paths relative to the repository; `../shared/data` is where the raw "
-                       "datasets were)."]
+                       "datasets were) and the config that rebuilds it: `lifelong train --config CONFIG --seed SEED` "
+                       "after the `lifelong prepare` its header names ([configs/](../../configs/README.md))."]
     if missing.get("commit"):
         runs.append(f"The JSON rows do not record the commit their runs ran at ({missing['commit']} of {len(rows)} "
                     f"rows: they predate the field; the notes above name the commits where they are known, and "
