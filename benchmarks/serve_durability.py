@@ -68,7 +68,7 @@ def build_artifact(work: Path) -> Path:
 
 
 class RedisServer:
-    """Our own redis-server: AOF on, fsync at every write, no RDB snapshots."""
+    """Our own redis-server: AOF on, fsync at every write, no RDB snapshots (also tests/test_store.py's)."""
 
     def __init__(self, folder: Path):
         self.folder, self.port, self.proc = folder, free_port(), None
@@ -78,7 +78,7 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> None:
+    def start(self) -> "RedisServer":
         import redis
 
         self.proc = subprocess.Popen(
@@ -94,9 +94,10 @@ class RedisServer:
             except (redis.ConnectionError, redis.BusyLoadingError):
                 pass
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                sys.exit(f"redis-server on port {self.port} did not start")
+                raise RuntimeError(f"redis-server on port {self.port} did not start")
             time.sleep(0.05)
         client.close()
+        return self
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -106,7 +107,10 @@ class RedisServer:
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
-            self.proc.wait()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
 
 
 class Server:

@@ -57,11 +57,8 @@ DATASET_FILES = ("events.parquet", "users.parquet", "items.parquet", "vocab.json
 
 
 def file_md5(path: Path) -> str:
-    digest = hashlib.md5()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "md5").hexdigest()
 
 
 def prepare(log: EventLog, out: str | Path, protocol: ProtocolOptions | None = None, *, overwrite: bool = False) -> Path:

@@ -53,12 +53,12 @@ import torch
 
 from lifelong.batch import Batch
 from lifelong.models.long_sequence import (
-    LongSequenceModel, LongSequenceState, TwoStageConfig, event_keys, exact_interest,
+    LongSequenceModel, LongSequenceState, TwoStageConfig, exact_interest,
 )
 from lifelong.models.ranking import Candidates
 from lifelong.models.registry import register
 from lifelong.nn.hashing import hash_bits, pack_bits, packed_hamming, random_projections, signs
-from lifelong.nn.search import DistinctKeys, ExactAttention, distinct_keys, top_k_distinct, top_k_events
+from lifelong.nn.search import DistinctKeys, ExactAttention, top_k_distinct, top_k_events
 
 EXACT_FLOAT32 = 2 ** 24  # integers up to this are exact in float32
 
@@ -155,12 +155,12 @@ class ETA(LongSequenceModel):
     def encode_distinct(self, history: LongSequenceState) -> dict | None:
         """The search over distinct event keys: each key hashed once (its most recent event), or None when
         the keys are more than half the history (then every event is hashed)."""
-        b, t = history.mask.shape
-        grouped = distinct_keys(event_keys(history, self.config.n_cates), history.mask, self.config.top_k)
-        if grouped is None or 2 * grouped.first.shape[1] > t:
+        t = history.mask.shape[1]
+        found = self.distinct_history(history, self.config.top_k)
+        if found is None:
             return None
+        grouped, events = found  # events: (B, D, W) each key's latest
         first = grouped.first
-        events = self.events(history, first.clamp(min=0).unsqueeze(1)).squeeze(1)  # (B, D, W) each key's latest
         bits = hash_bits(events, self.projections)  # (B, D, m)
         # the last row 0: the product is T <s_q, s_h> alone, ties go to the most recent (top_k_distinct)
         return {"signatures": self.signature_matrix(bits, first >= 0, torch.zeros_like(first), t), "distinct": grouped}
@@ -182,9 +182,8 @@ class ETA(LongSequenceModel):
             query, signatures = query.double(), signatures.double()
         keys = torch.bmm(query, signatures)  # (B, K, T) T <s_q, s_h> + position, distinct
         if state.distinct is not None:  # (B, K, D) T <s_q, s_h> per distinct key
-            offsets = keys.new_zeros(state.distinct.positions.shape)  # events of a key differ by recency alone
-            levels = keys.new_zeros(1), state.distinct.count.unsqueeze(-1)  # one offset level: 0
-            return top_k_distinct(keys, offsets, state.distinct, t, self.config.top_k, integral=True, levels=levels)
+            # the events of a key differ by recency alone: no per-event term
+            return top_k_distinct(keys, None, state.distinct, t, self.config.top_k, integral=True)
         return top_k_events(keys, self.config.top_k, ties=False)
 
     def long_interest(self, state: ETAState, candidates: Candidates, target: torch.Tensor) -> torch.Tensor:

@@ -36,7 +36,9 @@ from lifelong.models.registry import ModelOutput
 from lifelong.models.tin import interval_buckets
 from lifelong.nn import ACTIVATIONS, TargetAttention
 from lifelong.nn.features import FeatureEmbedding
-from lifelong.nn.search import LifelongHead, embed_events, embed_in_chunks, gather_events, last_events
+from lifelong.nn.search import (
+    DistinctKeys, LifelongHead, distinct_keys, embed_events, embed_in_chunks, gather_events, last_events,
+)
 
 
 @dataclass
@@ -162,6 +164,15 @@ class LongSequenceModel(RankingModel):
             return keys(distinct)[inverse]  # (B, n, X)
 
         return embed_in_chunks(embed, state.items.shape[1], self.config.chunk_length, transposed)
+
+    def distinct_history(self, history: LongSequenceState, cap: int) -> tuple[DistinctKeys, torch.Tensor] | None:
+        """The history grouped by distinct event (:func:`lifelong.nn.search.distinct_keys`, at most ``cap``
+        events kept per key) and each key's most recent event embedded, (B, D, W); None when the keys are
+        more than half the history (a search over every event is then as cheap)."""
+        grouped = distinct_keys(event_keys(history, self.config.n_cates), history.mask, cap)
+        if grouped is None or 2 * grouped.first.shape[1] > history.mask.shape[1]:
+            return None
+        return grouped, self.events(history, grouped.first.clamp(min=0).unsqueeze(1)).squeeze(1)
 
     def distinct_events(self, state: LongSequenceState, part: slice) -> tuple[torch.Tensor, torch.Tensor]:
         """The distinct events (item, category, context) of history positions ``part``, embedded (with

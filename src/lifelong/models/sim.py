@@ -57,13 +57,13 @@ from torch.utils.checkpoint import checkpoint
 
 from lifelong.batch import Batch
 from lifelong.models.long_sequence import (
-    LongSequenceModel, LongSequenceState, TwoStageConfig, event_fields, event_keys, exact_interest,
+    LongSequenceModel, LongSequenceState, TwoStageConfig, event_fields, exact_interest,
 )
 from lifelong.models.ranking import Candidates
 from lifelong.models.registry import register
 from lifelong.nn import MLP
 from lifelong.nn.search import (
-    NEGATIVE, DistinctKeys, ExactAttention, distinct_keys, embed_events, top_k_distinct, top_k_events,
+    NEGATIVE, DistinctKeys, ExactAttention, embed_events, top_k_distinct, top_k_events,
 )
 
 
@@ -154,10 +154,9 @@ class SIM(LongSequenceModel):
             return {"sorted_cates": torch.div(sorted_keys, t, rounding_mode="floor"), "cate_order": order}
 
         if self.config.distinct and not torch.is_grad_enabled():
-            t = history.mask.shape[1]
-            grouped = distinct_keys(event_keys(history, self.config.n_cates), history.mask, self.config.top_k)
-            if grouped is not None and 2 * grouped.first.shape[1] <= t:
-                events = self.events(history, grouped.first.clamp(min=0).unsqueeze(1)).squeeze(1)  # (B, D, W)
+            found = self.distinct_history(history, self.config.top_k)
+            if found is not None:
+                grouped, events = found  # (B, D, W)
                 keys = self.search_history(events) * (grouped.first >= 0).unsqueeze(-1)  # (B, D, search_dim)
                 return {"search_keys": keys.transpose(1, 2).contiguous(), "distinct": grouped}
 
@@ -183,9 +182,7 @@ class SIM(LongSequenceModel):
             if state.distinct is not None:  # r_i per distinct event; its events differ by recency alone
                 grouped = state.distinct
                 base = torch.bmm(self.search_target(target), state.search_keys)  # (B, K, D)
-                levels = base.new_zeros(1), grouped.count.unsqueeze(-1)  # one offset level: 0
-                return top_k_distinct(base, base.new_zeros(grouped.positions.shape), grouped, state.mask.shape[1],
-                                      self.config.top_k, levels=levels)
+                return top_k_distinct(base, None, grouped, state.mask.shape[1], self.config.top_k)
             query = torch.cat([self.search_target(target), torch.ones_like(target[..., :1])], dim=-1)  # (B, K, D + 1)
             scores = torch.bmm(query, state.search_keys)  # (B, K, T) r_i, padding NEGATIVE
         index = top_k_events(scores, k)

@@ -45,11 +45,11 @@ import torch
 
 from lifelong.batch import Batch
 from lifelong.models.long_sequence import (
-    LongSequenceModel, LongSequenceState, TwoStageConfig, event_keys, exact_interest, interval_buckets,
+    LongSequenceModel, LongSequenceState, TwoStageConfig, exact_interest, interval_buckets,
 )
 from lifelong.models.ranking import Candidates
 from lifelong.models.registry import register
-from lifelong.nn.search import NEGATIVE, DistinctKeys, ExactAttention, distinct_keys, top_k_distinct, top_k_events
+from lifelong.nn.search import NEGATIVE, DistinctKeys, ExactAttention, top_k_distinct, top_k_events
 
 
 @dataclass
@@ -100,9 +100,9 @@ class TWIN(LongSequenceModel):
 
     def encode_long(self, batch: Batch, history: LongSequenceState) -> dict:
         if self.config.distinct and not torch.is_grad_enabled():
-            grouped = distinct_keys(event_keys(history, self.config.n_cates), history.mask, history.mask.shape[1])
-            if grouped is not None and 2 * grouped.first.shape[1] <= history.mask.shape[1]:
-                events = self.events(history, grouped.first.clamp(min=0).unsqueeze(1)).squeeze(1)  # (B, D, W)
+            found = self.distinct_history(history, history.mask.shape[1])
+            if found is not None:
+                grouped, events = found  # (B, D, W)
                 keys = self.esu.keys(events).flatten(-2) * (grouped.first >= 0).unsqueeze(-1)  # (B, D, H d)
                 return {"keys": keys.transpose(1, 2).contiguous(), "distinct": grouped}  # (B, H d, D)
         return {"keys": self.history_keys(history, lambda events: self.esu.keys(events).flatten(-2),
@@ -115,7 +115,7 @@ class TWIN(LongSequenceModel):
         :func:`lifelong.nn.search.top_k_distinct` picks the same top k as scoring every event."""
         grouped, t = state.distinct, state.mask.shape[1]
         base = torch.bmm(self.esu.queries(target).flatten(-2), state.keys)  # (B, K, D)
-        offsets = base.new_zeros(grouped.positions.shape)
+        offsets = None  # without the time gap: no per-event term
         if self.config.time_gap:
             if candidates.timestamps is None:
                 raise ValueError("twin: the time gap needs the scoring time: candidates.timestamps (build the "

@@ -265,7 +265,7 @@ def best_keys(scores: torch.Tensor, positions: torch.Tensor, t: int, n: int, int
     return where.gather(-1, torch.topk(table, n, dim=-1).indices).view(b, kk, n)
 
 
-def top_k_distinct(base: torch.Tensor, offsets: torch.Tensor, keys: DistinctKeys, t: int,
+def top_k_distinct(base: torch.Tensor, offsets: torch.Tensor | None, keys: DistinctKeys, t: int,
                    k: int, integral: bool = False,
                    levels: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The top ``k`` events of a search whose event score is its key's score plus a per-event term
@@ -293,7 +293,8 @@ def top_k_distinct(base: torch.Tensor, offsets: torch.Tensor, keys: DistinctKeys
     Args:
         base: (B, K, D) float32 each key's score without the per-event term (ETA: ``T <s_q, s_h>``; TWIN:
             the pre-projected key against the query).
-        offsets: (P,) float32 the per-event term of each event of ``keys.positions`` (zeros: none).
+        offsets: (P,) float32 the per-event term of each event of ``keys.positions``; None: none (a key's
+            events differ by recency alone, ETA's and SIM soft's).
         keys: :class:`DistinctKeys`; ``first`` holds each key's first listed event.
         t: the history length ``T`` (ties resolve by position).
         k: events to keep.
@@ -308,12 +309,14 @@ def top_k_distinct(base: torch.Tensor, offsets: torch.Tensor, keys: DistinctKeys
     b, kk, d = base.shape
     device = base.device
     rows = torch.arange(b, device=device).view(b, 1, 1)
-    p = offsets.numel()
-    values, level_counts = offset_levels(offsets, keys) if levels is None else levels
+    if offsets is None:  # one offset level, 0
+        values, level_counts = base.new_zeros(1), keys.count.unsqueeze(-1)
+    else:
+        values, level_counts = offset_levels(offsets, keys) if levels is None else levels
     one_level = values.numel() == 1
     best = base  # each key's best event: its score plus its first event's offset
-    if not one_level or bool(values[0] != 0):
-        best = base + offsets[keys.start.clamp(max=max(p - 1, 0))].view(b, 1, d)
+    if offsets is not None and (not one_level or bool(values[0] != 0)):
+        best = base + offsets[keys.start.clamp(max=max(offsets.numel() - 1, 0))].view(b, 1, d)
     if bool((keys.first < 0).any()):
         best = best.masked_fill((keys.first < 0).unsqueeze(1), float("-inf"))
     n_keys = min(k, d)
@@ -358,7 +361,7 @@ def top_k_distinct(base: torch.Tensor, offsets: torch.Tensor, keys: DistinctKeys
     listed = DistinctKeys.listed(keys.start[rows, top], lengths)  # (E,) indices into keys.positions
     positions = keys.positions[listed]
     scores = top_base.flatten()[segment]
-    if not one_level or bool(values[0] != 0):
+    if offsets is not None and (not one_level or bool(values[0] != 0)):
         scores = scores + offsets[listed]
     scores = ordered(scores, positions, t, integral)
     row = segment // n_keys  # the (user, candidate) of each read event

@@ -54,11 +54,8 @@ ARTIFACT = OutputKind(
 
 
 def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def export_artifact(run: str | Path, out: str | Path, *, index: str | None = None,
