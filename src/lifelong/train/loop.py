@@ -132,7 +132,12 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                              log=lambda message: _log(config, message))
     if MODELS[config.model][0].task == "retrieval":
         return train_retrieval(config, resume=resume, command=command, on_epoch_end=on_epoch_end)
-    ctx = Distributed(resolve_device(config.device))
+    with Distributed(resolve_device(config.device)) as ctx:
+        return _train_clicks(config, ctx, resume=resume, command=command, on_epoch_end=on_epoch_end)
+
+
+def _train_clicks(config: TrainConfig, ctx: Distributed, *, resume: bool, command: str | None,
+                  on_epoch_end: Callable[[int, dict], None] | None) -> dict:
     device = ctx.device
     if config.threads:
         torch.set_num_threads(config.threads)

@@ -101,7 +101,12 @@ def train_retrieval(config, *, resume: bool = False, command: str | None = None,
                     on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
     """Train a retrieval model, select the epoch with the best validation NDCG@20, rank test."""
     config.validate()
-    ctx = Distributed(resolve_device(config.device))
+    with Distributed(resolve_device(config.device)) as ctx:
+        return _train_retrieval(config, ctx, resume=resume, command=command, on_epoch_end=on_epoch_end)
+
+
+def _train_retrieval(config, ctx: Distributed, *, resume: bool, command: str | None,
+                     on_epoch_end: Callable[[int, dict], None] | None) -> dict:
     device = ctx.device
     if config.threads:
         torch.set_num_threads(config.threads)

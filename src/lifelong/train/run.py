@@ -98,7 +98,11 @@ class TrainConfig:
 
 class Distributed:
     """Rank and world size; initialises NCCL when the tensors live on CUDA, gloo otherwise, when run
-    under torchrun (each rank on its own GPU: ``cuda:LOCAL_RANK``)."""
+    under torchrun (each rank on its own GPU: ``cuda:LOCAL_RANK``).
+
+    Used as a context manager, it ends the process group it started: after a last barrier when the body
+    finished, at once when it raised. A rank that leaves with its gloo group still open can abort at exit
+    ("terminate called without an active exception") while the others still write the results."""
 
     def __init__(self, device: torch.device | None = None) -> None:
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -106,8 +110,18 @@ class Distributed:
         self.device = device if device is not None else torch.device("cpu")
         if self.world_size > 1 and self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        if self.world_size > 1 and not dist.is_initialized():
+        self.owned = self.world_size > 1 and not dist.is_initialized()
+        if self.owned:
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+
+    def __enter__(self) -> "Distributed":
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if self.owned and dist.is_initialized():
+            if kind is None:
+                dist.barrier()  # every rank is done before any group is torn down
+            dist.destroy_process_group()
 
     @property
     def enabled(self) -> bool:
