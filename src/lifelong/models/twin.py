@@ -49,7 +49,7 @@ from lifelong.models.long_sequence import (
 )
 from lifelong.models.ranking import Candidates
 from lifelong.models.registry import register
-from lifelong.nn.search import NEGATIVE, DistinctKeys, ExactAttention, top_k_distinct, top_k_events
+from lifelong.nn.search import NEGATIVE, DistinctKeys, ExactAttention, level_table, top_k_distinct, top_k_events
 
 
 @dataclass
@@ -120,10 +120,13 @@ class TWIN(LongSequenceModel):
             if candidates.timestamps is None:
                 raise ValueError("twin: the time gap needs the scoring time: candidates.timestamps (build the "
                                  "collator with with_timestamps=True, as config.batch_needs() says)")
+            table = self.esu.bias(torch.arange(self.config.gap_buckets, device=base.device)).sum(dim=-1)  # (G,)
             gaps = interval_buckets(candidates.timestamps, state.timestamps, state.mask, self.config.gap_buckets)
+            listing = getattr(state, "_listing", None)  # this state's last listing, reused while it still holds
+            if listing is not None and torch.equal(listing[0], gaps) and torch.equal(listing[1], table):
+                return top_k_distinct(base, listing[3], listing[2], t, self.config.top_k, levels=listing[4])
             segment = grouped.segments()
             listed_gaps = gaps[segment // grouped.first.shape[1], grouped.positions]  # (P,) bucket of each event
-            table = self.esu.bias(torch.arange(self.config.gap_buckets, device=gaps.device)).sum(dim=-1)  # (G,)
             values, bucket_rank = torch.unique(table, return_inverse=True)  # dense ranks of the bucket biases
             offsets, rank = table[listed_gaps], bucket_rank[listed_gaps]  # (P,)
             n, p = values.numel(), offsets.numel()
@@ -136,8 +139,9 @@ class TWIN(LongSequenceModel):
             positions, offsets = grouped.positions[order], offsets[order]
             first = torch.where(grouped.first >= 0, positions[grouped.start.clamp(max=max(p - 1, 0))], -1)
             # how many events of each behavior fall in each bias level (ascending)
-            levels = values, torch.bincount(code, minlength=b * d * n).view(b, d, n).flip(-1)
+            levels = level_table(values, torch.bincount(code, minlength=b * d * n).view(b, d, n).flip(-1))
             grouped = DistinctKeys(first, grouped.start, grouped.count, positions)
+            state._listing = (gaps, table, grouped, offsets, levels)
             return top_k_distinct(base, offsets, grouped, t, self.config.top_k, levels=levels)
         return top_k_distinct(base, offsets, grouped, t, self.config.top_k)
 

@@ -267,7 +267,8 @@ def best_keys(scores: torch.Tensor, positions: torch.Tensor, t: int, n: int, int
 
 def top_k_distinct(base: torch.Tensor, offsets: torch.Tensor | None, keys: DistinctKeys, t: int,
                    k: int, integral: bool = False,
-                   levels: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   levels: tuple[torch.Tensor, torch.Tensor] | Levels | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """The top ``k`` events of a search whose event score is its key's score plus a per-event term
     (``base(key) + offset(event)``, ties to the most recent event), from the distinct keys
     (:func:`distinct_keys`): the same selection as scoring every event.
@@ -278,8 +279,9 @@ def top_k_distinct(base: torch.Tensor, offsets: torch.Tensor | None, keys: Disti
     each, as short as these bounds allow (ragged: no (K, k, k) table), then takes the top ``k`` of what it
     read:
 
-    - a threshold ``tau`` with at least ``k`` events at or above it (the ``k``-th best key's best event, or
-      the score where the keys' worst events, best first, add up to ``k`` events): no event below it is
+    - a threshold ``tau`` with at least ``k`` events at or above it (the ``k``-th best key's best event, the
+      score where the keys' best events, counted with the events that share their best offset, add up to
+      ``k``, or where the keys' worst events, best first, add up to ``k`` events): no event below it is
       selected, so a key is read only down to ``tau`` (its events per offset level, ``levels``);
     - the key ranked ``r``-th (from 0): the ``A`` events of the ``a`` keys whose worst event beats its best,
       and the best event of each of the other keys ranked above it, beat all of its events, so at most
@@ -300,7 +302,8 @@ def top_k_distinct(base: torch.Tensor, offsets: torch.Tensor | None, keys: Disti
         k: events to keep.
         integral: the scores are integers (see :func:`ordered`).
         levels: ``(values, counts)``: the distinct offsets (n,) ascending and (B, D, n) how many of each
-            key's events have each; None: computed from ``offsets``.
+            key's events have each, or their :class:`Levels` (:func:`level_table`, for a listing used
+            again); None: computed from ``offsets``.
 
     Returns:
         index (B, K, n) positions, ``n = min(k, events read)``, and valid (B, K, n) bool (False where a
@@ -311,9 +314,13 @@ def top_k_distinct(base: torch.Tensor, offsets: torch.Tensor | None, keys: Disti
     rows = torch.arange(b, device=device).view(b, 1, 1)
     if offsets is None:  # one offset level, 0
         values, level_counts = base.new_zeros(1), keys.count.unsqueeze(-1)
+    elif isinstance(levels, Levels):
+        values, level_counts = levels.values, levels.counts
     else:
         values, level_counts = offset_levels(offsets, keys) if levels is None else levels
     one_level = values.numel() == 1
+    if not one_level and not isinstance(levels, Levels):
+        levels = level_table(values, level_counts)
     best = base  # each key's best event: its score plus its first event's offset
     if offsets is not None and (not one_level or bool(values[0] != 0)):
         best = base + offsets[keys.start.clamp(max=max(offsets.numel() - 1, 0))].view(b, 1, d)
@@ -327,8 +334,7 @@ def top_k_distinct(base: torch.Tensor, offsets: torch.Tensor | None, keys: Disti
     if one_level:
         worst, worst_counts = top_best, counts  # one level: a key's events all score the same
     else:
-        lowest = (level_counts > 0).long().argmax(dim=-1)  # (B, D) each key's lowest offset level
-        worst = (top_base + values[lowest[rows, top]]).masked_fill(top_best == float("-inf"), float("-inf"))
+        worst = (top_base + values[levels.lowest[rows, top]]).masked_fill(top_best == float("-inf"), float("-inf"))
         worst, by_worst = torch.sort(worst, dim=-1, descending=True)
         worst_counts = counts.gather(-1, by_worst)
     held = torch.cumsum(worst_counts, dim=-1)  # (B, K, n_keys) events of the keys at or above each worst
@@ -337,6 +343,10 @@ def top_k_distinct(base: torch.Tensor, offsets: torch.Tensor | None, keys: Disti
                       float("-inf"))  # at least k events score tau or more
     if n_keys == k:
         tau = torch.maximum(tau, top_best[..., -1])  # the k best keys' best events
+    if not one_level:  # the keys' best events, best first, with how many events each has at its best level
+        reach = torch.cumsum(levels.at_best[rows, top], dim=-1) >= k  # these keys hold k events at their best
+        tau = torch.maximum(tau, torch.where(reach.any(dim=-1), top_best.gather(
+            -1, reach.long().argmax(dim=-1, keepdim=True)).squeeze(-1), float("-inf")))
     # events of each key at or above tau (a prefix of its listing)
     if one_level:
         above_tau = torch.where(top_best >= tau.unsqueeze(-1), counts, 0)
@@ -350,8 +360,7 @@ def top_k_distinct(base: torch.Tensor, offsets: torch.Tensor | None, keys: Disti
                 break
             level = level - lower.long()
         level = level + ((level < n_levels) & ~reaches(level)).long()  # up one where this level falls short
-        at_or_above = torch.cat([level_counts.flip(-1).cumsum(dim=-1).flip(-1), level_counts[..., :1] * 0], dim=-1)
-        above_tau = at_or_above.view(-1)[((rows * d + top) * (n_levels + 1) + level).flatten()].view_as(level)
+        above_tau = levels.at_or_above.reshape(-1)[((rows * d + top) * (n_levels + 1) + level).flatten()].view_as(level)
     beaten_by = torch.searchsorted(-worst.contiguous(), -top_best.contiguous())  # (B, K, n_keys) keys whose worst beats it
     better = torch.where(beaten_by > 0, held.gather(-1, (beaten_by - 1).clamp(min=0)), 0)
     rank = torch.arange(n_keys, device=device)
@@ -375,6 +384,36 @@ def top_k_distinct(base: torch.Tensor, offsets: torch.Tensor | None, keys: Disti
     n = min(k, width)
     kept, picked = torch.topk(table, n, dim=-1, sorted=False)
     return where.gather(-1, picked).view(b, kk, n), (kept > float("-inf")).view(b, kk, n)
+
+
+@dataclass
+class Levels:
+    """The offset levels of a listing, and what :func:`top_k_distinct` derives from them per key (they
+    depend on the listing alone, so a caller that reuses a listing reuses them: :func:`level_table`).
+
+    Attributes:
+        values: (n,) the distinct offsets, ascending.
+        counts: (B, D, n) how many events of each key have each.
+        lowest: (B, D) each key's lowest level holding an event (its worst events).
+        at_best: (B, D) how many of the key's events share its highest offset (its best score).
+        at_or_above: (B, D, n + 1) how many of the key's events are at or above each level (0 past the top).
+    """
+
+    values: torch.Tensor
+    counts: torch.Tensor
+    lowest: torch.Tensor
+    at_best: torch.Tensor
+    at_or_above: torch.Tensor
+
+
+def level_table(values: torch.Tensor, counts: torch.Tensor) -> Levels:
+    """:class:`Levels` from the distinct offsets (n,) ascending and the (B, D, n) events per key and level."""
+    n = values.numel()
+    occupied = counts > 0
+    top_level = n - 1 - occupied.flip(-1).long().argmax(dim=-1, keepdim=True)  # (B, D, 1)
+    at_or_above = torch.cat([counts.flip(-1).cumsum(dim=-1).flip(-1), counts[..., :1] * 0], dim=-1)
+    return Levels(values, counts, occupied.long().argmax(dim=-1), counts.gather(-1, top_level).squeeze(-1),
+                  at_or_above)
 
 
 def offset_levels(offsets: torch.Tensor, keys: DistinctKeys) -> tuple[torch.Tensor, torch.Tensor]:
