@@ -159,3 +159,20 @@ def test_search_over_many_distinct_behaviors_cut_to_a_bound_selects_the_events_o
         assert search_sets(distinct, batch, candidates) == search_sets(every, batch, candidates)
         torch.testing.assert_close(distinct.score(distinct.encode_user(batch), candidates),
                                    every.score(every.encode_user(batch), candidates))
+
+
+def test_a_reused_listing_follows_the_scoring_time():
+    """The listing of a state's events by time-gap bias is kept for the next call while the gap buckets are
+    unchanged; a later scoring time moves events to other buckets, and the search then lists them again:
+    the same top k and scores as a fresh state and as scoring every event, at both times."""
+    batch = repeating_batch()
+    distinct, every = twin(top_k=5), twin(top_k=5, distinct=False)
+    with torch.no_grad():
+        state = distinct.encode_user(batch)
+        for shift in (0, 0, 3_000_000, 3_000_000, 0):  # seconds after the batch's own scoring time
+            candidates = random_candidates(batch, k=6, seed=33)
+            candidates.timestamps = candidates.timestamps + shift
+            expected = every.score(every.encode_user(batch), candidates)
+            torch.testing.assert_close(distinct.score(state, candidates), expected)
+            torch.testing.assert_close(distinct.score(distinct.encode_user(batch), candidates), expected)
+            assert search_sets(distinct, batch, candidates) == search_sets(every, batch, candidates)
