@@ -224,6 +224,9 @@ def _limit(value: int, what: str, limit: int, option: str) -> None:
 # ---- the application --------------------------------------------------------------------------------
 
 
+INLINE_HISTORY = 1_000  # longest history a store with inline reads reads on the event loop (a lifelong one: a thread)
+
+
 def create_app(scorer: Scorer, store, options: ServeOptions | None = None) -> FastAPI:
     """The FastAPI application serving ``scorer`` with the behavior ``store`` (opened by the caller, who also
     closes it)."""
@@ -265,10 +268,15 @@ def create_app(scorer: Scorer, store, options: ServeOptions | None = None) -> Fa
         metrics.batch_size.labels(kind).observe(1)
         return (await run_in_threadpool(run_batch, [job]))[0]
 
+    inline_reads = bool(getattr(store, "inline_reads", False))
+
     async def store_call(op: str, fn, *args):
         started = time.perf_counter()
         try:
-            result = await run_in_threadpool(fn, *args)
+            if inline_reads and (op == "version" or op == "history" and args[-1] <= INLINE_HISTORY):
+                result = fn(*args)
+            else:
+                result = await run_in_threadpool(fn, *args)
         except StoreUnavailable as error:
             metrics.store_ops.labels(op, "unavailable").inc()
             raise Refused(503, f"the behavior store is unavailable ({error}); retry later") from None
@@ -513,7 +521,12 @@ def _endpoint(path: str) -> str:
 
 
 def run_server(scorer: Scorer, store, options: ServeOptions, host: str, port: int) -> None:
-    """Serve until interrupted (uvicorn, one process)."""
+    """Serve until interrupted (uvicorn, one process), freed memory kept for the next requests
+    (:func:`lifelong.allocator.keep_freed_memory`)."""
     import uvicorn
+
+    from lifelong.allocator import keep_freed_memory
+
+    keep_freed_memory()
 
     uvicorn.run(create_app(scorer, store, options), host=host, port=port, log_level="warning", access_log=False)

@@ -188,6 +188,10 @@ class SQLiteStore:
     """The embedded store: SQLite in WAL mode, ``synchronous=FULL``. See the module docstring."""
 
     backend = "sqlite"
+    # reads are local indexed lookups (tens of microseconds; WAL readers never wait for the writer): the
+    # server runs them on its event loop rather than hopping to a worker thread, which under load waited
+    # milliseconds for the GIL (measured: 6 ms per version lookup at 32 concurrent rank requests)
+    inline_reads = True
 
     def __init__(self, path: str | Path, *, busy_timeout_s: float = 30.0):
         self.path = Path(path)
@@ -492,6 +496,7 @@ class RedisStore:
     """The Redis store (``appendonly yes`` + ``appendfsync always``). See the module docstring."""
 
     backend = "redis"
+    inline_reads = False  # a network round trip: on a worker thread, never blocking the event loop
 
     def __init__(
         self,
