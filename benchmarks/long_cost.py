@@ -7,18 +7,23 @@ of ``L`` random events, ``--steps`` steps after one warm-up step, each (model, L
 samples per second (median step) and the peak resident set size of the process (``ru_maxrss``, which
 includes the model, the optimizer state and the batch), for L up to 10,000.
 
-``score``: one user with ``L`` random behaviors, ``--requests`` requests of ``K`` (200) random candidates
-each, eval mode, no gradients: ``request`` computes the user side in the request (``encode_user`` +
-``score``), ``cached`` takes the state from a cache (``score`` alone), as a service does. The requests
-are interleaved round-robin over all (model, L) of a process so that load from other processes falls on
-all alike; p50 and p99 in milliseconds. DIN with full attention over 100,000 events costs seconds per
-request and is skipped there (``--din-max-length``). The baseline row is DIN over the last 50 events.
+``score``: ``--users`` (4) users with ``L`` behaviors each, ``--requests`` requests of ``K`` (200) random
+candidates, eval mode, no gradients: ``request`` computes the user side in the request (``encode_user`` +
+``score``), ``cached`` takes the state from a cache (``score`` alone), as a service does. As a service
+runs, one model at a time serves all its requests, each for the next user in rotation (so a request
+does not find its user's state in the CPU's caches); ``--interleave`` instead runs the requests
+round-robin over all (model, L) of a process with one user each (the first method of this script: load
+from other processes falls on all models alike, but every request also finds the caches full of the
+other models' tables). p50 and p99 in milliseconds. DIN with full attention over 100,000 events costs
+seconds per request and is skipped there (``--din-max-length``). The baseline row is DIN over the last
+50 events.
 
 Models have their default sizes (``embedding_dim`` 32, W = 64), 100,000 items, 1,000 categories, random
 weights (the cost does not depend on the weights, except in ETA's and SDIM's hash collisions).
 
     python benchmarks/long_cost.py [--quick] [--what train,score] [--models din,sim_hard,...]
-        [--lengths 1000,10000,100000] [--threads 2] [--requests 200] [--batch 32] [--steps 5]
+        [--lengths 1000,10000,100000] [--threads 2] [--requests 200] [--users 4] [--interleave]
+        [--batch 32] [--steps 5]
         [--out docs/results/long_cost.md]
 
 ``--quick`` (under a minute): SDIM's cached scoring at L = 1,000 and 100,000 only; the last line is
@@ -32,6 +37,7 @@ the batch) is kept from the first version of this script:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import statistics
@@ -105,32 +111,59 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * (len(values) - 1)))]
 
 
+def user_rows(batch: Batch) -> list[Batch]:
+    """The one-user batches of ``batch``'s rows."""
+    users = batch.history_items.shape[0]
+    return [dataclasses.replace(batch, **{f.name: value[u : u + 1] for f in dataclasses.fields(batch)
+                                          if torch.is_tensor(value := getattr(batch, f.name))})
+            for u in range(users)]
+
+
 def score_latency(setups: list[tuple[str, int]], k: int, requests: int, modes: tuple[str, ...],
-                  histories: str = "random") -> list[dict]:
+                  histories: str = "random", users: int = 4, interleave: bool = False) -> list[dict]:
     """p50/p99 (ms) of scoring ``k`` candidates for every (variant, L) and mode (``request``: encode_user +
-    score; ``cached``: score of a cached state): the modes one after the other, each mode's requests
-    interleaved round-robin over the (variant, L)."""
-    prepared = {}
-    with torch.no_grad():
-        for variant, length in setups:
-            model = model_of(variant).eval()
-            batch = batch_of(1, length, histories=histories)
-            prepared[variant, length] = (model, batch, model.encode_user(batch))
+    score; ``cached``: score of a cached state).
+
+    As a service runs: one model at a time (all its requests in a row), each request for the next of
+    ``users`` users (their states, or histories, in rotation: a state is not in the CPU's caches because
+    the previous request read it). ``interleave`` (this script's first method) instead runs the requests
+    round-robin over every (variant, L), one user each: each request then also finds the other models'
+    tables in the caches (spreads outside load evenly over the models, but no service holds six models)."""
     g = torch.Generator().manual_seed(1)
     times = {(setup, mode): [] for setup in setups for mode in modes}
     warm_up = 5
+
+    def prepare(variant: str, length: int, n_users: int):
+        model = model_of(variant).eval()
+        rows = user_rows(batch_of(n_users, length, histories=histories))
+        return model, rows, [model.encode_user(row) for row in rows]
+
+    def one_request(prepared, user: int, mode: str, step: int, setup) -> None:
+        model, rows, states = prepared
+        candidates = Candidates(items=torch.randint(2, N_ITEMS, (1, k), generator=g),
+                                cates=torch.randint(2, N_CATES, (1, k), generator=g))
+        candidates.timestamps = rows[user].timestamps
+        start = time.perf_counter()
+        model.score(model.encode_user(rows[user]) if mode == "request" else states[user], candidates)
+        if step >= warm_up:
+            times[setup, mode].append(1e3 * (time.perf_counter() - start))
+
     with torch.no_grad():
-        for mode, step in ((mode, step) for mode in modes for step in range(requests + warm_up)):
-            candidates = Candidates(items=torch.randint(2, N_ITEMS, (1, k), generator=g),
-                                    cates=torch.randint(2, N_CATES, (1, k), generator=g))
-            for setup in setups:  # one mode at a time: cached requests are not timed between encodings
-                model, batch, state = prepared[setup]
-                candidates.timestamps = batch.timestamps
-                start = time.perf_counter()
-                model.score(model.encode_user(batch) if mode == "request" else state, candidates)
-                if step >= warm_up:
-                    times[setup, mode].append(1e3 * (time.perf_counter() - start))
+        if interleave:
+            prepared = {setup: prepare(*setup, 1) for setup in setups}
+            for mode in modes:  # one mode at a time: cached requests are not timed between encodings
+                for step in range(requests + warm_up):
+                    for setup in setups:
+                        one_request(prepared[setup], 0, mode, step, setup)
+        else:
+            for setup in setups:
+                prepared = prepare(*setup, users)
+                for mode in modes:
+                    for step in range(requests + warm_up):
+                        one_request(prepared, step % users, mode, step, setup)
+                del prepared
     return [{"model": variant, "L": length, "K": k, "mode": mode, "histories": histories, "requests": len(values),
+             "users": 1 if interleave else users, "order": "interleaved" if interleave else "per model",
              "p50_ms": round(percentile(values, 0.5), 2), "p99_ms": round(percentile(values, 0.99), 2)}
             for ((variant, length), mode), values in times.items()]
 
@@ -196,6 +229,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--users", type=int, default=4, help="users whose states a model's requests rotate over")
+    parser.add_argument("--interleave", action="store_true",
+                        help="requests round-robin over every model of one L, one user each (the first method)")
     parser.add_argument("--histories", default="random", choices=["random", "lifelong"],
                         help="random events, or users of the lifelong synthetic log (repeated items)")
     parser.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
@@ -249,12 +285,16 @@ def main() -> None:
         rows = []
         for length in lengths:  # one process per L: the interleaving is over the models of that L
             setups = [("din", 50)] + [(v, length) for v in variants if v != "din" or length <= args.din_max_length]
-            part = score_latency(setups, args.candidates, args.requests, ("request", "cached"), args.histories)
+            part = score_latency(setups, args.candidates, args.requests, ("request", "cached"), args.histories,
+                                 args.users, args.interleave)
             rows += [r for r in part if r["L"] != 50 or not rows]  # the DIN-50 baseline once
             print(f"score L={length}: done", file=sys.stderr, flush=True)
         sections.append(f"## Scoring {args.candidates} candidates for one user\n\n"
-                        f"{args.requests} requests after 5 warm-up ones, round-robin over the models of one L; "
-                        f"eval mode, no gradients. The first row is the baseline, DIN over the last 50 events.\n\n"
+                        f"{args.requests} requests after 5 warm-up ones, "
+                        + ("round-robin over the models of one L, one user each; " if args.interleave else
+                           f"one model at a time, each request for the next of {args.users} users (their states "
+                           f"or histories in rotation); ")
+                        + "eval mode, no gradients. The first row is the baseline, DIN over the last 50 events.\n\n"
                         + score_table(rows))
     command = "python benchmarks/long_cost.py " + " ".join(sys.argv[1:])
     text = (f"# The cost of long histories\n\n`{command.strip()}`: {provenance(torch.get_num_threads())}. "
