@@ -111,6 +111,7 @@ def test_variants_score_several_candidates_as_forward_passes(options):
 @pytest.mark.parametrize("normalization", ["none", "softmax"])
 def test_attention_over_k_candidates_equals_k_calls_with_one(impl, normalization, pairs_per_chunk, monkeypatch):
     monkeypatch.setattr("lifelong.nn.layers.PAIRS_PER_CHUNK", pairs_per_chunk)
+    monkeypatch.setattr("lifelong.nn.layers.CANDIDATE_PAIRS_PER_CHUNK", pairs_per_chunk)
     torch.manual_seed(4)
     att = TargetAttention(6, [8, 4], "dice", normalization, impl)
     with torch.no_grad():

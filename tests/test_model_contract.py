@@ -158,6 +158,7 @@ def test_scoring_k_candidates_equals_k_forward_passes(name, chunks, monkeypatch)
     forward passes with each candidate as the target; and the candidates get different scores."""
     if chunks == "in chunks":  # inference splits the (behavior, candidate) pairs into chunks of this many
         monkeypatch.setattr("lifelong.nn.layers.PAIRS_PER_CHUNK", 8)
+        monkeypatch.setattr("lifelong.nn.layers.CANDIDATE_PAIRS_PER_CHUNK", 8)
     model = warm_and_visible(name)
     assert_candidates_score_as_forward_passes(model, random_batch(batch_size=6, seed=21), k=5, seed=22)
 
