@@ -135,6 +135,14 @@ def provenance(threads: int) -> str:
             f"{datetime.date.today().isoformat()}, commit {commit}")
 
 
+def write_page(path: Path, title: str, body: str, threads: int) -> None:
+    """A results page: ``title``, the command line that wrote it with :func:`provenance`, then ``body``."""
+    command = "python " + " ".join([str(Path(sys.argv[0]).relative_to(ROOT)) if Path(sys.argv[0]).is_absolute()
+                                    and Path(sys.argv[0]).is_relative_to(ROOT) else sys.argv[0], *sys.argv[1:]])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"# {title}\n\n`{command}`: {provenance(threads)}.\n\n{body.strip()}\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ranking = sorted(name for name, (config, _) in MODELS.items() if config.task == "ctr")

@@ -49,6 +49,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from lifelong.allocator import keep_freed_memory
 from lifelong.batch import Batch
 from lifelong.data.lifelong_synthetic import lifelong_log
 
@@ -238,6 +239,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also write the tables (markdown) to this file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as lifelong serve does: a request's temporaries reuse the last one's pages
     variants = [v for v in args.models.split(",") if v]
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:

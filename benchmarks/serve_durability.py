@@ -32,6 +32,9 @@ import threading
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from candidates import write_page  # noqa: E402  (the results pages' header: command, machine, commit)
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -268,6 +271,7 @@ def main() -> None:
     parser.add_argument("--max-s", type=float, default=3.0, help="latest kill, seconds after the first ack")
     parser.add_argument("--seed", type=int, default=29)
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--out", type=Path, help="also write the table (markdown) to this file")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, stores)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="lifelong-durability-"))
@@ -281,16 +285,19 @@ def main() -> None:
             print(f"work folder: {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"\nSIGKILL durability: lifelong serve, POST /v1/events, {args.clients} client threads x 5 events per request,"
-          f" kill {args.min_s}-{args.max_s} s after the first ack, seed {args.seed}")
-    print("| backend | kills (SIGKILL) | acknowledged | lost | stored, never acked | refused (503) | fsync setting |")
-    print("|---|---|---|---:|---:|---:|---|")
+    lines = [f"SIGKILL durability: lifelong serve, POST /v1/events, {args.clients} client threads x 5 events per "
+             f"request, kill {args.min_s}-{args.max_s} s after the first ack, seed {args.seed}", "",
+             "| backend | kills (SIGKILL) | acknowledged | lost | stored, never acked | refused (503) | fsync setting |",
+             "|---|---|---|---:|---:|---:|---|"]
     for r in results:
         kinds = {k: r["killed"].count(k) for k in dict.fromkeys(r["killed"])}
         kills = f"{r['rounds']} rounds: " + ", ".join(f"{n} {k}" for k, n in kinds.items())
         fsync = ", ".join(f"{k}={v}" for k, v in r["fsync"].items())
-        print(f"| {r['backend']} | {kills} | {r['acknowledged']:,} | {r['lost']} | {r['unacknowledged_but_stored']} "
-              f"| {r['refused_requests']} | {fsync} |")
+        lines.append(f"| {r['backend']} | {kills} | {r['acknowledged']:,} | {r['lost']} | "
+                     f"{r['unacknowledged_but_stored']} | {r['refused_requests']} | {fsync} |")
+    print("\n" + "\n".join(lines))
+    if args.out:
+        write_page(args.out, "Durability of acknowledged events under SIGKILL", "\n".join(lines), 1)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     bad = [r for r in results if r["lost"] or not r["ready_after_restart"]]

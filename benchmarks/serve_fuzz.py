@@ -28,6 +28,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from candidates import write_page  # noqa: E402  (the results pages' header: command, machine, commit)
+
 ROOT = Path(__file__).resolve().parents[1]
 LIFELONG = str(ROOT / ".venv" / "bin" / "lifelong") if (ROOT / ".venv" / "bin" / "lifelong").exists() else "lifelong"
 
@@ -213,12 +216,15 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--max-growth-mb", type=float, default=200.0)
+    parser.add_argument("--out", type=Path, help="also write the tables (markdown) to this file")
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="serve-fuzz-"))
     work.mkdir(parents=True, exist_ok=True)
     artifacts = tiny_artifacts(work)
     ok = True
     totals: Counter = Counter()
+    lines: list[str] = [f"schemathesis-generated requests against the OpenAPI schema, seed {args.seed}, "
+                        f"concurrency {args.concurrency}"]
     for name, artifact in artifacts.items():
         store = work / f"store-{name}.db"
         if store.exists():
@@ -226,12 +232,11 @@ def main() -> int:
         found = fuzz_server(artifact, store, args.requests // len(artifacts), args.seed, args.concurrency)
         totals.update(found["counts"])
         growth = found["rss_after"] - found["rss_before"]
-        print(f"\n{name} server: {sum(found['counts'].values()):,} requests (generated in {found['generate_s']:.0f} s, "
-              f"sent in {found['send_s']:.0f} s); RSS {found['rss_before']:.0f} -> {found['rss_after']:.0f} MB "
-              f"(+{growth:.0f}); events acknowledged {found['acknowledged']:,}, stored {found['stored']:,}")
-        print("| endpoint | status | requests |\n| --- | --- | --- |")
-        for (endpoint, status), count in sorted(found["counts"].items()):
-            print(f"| {endpoint} | {status} | {count:,} |")
+        lines += ["", f"{name} server: {sum(found['counts'].values()):,} requests (generated in "
+                  f"{found['generate_s']:.0f} s, sent in {found['send_s']:.0f} s); RSS {found['rss_before']:.0f} -> "
+                  f"{found['rss_after']:.0f} MB (+{growth:.0f}); events acknowledged {found['acknowledged']:,}, "
+                  f"stored {found['stored']:,}", "", "| endpoint | status | requests |", "| --- | --- | --- |"]
+        lines += [f"| {endpoint} | {status} | {count:,} |" for (endpoint, status), count in sorted(found["counts"].items())]
         for case, status, text in found["failures"][:5]:
             print(f"FAIL {status}: {case} -> {text}")
         if found["failures"] and "Traceback" in found["log"]:
@@ -240,9 +245,12 @@ def main() -> int:
     by_status = Counter()
     for (_, status), count in totals.items():
         by_status[status] += count
-    print(f"\nall: {sum(totals.values()):,} requests; by status: "
-          + ", ".join(f"{status}: {count:,}" for status, count in sorted(by_status.items())))
-    print("PASS: no 500, memory bounded, store holds exactly the acknowledged events" if ok else "FAIL")
+    lines += ["", f"all: {sum(totals.values()):,} requests; by status: "
+              + ", ".join(f"{status}: {count:,}" for status, count in sorted(by_status.items())),
+              "", "PASS: no 500, memory bounded, store holds exactly the acknowledged events" if ok else "FAIL"]
+    print("\n".join(lines))
+    if args.out:
+        write_page(args.out, "Fuzzing the HTTP service", "\n".join(lines), 1)
     return 0 if ok else 1
 
 

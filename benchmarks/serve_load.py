@@ -2,7 +2,7 @@
 micro-batching, measured by this process (an asyncio client) against a server in its own process.
 
     python benchmarks/serve_load.py [--workdir DIR] [--requests 1000] [--warmup 100] [--concurrency 1,8,32]
-        [--threads 1] [--max-delay-ms 0] [--items 1000000] [--client raw] [--skip-retrieval]
+        [--threads 1] [--max-delay-ms 0] [--items 1000000] [--client raw] [--skip-retrieval] [--out PAGE]
 
 Two servers, each started twice: with micro-batching (``--max-batch 32 --max-delay-ms 0``, two batch workers)
 and without (``--max-batch 1``: every request its own forward pass on the request thread pool), each forward
@@ -40,6 +40,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from candidates import write_page  # noqa: E402  (the results pages' header: command, machine, commit)
 
 ROOT = Path(__file__).resolve().parents[1]
 LIFELONG = str(ROOT / ".venv" / "bin" / "lifelong") if (ROOT / ".venv" / "bin" / "lifelong").exists() else "lifelong"
@@ -305,6 +308,7 @@ def main() -> int:
     parser.add_argument("--client", choices=["raw", "httpx"], default="raw",
                         help="the load generator's HTTP client: raw asyncio streams (a few hundred microseconds of "
                         "CPU per request) or httpx's AsyncClient (2 to 4 ms here, taken from the server's two cores)")
+    parser.add_argument("--out", type=Path, help="also write the table (markdown) to this file")
     parser.add_argument("--skip-retrieval", action="store_true")
     parser.add_argument("--skip-ranking", action="store_true")
     args = parser.parse_args()
@@ -342,24 +346,28 @@ def main() -> int:
                     print(f"{name} {'batched' if batching else 'single '} c={concurrency:>2}: p50 {result['p50']:.1f} ms, "
                           f"p99 {result['p99']:.1f} ms, {result['rps']:.0f} req/s, mean batch {result['mean_batch']:.1f}",
                           file=sys.stderr, flush=True)
-    print(f"\nserve_load: server threads {args.threads}, batched server --max-batch 32 --max-delay-ms {args.max_delay_ms}, "
-          f"{args.requests} timed requests per cell after {args.warmup} warm-up, {args.client} client\n")
-    print("| model | request | micro-batching | concurrency | p50 ms | p99 ms | req/s | mean batch | resent |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    lines = [f"serve_load: server threads {args.threads}, batched server --max-batch 32 --max-delay-ms "
+             f"{args.max_delay_ms}, {args.requests} timed requests per cell after {args.warmup} warm-up, "
+             f"{args.client} client", "",
+             "| model | request | micro-batching | concurrency | p50 ms | p99 ms | req/s | mean batch | resent |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        print(f"| {r['model']} | {r['size']} | {'on' if r['batching'] else 'off'} | {r['concurrency']} | "
-              f"{r['p50']:.1f} | {r['p99']:.1f} | {r['rps']:.0f} | {r['mean_batch']:.1f} | {r['errors']} |")
+        lines.append(f"| {r['model']} | {r['size']} | {'on' if r['batching'] else 'off'} | {r['concurrency']} | "
+                     f"{r['p50']:.1f} | {r['p99']:.1f} | {r['rps']:.0f} | {r['mean_batch']:.1f} | {r['errors']} |")
     verdicts = []
-    for name in {r["model"] for r in rows}:
+    for name in sorted({r["model"] for r in rows}):
         on = {r["concurrency"]: r for r in rows if r["model"] == name and r["batching"]}
         off = {r["concurrency"]: r for r in rows if r["model"] == name and not r["batching"]}
         top = max(on)
-        verdicts.append(f"{name}: micro-batching at concurrency {top}: {on[top]['rps'] / off[top]['rps']:.2f}x the "
+        verdicts.append(f"- {name}: micro-batching at concurrency {top}: {on[top]['rps'] / off[top]['rps']:.2f}x the "
                         f"throughput without (bar >= 2x)")
         if name == "din" and 8 in on:
-            verdicts.append(f"din: p99 at concurrency 8 with micro-batching {on[8]['p99']:.1f} ms (bar < 20 ms), "
+            verdicts.append(f"- din: p99 at concurrency 8 with micro-batching {on[8]['p99']:.1f} ms (bar < 20 ms), "
                             f"without {off[8]['p99']:.1f} ms")
-    print("\n" + "\n".join(verdicts))
+    report = "\n".join(lines + [""] + verdicts)
+    print("\n" + report)
+    if args.out:
+        write_page(args.out, "Serving under load", report, args.threads)
     return 0
 
 

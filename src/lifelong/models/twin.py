@@ -31,7 +31,9 @@ Deviations:
     (item, category, context) when those are at most half the history: each is projected once, a
     candidate costs one product per distinct behavior, and each behavior's events are ranked by their
     cross-feature bias for the call (:meth:`TWIN.search_distinct`); the same selection as scoring every
-    event (tested). ``distinct=False`` projects every event.
+    event (tested). That listing depends on the user and the scoring time alone: a state keeps its last
+    one and reuses it while the events' gap buckets (log2 minutes: they move rarely between a user's
+    requests) and the bias table are unchanged. ``distinct=False`` projects every event.
   - The search runs without gradients (it is not differentiable); only the retrieved behaviors are
     embedded and projected again with gradients, by the same parameters, so training keeps no (B, L, W)
     tensor for the gradient and the search and the exact stage stay consistent.
