@@ -330,23 +330,29 @@ def top_k_distinct(base: torch.Tensor, offsets: torch.Tensor | None, keys: Disti
     top = best_keys(best, keys.first.clamp(min=0), t, n_keys, integral)  # (B, K, n_keys) best first
     counts = keys.count[rows, top]
     top_best, top_base = best.gather(-1, top), base.gather(-1, top)
-    # the keys' worst events, best first (keys whose worst event beats a key's best rank above it)
-    if one_level:
-        worst, worst_counts = top_best, counts  # one level: a key's events all score the same
-    else:
-        worst = (top_base + values[levels.lowest[rows, top]]).masked_fill(top_best == float("-inf"), float("-inf"))
-        worst, by_worst = torch.sort(worst, dim=-1, descending=True)
-        worst_counts = counts.gather(-1, by_worst)
-    held = torch.cumsum(worst_counts, dim=-1)  # (B, K, n_keys) events of the keys at or above each worst
-    enough = held >= k
-    tau = torch.where(enough.any(dim=-1), worst.gather(-1, enough.long().argmax(dim=-1, keepdim=True)).squeeze(-1),
-                      float("-inf"))  # at least k events score tau or more
-    if n_keys == k:
-        tau = torch.maximum(tau, top_best[..., -1])  # the k best keys' best events
-    if not one_level:  # the keys' best events, best first, with how many events each has at its best level
+    # at least k events score tau or more: the k best keys' best events, ...
+    tau = top_best[..., -1] if n_keys == k else torch.full_like(top_best[..., 0], float("-inf"))
+    at_best_reach = None
+    if not one_level:  # ... the keys' best events, counted with the events that share their best offset, ...
         reach = torch.cumsum(levels.at_best[rows, top], dim=-1) >= k  # these keys hold k events at their best
-        tau = torch.maximum(tau, torch.where(reach.any(dim=-1), top_best.gather(
+        at_best_reach = reach.any(dim=-1)
+        tau = torch.maximum(tau, torch.where(at_best_reach, top_best.gather(
             -1, reach.long().argmax(dim=-1, keepdim=True)).squeeze(-1), float("-inf")))
+    # the rank bound needs the keys' worst events in order: with several offset levels that sort is skipped
+    # where the keys' best events already reach k (the threshold then leaves about k events to read)
+    rank_bound = one_level or not bool(at_best_reach.all())
+    if rank_bound:  # the keys' worst events, best first (keys whose worst event beats a key's best rank above it)
+        if one_level:
+            worst, worst_counts = top_best, counts  # one level: a key's events all score the same
+        else:
+            worst = (top_base + values[levels.lowest[rows, top]]).masked_fill(top_best == float("-inf"),
+                                                                              float("-inf"))
+            worst, by_worst = torch.sort(worst, dim=-1, descending=True)
+            worst_counts = counts.gather(-1, by_worst)
+        held = torch.cumsum(worst_counts, dim=-1)  # (B, K, n_keys) events of the keys at or above each worst
+        enough = held >= k  # ... or the keys' worst events, best first, where they add up to k events
+        tau = torch.maximum(tau, torch.where(enough.any(dim=-1), worst.gather(
+            -1, enough.long().argmax(dim=-1, keepdim=True)).squeeze(-1), float("-inf")))
     # events of each key at or above tau (a prefix of its listing)
     if one_level:
         above_tau = torch.where(top_best >= tau.unsqueeze(-1), counts, 0)
@@ -361,10 +367,13 @@ def top_k_distinct(base: torch.Tensor, offsets: torch.Tensor | None, keys: Disti
             level = level - lower.long()
         level = level + ((level < n_levels) & ~reaches(level)).long()  # up one where this level falls short
         above_tau = levels.at_or_above.reshape(-1)[((rows * d + top) * (n_levels + 1) + level).flatten()].view_as(level)
-    beaten_by = torch.searchsorted(-worst.contiguous(), -top_best.contiguous())  # (B, K, n_keys) keys whose worst beats it
-    better = torch.where(beaten_by > 0, held.gather(-1, (beaten_by - 1).clamp(min=0)), 0)
-    rank = torch.arange(n_keys, device=device)
-    lengths = torch.minimum(above_tau, k - better - (rank - beaten_by)).clamp(min=0)  # events read from each key
+    if rank_bound:
+        beaten_by = torch.searchsorted(-worst.contiguous(), -top_best.contiguous())  # keys whose worst beats it
+        better = torch.where(beaten_by > 0, held.gather(-1, (beaten_by - 1).clamp(min=0)), 0)
+        rank = torch.arange(n_keys, device=device)
+        lengths = torch.minimum(above_tau, k - better - (rank - beaten_by)).clamp(min=0)  # events read from each key
+    else:  # no key gives more than k
+        lengths = above_tau.clamp(max=k)
     lengths = lengths.masked_fill(top_best == float("-inf"), 0).flatten()  # (B K n_keys,)
     segment = torch.repeat_interleave(torch.arange(lengths.numel(), device=device), lengths)  # (E,)
     listed = DistinctKeys.listed(keys.start[rows, top], lengths)  # (E,) indices into keys.positions
