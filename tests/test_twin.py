@@ -176,3 +176,36 @@ def test_a_reused_listing_follows_the_scoring_time():
             torch.testing.assert_close(distinct.score(state, candidates), expected)
             torch.testing.assert_close(distinct.score(distinct.encode_user(batch), candidates), expected)
             assert search_sets(distinct, batch, candidates) == search_sets(every, batch, candidates)
+
+
+def test_the_listing_horizon_is_the_last_second_before_an_event_changes_gap_bucket():
+    """bucket_horizon: within it every event keeps its gap bucket, two seconds past it one event has moved;
+    the model reuses its listing within the horizon and lists again past it (scores equal to scoring every
+    event at each time)."""
+    from lifelong.models.twin import bucket_horizon
+
+    batch = repeating_batch()
+    g = torch.Generator().manual_seed(5)
+    times = batch.timestamps - torch.randint(0, 5_000, batch.timestamps.shape, generator=g)
+    buckets = interval_buckets(times, batch.history_timestamps, batch.history_mask, 24)
+    horizon = bucket_horizon(times, batch.history_timestamps, batch.history_mask, buckets, 24)
+    for user in range(len(batch)):
+        one = slice(user, user + 1)
+        at = lambda shift: interval_buckets(times[one] + shift, batch.history_timestamps[one],  # noqa: E731
+                                            batch.history_mask[one], 24)
+        h = int(horizon[user])
+        assert torch.equal(at(h), buckets[one]) and not torch.equal(at(h + 2), buckets[one]), user
+    distinct, every = twin(top_k=5), twin(top_k=5, distinct=False)
+    n = distinct.config.gap_buckets
+    own = interval_buckets(batch.timestamps, batch.history_timestamps, batch.history_mask, n)
+    h = int(bucket_horizon(batch.timestamps, batch.history_timestamps, batch.history_mask, own, n).min())
+    with torch.no_grad():
+        state = distinct.encode_user(batch)
+        candidates = random_candidates(batch, k=6, seed=34)
+        listings = []
+        for shift in (0, h, h + 2):
+            candidates.timestamps = batch.timestamps + shift
+            torch.testing.assert_close(distinct.score(state, candidates),
+                                       every.score(every.encode_user(batch), candidates))
+            listings.append(state._listing)
+    assert listings[1] is listings[0] and listings[2] is not listings[0]  # reused within, listed again past

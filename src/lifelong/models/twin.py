@@ -33,7 +33,8 @@ Deviations:
     cross-feature bias for the call (:meth:`TWIN.search_distinct`); the same selection as scoring every
     event (tested). That listing depends on the user and the scoring time alone: a state keeps its last
     one and reuses it while the events' gap buckets (log2 minutes: they move rarely between a user's
-    requests) and the bias table are unchanged. ``distinct=False`` projects every event.
+    requests) and the bias table are unchanged; within :func:`bucket_horizon` of the listing's time no
+    bucket has moved, and the buckets are not even computed. ``distinct=False`` projects every event.
   - The search runs without gradients (it is not differentiable); only the retrieved behaviors are
     embedded and projected again with gradients, by the same parameters, so training keeps no (B, L, W)
     tensor for the gradient and the search and the exact stage stay consistent.
@@ -81,6 +82,20 @@ class TWINState(LongSequenceState):
     distinct: DistinctKeys | None = None
 
 
+def bucket_horizon(timestamps: torch.Tensor, history_timestamps: torch.Tensor, mask: torch.Tensor,
+                   buckets: torch.Tensor, n_buckets: int) -> torch.Tensor:
+    """(B,) int64: how many seconds after ``timestamps`` every event of each user stays in its gap bucket
+    (``buckets``, :func:`lifelong.models.tin.interval_buckets` at ``timestamps``), one second kept as a
+    margin: the bucket ``b`` of an event ``gap`` seconds old ends when ``1 + gap / 60`` reaches ``2 ** b``;
+    the last bucket never ends. A later scoring time within the horizon gives the same buckets."""
+    gap = timestamps[:, None] - history_timestamps  # (B, T) seconds, negative for events after the time
+    ends = 60 * (torch.pow(2.0, buckets.double()) - 1)  # (B, T) the gap at which each event's bucket ends
+    left = torch.floor(ends - gap.double()).long() - 1  # (B, T) seconds left, one kept as a margin
+    lasting = (~mask) | (buckets >= n_buckets - 1)  # padding and the last bucket never move
+    never = torch.iinfo(torch.int64).max
+    return torch.where(lasting, never, left).amin(dim=1) if left.shape[1] else left.new_full((left.shape[0],), never)
+
+
 @register(TWINConfig)
 class TWIN(LongSequenceModel):
     """Short-term DIN + consistency-preserving search (the exact stage's own attention over pre-projected
@@ -123,8 +138,12 @@ class TWIN(LongSequenceModel):
                 raise ValueError("twin: the time gap needs the scoring time: candidates.timestamps (build the "
                                  "collator with with_timestamps=True, as config.batch_needs() says)")
             table = self.esu.bias(torch.arange(self.config.gap_buckets, device=base.device)).sum(dim=-1)  # (G,)
-            gaps = interval_buckets(candidates.timestamps, state.timestamps, state.mask, self.config.gap_buckets)
             listing = getattr(state, "_listing", None)  # this state's last listing, reused while it still holds
+            if listing is not None and torch.equal(listing[1], table):
+                moved = candidates.timestamps - listing[5]  # (B,) seconds since the listing's scoring time
+                if bool(((moved >= 0) & (moved < listing[6])).all()):  # no event has changed bucket yet
+                    return top_k_distinct(base, listing[3], listing[2], t, self.config.top_k, levels=listing[4])
+            gaps = interval_buckets(candidates.timestamps, state.timestamps, state.mask, self.config.gap_buckets)
             if listing is not None and torch.equal(listing[0], gaps) and torch.equal(listing[1], table):
                 return top_k_distinct(base, listing[3], listing[2], t, self.config.top_k, levels=listing[4])
             segment = grouped.segments()
@@ -143,7 +162,9 @@ class TWIN(LongSequenceModel):
             # how many events of each behavior fall in each bias level (ascending)
             levels = level_table(values, torch.bincount(code, minlength=b * d * n).view(b, d, n).flip(-1))
             grouped = DistinctKeys(first, grouped.start, grouped.count, positions)
-            state._listing = (gaps, table, grouped, offsets, levels)
+            state._listing = (gaps, table, grouped, offsets, levels, candidates.timestamps.clone(),
+                              bucket_horizon(candidates.timestamps, state.timestamps, state.mask, gaps,
+                                             self.config.gap_buckets))
             return top_k_distinct(base, offsets, grouped, t, self.config.top_k, levels=levels)
         return top_k_distinct(base, offsets, grouped, t, self.config.top_k)
 
