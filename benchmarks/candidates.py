@@ -135,12 +135,17 @@ def provenance(threads: int) -> str:
             f"{datetime.date.today().isoformat()}, commit {commit}")
 
 
-def write_page(path: Path, title: str, body: str, threads: int) -> None:
-    """A results page: ``title``, the command line that wrote it with :func:`provenance`, then ``body``."""
-    command = "python " + " ".join([str(Path(sys.argv[0]).relative_to(ROOT)) if Path(sys.argv[0]).is_absolute()
-                                    and Path(sys.argv[0]).is_relative_to(ROOT) else sys.argv[0], *sys.argv[1:]])
+def results_page(title: str, body: str, threads: int, note: str = "") -> str:
+    """A results page: ``title``, the command line that ran this benchmark with :func:`provenance` and
+    ``note``, then ``body``."""
+    command = f"python benchmarks/{Path(sys.argv[0]).name} " + " ".join(sys.argv[1:])
+    head = f"`{command.strip()}`: {provenance(threads)}." + (f" {note}" if note else "")
+    return f"# {title}\n\n{head}\n\n{body.strip()}\n"
+
+
+def write_page(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"# {title}\n\n`{command}`: {provenance(threads)}.\n\n{body.strip()}\n")
+    path.write_text(text)
 
 
 def main() -> None:
@@ -183,19 +188,15 @@ def main() -> None:
                     sys.exit(f"{name} L={length} failed:\n{done.stderr}")
                 rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(f"{name} L={length}: done", file=sys.stderr)
-    command = "python benchmarks/candidates.py " + " ".join(sys.argv[1:])
-    text = (f"# Scoring {args.candidates} candidates for one user\n\n"
-            f"`{command.strip()}`: {provenance(torch.get_num_threads())}. "
-            f"{'All rows in one process' if args.in_process else 'Each row in a fresh process'}; "
-            f"medians of {args.repeats} runs "
-            f"(after a warm-up), eval mode, no gradients; default model sizes, random weights. "
-            f"Speed-up: forward time / encode_user + score time; single-row forwards: {args.candidates} x the "
-            f"median of {single_passes} passes. See the script's docstring.\n\n"
-            f"{table(rows, args.candidates)}\n")
+    text = results_page(
+        f"Scoring {args.candidates} candidates for one user", table(rows, args.candidates), torch.get_num_threads(),
+        f"{'All rows in one process' if args.in_process else 'Each row in a fresh process'}; medians of "
+        f"{args.repeats} runs (after a warm-up), eval mode, no gradients; default model sizes, random weights. "
+        f"Speed-up: forward time / encode_user + score time; single-row forwards: {args.candidates} x the "
+        f"median of {single_passes} passes. See the script's docstring.")
     print(text)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+        write_page(args.out, text)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ from lifelong.batch import Batch
 from lifelong.data.lifelong_synthetic import lifelong_log
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from candidates import provenance  # noqa: E402  (the same machine and commit line)
+from candidates import results_page, write_page  # noqa: E402  (the same machine and commit line)
 from lifelong.models import build_model
 from lifelong.models.ranking import Candidates
 
@@ -298,14 +298,12 @@ def main() -> None:
                            f"or histories in rotation); ")
                         + "eval mode, no gradients. The first row is the baseline, DIN over the last 50 events.\n\n"
                         + score_table(rows))
-    command = "python benchmarks/long_cost.py " + " ".join(sys.argv[1:])
-    text = (f"# The cost of long histories\n\n`{command.strip()}`: {provenance(torch.get_num_threads())}. "
-            f"Default model sizes, random weights; histories: {args.histories}; see the script's docstring.\n\n"
-            + "\n\n".join(sections) + "\n")
+    text = results_page("The cost of long histories", "\n\n".join(sections), torch.get_num_threads(),
+                        f"Default model sizes, random weights; histories: {args.histories}; see the script's "
+                        f"docstring.")
     print(text)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+        write_page(args.out, text)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from candidates import write_page  # noqa: E402  (the results pages' header: command, machine, commit)
+from candidates import results_page, write_page  # noqa: E402  (the results pages' header: command, machine, commit)
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -297,7 +297,8 @@ def main() -> None:
                      f"{r['unacknowledged_but_stored']} | {r['refused_requests']} | {fsync} |")
     print("\n" + "\n".join(lines))
     if args.out:
-        write_page(args.out, "Durability of acknowledged events under SIGKILL", "\n".join(lines), 1)
+        write_page(args.out, results_page("Durability of acknowledged events under SIGKILL", "\n".join(lines),
+                                          threads=1))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     bad = [r for r in results if r["lost"] or not r["ready_after_restart"]]

@@ -29,7 +29,7 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from candidates import write_page  # noqa: E402  (the results pages' header: command, machine, commit)
+from candidates import results_page, write_page  # noqa: E402  (the results pages' header: command, machine, commit)
 
 ROOT = Path(__file__).resolve().parents[1]
 LIFELONG = str(ROOT / ".venv" / "bin" / "lifelong") if (ROOT / ".venv" / "bin" / "lifelong").exists() else "lifelong"
@@ -250,7 +250,7 @@ def main() -> int:
               "", "PASS: no 500, memory bounded, store holds exactly the acknowledged events" if ok else "FAIL"]
     print("\n".join(lines))
     if args.out:
-        write_page(args.out, "Fuzzing the HTTP service", "\n".join(lines), 1)
+        write_page(args.out, results_page("Fuzzing the HTTP service", "\n".join(lines), 1))
     return 0 if ok else 1
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import random
 import re
 import socket
@@ -42,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from candidates import write_page  # noqa: E402  (the results pages' header: command, machine, commit)
+from candidates import results_page, write_page  # noqa: E402  (the results pages' header: command, machine, commit)
 
 ROOT = Path(__file__).resolve().parents[1]
 LIFELONG = str(ROOT / ".venv" / "bin" / "lifelong") if (ROOT / ".venv" / "bin" / "lifelong").exists() else "lifelong"
@@ -177,45 +178,81 @@ class Connection:
             self.writer.close()
 
 
-async def load(base: str, make_body, path: str, concurrency: int, requests: int, warmup: int,
-               client_kind: str = "raw") -> dict:
-    if client_kind == "httpx":
-        return await load_httpx(base, make_body, path, concurrency, requests, warmup)
+@contextlib.asynccontextmanager
+async def raw_senders(base: str, concurrency: int, errors: list[int]):
+    """One sender per worker, each on its own keep-alive :class:`Connection`: ``(encode, [send, ...])`` with
+    ``encode(body) -> bytes`` and ``await send(path, payload) -> (status, text)``."""
     import json
-    import urllib.request
 
     host, port = base.removeprefix("http://").split(":")
     connections = [await Connection(host, int(port)).open() for _ in range(concurrency)]
-    errors = [0]
+
+    def sender(index: int):
+        async def send(path: str, payload: bytes) -> tuple[int, bytes]:
+            try:
+                return await connections[index].post(path, payload)
+            except (ConnectionError, asyncio.IncompleteReadError):  # a dropped connection: counted, sent again
+                errors[0] += 1
+                connections[index].close()
+                connections[index] = await Connection(host, int(port)).open()
+                return await connections[index].post(path, payload)
+        return send
+
+    try:
+        yield (lambda body: json.dumps(body).encode()), [sender(i) for i in range(concurrency)]
+    finally:
+        for connection in connections:
+            connection.close()
+
+
+@contextlib.asynccontextmanager
+async def httpx_senders(base: str, concurrency: int, errors: list[int]):
+    """The first method: the workers share one httpx ``AsyncClient`` (``concurrency`` connections)."""
+    import httpx
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
+        async def send(path: str, body: dict) -> tuple[int, str]:
+            try:
+                answer = await client.post(path, json=body)
+            except httpx.TransportError:  # a dropped keep-alive connection: counted, sent again
+                errors[0] += 1
+                answer = await client.post(path, json=body)
+            return answer.status_code, answer.text
+
+        yield (lambda body: body), [send] * concurrency
+
+
+async def load(base: str, make_body, path: str, concurrency: int, requests: int, warmup: int,
+               client_kind: str = "raw") -> dict:
+    """p50, p99, requests/s and the server's mean batch size of ``requests`` timed requests after ``warmup``
+    ones, ``concurrency`` workers each keeping one request in flight."""
+    import urllib.request
 
     def metrics() -> tuple[float, float]:
         with urllib.request.urlopen(f"{base}/metrics", timeout=60) as answer:
             return batch_stats(answer.read().decode())
 
-    async def run(n: int, latencies: list | None):
-        left = [n]
+    errors = [0]
+    opened = httpx_senders if client_kind == "httpx" else raw_senders
+    async with opened(base, concurrency, errors) as (encode, senders):
+        async def run(n: int, latencies: list | None):
+            left = [n]
 
-        async def worker(index: int):
-            while left[0] > 0:
-                left[0] -= 1
-                body = json.dumps(make_body()).encode()
-                started = time.perf_counter()
-                try:
-                    status, text = await connections[index].post(path, body)
-                except (ConnectionError, asyncio.IncompleteReadError):  # a dropped connection: counted, sent again
-                    errors[0] += 1
-                    connections[index].close()
-                    connections[index] = await Connection(host, int(port)).open()
-                    status, text = await connections[index].post(path, body)
-                elapsed = time.perf_counter() - started
-                if status != 200:
-                    raise SystemExit(f"{path} answered {status}: {text[:300]!r}")
-                if latencies is not None:
-                    latencies.append(elapsed)
+            async def worker(send):
+                while left[0] > 0:
+                    left[0] -= 1
+                    payload = encode(make_body())
+                    started = time.perf_counter()
+                    status, text = await send(path, payload)
+                    elapsed = time.perf_counter() - started
+                    if status != 200:
+                        raise SystemExit(f"{path} answered {status}: {text[:300]!r}")
+                    if latencies is not None:
+                        latencies.append(elapsed)
 
-        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+            await asyncio.gather(*(worker(send) for send in senders))
 
-    try:
         await run(warmup, None)
         before = metrics()
         latencies: list[float] = []
@@ -223,55 +260,11 @@ async def load(base: str, make_body, path: str, concurrency: int, requests: int,
         await run(requests, latencies)
         wall = time.perf_counter() - started
         after = metrics()
-    finally:
-        for connection in connections:
-            connection.close()
-    return summary(latencies, wall, before, after, errors[0])
-
-
-def summary(latencies: list[float], wall: float, before: tuple, after: tuple, errors: int) -> dict:
     ms = np.array(latencies) * 1000
     batches = after[1] - before[1]
     return {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)), "rps": len(ms) / wall,
             "n": len(ms), "mean_batch": (after[0] - before[0]) / batches if batches else float("nan"),
-            "errors": errors}
-
-
-async def load_httpx(base: str, make_body, path: str, concurrency: int, requests: int, warmup: int) -> dict:
-    import httpx
-
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    errors = [0]
-    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
-        async def run(n: int, latencies: list | None):
-            left = [n]
-
-            async def worker():
-                while left[0] > 0:
-                    left[0] -= 1
-                    body = make_body()
-                    started = time.perf_counter()
-                    try:
-                        answer = await client.post(path, json=body)
-                    except httpx.TransportError:  # a dropped keep-alive connection: counted, sent again
-                        errors[0] += 1
-                        answer = await client.post(path, json=body)
-                    elapsed = time.perf_counter() - started
-                    if answer.status_code != 200:
-                        raise SystemExit(f"{path} answered {answer.status_code}: {answer.text[:300]}")
-                    if latencies is not None:
-                        latencies.append(elapsed)
-
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
-
-        await run(warmup, None)
-        before = batch_stats((await client.get("/metrics")).text)
-        latencies: list[float] = []
-        started = time.perf_counter()
-        await run(requests, latencies)
-        wall = time.perf_counter() - started
-        after = batch_stats((await client.get("/metrics")).text)
-    return summary(latencies, wall, before, after, errors[0])
+            "errors": errors[0]}
 
 
 def fill_store(base: str, item_ids: list[str]) -> None:
@@ -367,7 +360,7 @@ def main() -> int:
     report = "\n".join(lines + [""] + verdicts)
     print("\n" + report)
     if args.out:
-        write_page(args.out, "Serving under load", report, args.threads)
+        write_page(args.out, results_page("Serving under load", report, args.threads))
     return 0
 
 

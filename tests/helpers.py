@@ -30,6 +30,17 @@ def shared_data(*parts: str) -> Path:
     pytest.skip(message)
 
 
+def benchmark_module(name: str):
+    """The script ``benchmarks/<name>.py`` imported as a module (its functions, not its ``main``)."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def random_batch(batch_size: int = 6, width: int = 7, n_items: int = 30, n_cates: int = 8,
                  n_behaviors: int = 4, seed: int = 0) -> Batch:
     """A valid batch with varied history lengths (at least one full, one of length 1)."""

@@ -3,6 +3,7 @@ every request (counted in page faults, not timed)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -28,8 +29,6 @@ PROBE = textwrap.dedent("""
 
 
 def probe(mode: str, **env: str) -> tuple[bool, int]:
-    import os
-
     done = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True,
                           env={**os.environ, **env})
     tuned, faults = done.stdout.split()

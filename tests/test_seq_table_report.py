@@ -1,20 +1,14 @@
 """The next-item table's report (benchmarks/seq_table.py): how rows of several seeds become one line."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "seq_table.py"
+from helpers import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def seq_table():
-    spec = importlib.util.spec_from_file_location("seq_table", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_module("seq_table")
 
 
 def row(seq_table, spec, seed, hr10, stopped_at=None, best=10):

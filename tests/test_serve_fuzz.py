@@ -5,22 +5,15 @@ the accepted requests."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-from pathlib import Path
 
 import pytest
 
+from helpers import benchmark_module
 from test_serve import Service, din, sasrec  # noqa: F401  (the tiny runs, module fixtures)
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "serve_fuzz.py"
-
 
 @pytest.fixture(scope="module")
 def fuzz():
-    spec = importlib.util.spec_from_file_location("serve_fuzz", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_module("serve_fuzz")
 
 
 @pytest.mark.slow  # ~10 s per artifact: schemathesis' generation dominates

@@ -250,12 +250,8 @@ def _curves(plt, runs: list[RunInfo], path: Path, train_key: str, train_label: s
     right.set_xlabel("epoch")
     right.set_ylabel(f"validation {shown}")
     for ax in (left, right):
-        ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(plt, fig, (left, right), path)
     return True
 
 
@@ -274,12 +270,18 @@ def _auc_by_length_plot(plt, runs: list[RunInfo], path: Path) -> dict[str, list[
     ax.set_xlabel("history length (events before the target, capped at the run's L)")
     ax.set_ylabel("test AUC")
     ax.set_title("CTR: test AUC by history length")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _save(plt, fig, (ax,), path)
+    return measured
+
+
+def _save(plt, fig, axes, path: Path) -> None:
+    """Every plot's finish: a light grid and a small legend on each of ``axes``, then the PNG."""
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-    return measured
 
 
 def _at_k(test: dict, prefixes: Iterable[str]) -> list[tuple[int, float]]:
@@ -311,11 +313,7 @@ def _retrieval_plot(plt, runs: list[RunInfo], path: Path) -> bool:
         ax.set_xlabel("K")
         ax.set_ylabel(name.split(" ")[0])
         ax.set_xticks(sorted(ks))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(plt, fig, (left, right), path)
     return True
 
 

@@ -52,7 +52,9 @@ from lifelong.models.long_sequence import (
 )
 from lifelong.models.ranking import Candidates
 from lifelong.models.registry import register
-from lifelong.nn.search import NEGATIVE, DistinctKeys, ExactAttention, level_table, top_k_distinct, top_k_events
+from lifelong.nn.search import (
+    NEGATIVE, DistinctKeys, ExactAttention, Levels, level_table, top_k_distinct, top_k_events,
+)
 
 
 @dataclass
@@ -80,6 +82,38 @@ class TWINState(LongSequenceState):
 
     keys: torch.Tensor | None = None
     distinct: DistinctKeys | None = None
+
+
+@dataclass
+class GapListing:
+    """A state's distinct behaviors with their events listed by time-gap bias at one scoring time
+    (:meth:`TWIN.list_by_bias`), kept for the next calls while it holds.
+
+    Attributes:
+        keys: the behaviors, their events by bias (highest first, then the most recent).
+        offsets: (P,) each listed event's bias; levels: their :class:`lifelong.nn.search.Levels`.
+        gaps: (B, T) the gap buckets it was listed at; table: (G,) the bias of each bucket.
+        time: (B,) the scoring time it was listed at; horizon: (B,) :func:`bucket_horizon` from it.
+    """
+
+    keys: DistinctKeys
+    offsets: torch.Tensor
+    levels: Levels
+    gaps: torch.Tensor
+    table: torch.Tensor
+    time: torch.Tensor
+    horizon: torch.Tensor
+
+    def holds(self, timestamps: torch.Tensor, table: torch.Tensor, gaps: torch.Tensor | None = None) -> bool:
+        """The listing is the one for scoring time ``timestamps`` and bias ``table``: the same table, and the
+        same gap buckets (``gaps``, or without them: no event can have moved, the time being within the
+        horizon)."""
+        if not torch.equal(self.table, table):
+            return False
+        if gaps is not None:
+            return torch.equal(self.gaps, gaps)
+        moved = timestamps - self.time  # (B,) seconds since the listing's scoring time
+        return bool(((moved >= 0) & (moved < self.horizon)).all())
 
 
 def bucket_horizon(timestamps: torch.Tensor, history_timestamps: torch.Tensor, mask: torch.Tensor,
@@ -130,43 +164,44 @@ class TWIN(LongSequenceModel):
         """The CP-GSU over distinct behaviors: a behavior's logit is its key's product with the query plus
         its cross-feature bias, so each key lists its events by bias (then recency) for this call and
         :func:`lifelong.nn.search.top_k_distinct` picks the same top k as scoring every event."""
-        grouped, t = state.distinct, state.mask.shape[1]
+        t = state.mask.shape[1]
         base = torch.bmm(self.esu.queries(target).flatten(-2), state.keys)  # (B, K, D)
-        offsets = None  # without the time gap: no per-event term
         if self.config.time_gap:
             if candidates.timestamps is None:
                 raise ValueError("twin: the time gap needs the scoring time: candidates.timestamps (build the "
                                  "collator with with_timestamps=True, as config.batch_needs() says)")
             table = self.esu.bias(torch.arange(self.config.gap_buckets, device=base.device)).sum(dim=-1)  # (G,)
             listing = getattr(state, "_listing", None)  # this state's last listing, reused while it still holds
-            if listing is not None and torch.equal(listing[1], table):
-                moved = candidates.timestamps - listing[5]  # (B,) seconds since the listing's scoring time
-                if bool(((moved >= 0) & (moved < listing[6])).all()):  # no event has changed bucket yet
-                    return top_k_distinct(base, listing[3], listing[2], t, self.config.top_k, levels=listing[4])
-            gaps = interval_buckets(candidates.timestamps, state.timestamps, state.mask, self.config.gap_buckets)
-            if listing is not None and torch.equal(listing[0], gaps) and torch.equal(listing[1], table):
-                return top_k_distinct(base, listing[3], listing[2], t, self.config.top_k, levels=listing[4])
-            segment = grouped.segments()
-            listed_gaps = gaps[segment // grouped.first.shape[1], grouped.positions]  # (P,) bucket of each event
-            values, bucket_rank = torch.unique(table, return_inverse=True)  # dense ranks of the bucket biases
-            offsets, rank = table[listed_gaps], bucket_rank[listed_gaps]  # (P,)
-            n, p = values.numel(), offsets.numel()
-            # each key's events by bias, highest first; ties keep the listing's recency order
-            b, d = grouped.first.shape
-            code = segment * n + (n - 1 - rank)  # (user, behavior), then the bias level, highest first
-            if b * d * n < 2 ** 31:
-                code = code.int()  # a faster sort
-            order = torch.sort(code, stable=True).indices  # stable: the listing's recency order within a level
-            positions, offsets = grouped.positions[order], offsets[order]
-            first = torch.where(grouped.first >= 0, positions[grouped.start.clamp(max=max(p - 1, 0))], -1)
-            # how many events of each behavior fall in each bias level (ascending)
-            levels = level_table(values, torch.bincount(code, minlength=b * d * n).view(b, d, n).flip(-1))
-            grouped = DistinctKeys(first, grouped.start, grouped.count, positions)
-            state._listing = (gaps, table, grouped, offsets, levels, candidates.timestamps.clone(),
-                              bucket_horizon(candidates.timestamps, state.timestamps, state.mask, gaps,
-                                             self.config.gap_buckets))
-            return top_k_distinct(base, offsets, grouped, t, self.config.top_k, levels=levels)
-        return top_k_distinct(base, offsets, grouped, t, self.config.top_k)
+            if listing is None or not listing.holds(candidates.timestamps, table):
+                gaps = interval_buckets(candidates.timestamps, state.timestamps, state.mask, self.config.gap_buckets)
+                if listing is None or not listing.holds(candidates.timestamps, table, gaps):
+                    listing = state._listing = self.list_by_bias(state, candidates.timestamps, gaps, table)
+            return top_k_distinct(base, listing.offsets, listing.keys, t, self.config.top_k, levels=listing.levels)
+        return top_k_distinct(base, None, state.distinct, t, self.config.top_k)  # no per-event term
+
+    def list_by_bias(self, state: TWINState, timestamps: torch.Tensor, gaps: torch.Tensor,
+                     table: torch.Tensor) -> GapListing:
+        """Each distinct behavior's events by their cross-feature bias at scoring time ``timestamps``
+        (gap buckets ``gaps`` (B, T), bias per bucket ``table`` (G,)), highest first, then the most recent."""
+        grouped = state.distinct
+        segment = grouped.segments()
+        listed_gaps = gaps[segment // grouped.first.shape[1], grouped.positions]  # (P,) bucket of each event
+        values, bucket_rank = torch.unique(table, return_inverse=True)  # dense ranks of the bucket biases
+        offsets, rank = table[listed_gaps], bucket_rank[listed_gaps]  # (P,)
+        n, p = values.numel(), offsets.numel()
+        # each key's events by bias, highest first; ties keep the listing's recency order
+        b, d = grouped.first.shape
+        code = segment * n + (n - 1 - rank)  # (user, behavior), then the bias level, highest first
+        if b * d * n < 2 ** 31:
+            code = code.int()  # a faster sort
+        order = torch.sort(code, stable=True).indices  # stable: the listing's recency order within a level
+        positions, offsets = grouped.positions[order], offsets[order]
+        first = torch.where(grouped.first >= 0, positions[grouped.start.clamp(max=max(p - 1, 0))], -1)
+        # how many events of each behavior fall in each bias level (ascending)
+        levels = level_table(values, torch.bincount(code, minlength=b * d * n).view(b, d, n).flip(-1))
+        horizon = bucket_horizon(timestamps, state.timestamps, state.mask, gaps, self.config.gap_buckets)
+        return GapListing(DistinctKeys(first, grouped.start, grouped.count, positions), offsets, levels, gaps, table,
+                          timestamps.clone(), horizon)
 
     def search_scores(self, state: TWINState, candidates: Candidates, target: torch.Tensor) -> torch.Tensor:
         """The CP-GSU's score of every behavior: the exact stage's logits summed over heads, (B, K, T);

@@ -270,13 +270,14 @@ def create_app(scorer: Scorer, store, options: ServeOptions | None = None) -> Fa
 
     inline_reads = bool(getattr(store, "inline_reads", False))
 
-    async def store_call(op: str, fn, *args):
+    def read_inline(events: int = 0) -> bool:
+        """A read of at most ``events`` events runs on the event loop (see ``inline_reads`` of the store)."""
+        return inline_reads and events <= INLINE_HISTORY
+
+    async def store_call(op: str, fn, *args, inline: bool = False):
         started = time.perf_counter()
         try:
-            if inline_reads and (op == "version" or op == "history" and args[-1] <= INLINE_HISTORY):
-                result = fn(*args)
-            else:
-                result = await run_in_threadpool(fn, *args)
+            result = fn(*args) if inline else await run_in_threadpool(fn, *args)
         except StoreUnavailable as error:
             metrics.store_ops.labels(op, "unavailable").inc()
             raise Refused(503, f"the behavior store is unavailable ({error}); retry later") from None
@@ -340,13 +341,14 @@ def create_app(scorer: Scorer, store, options: ServeOptions | None = None) -> Fa
             history = _explicit_history(explicit)
             history.user_id, history.context = user_id, context
             return {"history": history, "cached": None, "key": None, "entry": {}}
-        version = await store_call("version", app.state.store.version, user_id)
+        version = await store_call("version", app.state.store.version, user_id, inline=read_inline())
         cacheable = not scorer.changes_state(context)
         cached = cache.get(user_id, version) if cacheable else None
         if cached is not None:
             return {"history": History([], user_id=user_id, context=context), "cached": cached, "key": None,
                     "entry": {}}
-        events = await store_call("history", app.state.store.history, user_id, history_limit)
+        events = await store_call("history", app.state.store.history, user_id, history_limit,
+                                  inline=read_inline(history_limit))
         history = _stored_history(events)
         history.user_id, history.context = user_id, context
         entry = {"length": len(history.items)}
@@ -406,7 +408,8 @@ def create_app(scorer: Scorer, store, options: ServeOptions | None = None) -> Fa
         """The user's stored events, newest first (at most ``limit``)."""
         if not 1 <= len(user_id) <= MAX_ID_LENGTH:
             raise Refused(422, f"path.user_id: must have 1 to {MAX_ID_LENGTH} characters")
-        events = await store_call("history", app.state.store.history, _text_or_refuse(user_id), limit)
+        events = await store_call("history", app.state.store.history, _text_or_refuse(user_id), limit,
+                                  inline=read_inline(limit))
         return HistoryOut(user_id=user_id, events=[EventOut(item_id=e.item_id, timestamp=e.timestamp,
                                                             behavior=e.behavior, context=e.context) for e in events])
 
