@@ -178,15 +178,17 @@ def test_top_k_with_many_ties_keeps_the_highest_then_the_most_recent():
                 assert sorted(got[b, c].tolist()) == sorted(ranked), (k, b, c)
 
 
+@pytest.mark.parametrize("first_keys", [None, 1, 3])
 @pytest.mark.parametrize("n_levels", [1, 3])
 @pytest.mark.parametrize("k", [1, 7, 40])
-def test_top_k_over_distinct_keys_selects_the_top_k_events_with_ties_to_the_most_recent(k, n_levels):
+def test_top_k_over_distinct_keys_selects_the_top_k_events_with_ties_to_the_most_recent(k, n_levels, first_keys):
     """Few keys repeated over long histories, integer key scores and a few offset levels (many ties, as ETA's
-    Hamming distances and TWIN's time-gap buckets have): the same events as ranking every event by
-    (key score + offset, position), whatever bounds the search reads the keys with."""
+    Hamming distances and TWIN's time-gap bias have): the same events as ranking every event by
+    (key score + offset, position), whatever bounds the search reads the keys with, and whether a candidate's
+    events are found among its first few best keys or searched again over the k best (``first_keys``)."""
     g = torch.Generator().manual_seed(k * 10 + n_levels)
     b, kk, t = 3, 5, 90
-    ids = torch.randint(1, 9, (b, t), generator=g)
+    ids = torch.randint(1, 13, (b, t), generator=g)
     mask = torch.ones(b, t, dtype=torch.bool)
     mask[1, 60:] = False  # a shorter user
     mask[2, 3:] = False  # fewer events than k
@@ -202,7 +204,7 @@ def test_top_k_over_distinct_keys_selects_the_top_k_events_with_ties_to_the_most
     positions, level = keys.positions[order], level[order]
     first = torch.where(keys.first >= 0, positions[keys.start.clamp(max=p - 1)], -1)
     listed = DistinctKeys(first, keys.start, keys.count, positions)
-    index, valid = top_k_distinct(base, level_values[level], listed, t, k)
+    index, valid = top_k_distinct(base, level_values[level], listed, t, k, first_keys=first_keys)
     compact = torch.unique(torch.where(mask, ids, -1), return_inverse=True)[1]
     for u in range(b):
         slot_of = {int(compact[u, int(keys.first[u, s])]): s for s in range(d) if keys.first[u, s] >= 0}

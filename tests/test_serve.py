@@ -42,27 +42,32 @@ COLUMNS = ["--column", "user_id=user_id", "--column", "item_id=item_id", "--colu
 TINY = ["--epochs", "1", "--threads", "1", "--no-progress", "--batch-size", "64", "--set", "embedding_dim=8"]
 
 
+def tiny_artifact(root: Path, model: str, prepare: tuple[str, ...] = (), export: tuple[str, ...] = ()) -> Path:
+    """``root`` with a tiny log, its prepared data, a ``model`` run and its artifact (``art``)."""
+    log = tiny_log(root / "log.csv")
+    invoke("prepare", "--recipe", "csv", "--input", str(log), "--out", str(root / "data"), *prepare, *COLUMNS)
+    invoke("train", "--data", str(root / "data"), "--model", model, "--out", str(root / "run"), *TINY)
+    invoke("export", str(root / "run"), "--out", str(root / "art"), *export)
+    return root
+
+
 @pytest.fixture(scope="module")
 def din(tmp_path_factory):
     """A tiny DIN run (with event context) and its artifact."""
-    root = tmp_path_factory.mktemp("din")
-    log = tiny_log(root / "log.csv")
-    invoke("prepare", "--recipe", "csv", "--input", str(log), "--out", str(root / "data"), *COLUMNS)
-    invoke("train", "--data", str(root / "data"), "--model", "din", "--out", str(root / "run"), *TINY)
-    invoke("export", str(root / "run"), "--out", str(root / "art"))
-    return root
+    return tiny_artifact(tmp_path_factory.mktemp("din"), "din")
 
 
 @pytest.fixture(scope="module")
 def sasrec(tmp_path_factory):
     """A tiny SASRec run (P2) and its artifact with an exact and an HNSW index."""
-    root = tmp_path_factory.mktemp("sasrec")
-    log = tiny_log(root / "log.csv")
-    invoke("prepare", "--recipe", "csv", "--input", str(log), "--out", str(root / "data"), "--protocol", "seq-loo",
-           *COLUMNS)
-    invoke("train", "--data", str(root / "data"), "--model", "sasrec", "--out", str(root / "run"), *TINY)
-    invoke("export", str(root / "run"), "--out", str(root / "art"), "--index", "hnsw", "--index-param", "M=8")
-    return root
+    return tiny_artifact(tmp_path_factory.mktemp("sasrec"), "sasrec", ("--protocol", "seq-loo"),
+                         ("--index", "hnsw", "--index-param", "M=8"))
+
+
+@pytest.fixture(scope="module")
+def twin(tmp_path_factory):
+    """A tiny TWIN run (a lifelong model: its user states hold each history's distinct events) and its artifact."""
+    return tiny_artifact(tmp_path_factory.mktemp("twin"), "twin")
 
 
 class Service:
@@ -208,13 +213,20 @@ def test_a_stale_cached_state_is_never_served_when_another_writer_appends(din, t
     assert after == pytest.approx(scorer.rank(["i30"], ["i1", "i2"]), abs=1e-6) and after != first
 
 
-def test_concurrent_rank_requests_are_coalesced_into_one_forward_pass(din, tmp_path):
+@pytest.mark.parametrize("model", ["din", "twin"])
+def test_concurrent_rank_requests_are_coalesced_into_one_forward_pass(model, request, tmp_path):
+    """Users of different histories in one pass score as one at a time; for TWIN their states hold different
+    numbers of distinct events, and a history of many distinct events (searched event by event) joins them."""
+    root = request.getfixturevalue(model)
+
     async def scenario():
-        service = Service(din / "art", tmp_path / "store.db", max_batch=64, max_delay_ms=200)
+        service = Service(root / "art", tmp_path / "store.db", max_batch=64, max_delay_ms=200)
         async with service as client:
             bodies = [{"user_id": f"x{n}", "candidates": [f"i{(n + j) % 60}" for j in range(1 + n % 5)],
                        "history": [f"i{(3 * n + j) % 60}" for j in range(n % 7)]} for n in range(16)]
+            bodies.append({"user_id": "many", "candidates": ["i1", "i2"], "history": [f"i{j}" for j in range(40)]})
             answers = await asyncio.gather(*(client.post("/v1/rank", json=b) for b in bodies))
+            assert all(a.status_code == 200 for a in answers), [a.text for a in answers if a.status_code != 200]
             return service, bodies, [a.json()["scores"] for a in answers]
 
     service, bodies, scores = run(scenario())
@@ -222,6 +234,32 @@ def test_concurrent_rank_requests_are_coalesced_into_one_forward_pass(din, tmp_p
     assert len(service.app.state.batcher.batches) < len(bodies)
     for body, got in zip(bodies, scores):  # batched scores equal one request at a time
         assert got == pytest.approx(service.scorer.rank(body["history"], body["candidates"]), abs=1e-5)
+
+
+def test_cached_lifelong_states_of_different_sizes_are_batched_as_each_user_alone(twin, tmp_path):
+    """TWIN's state holds its history's distinct events, so users' cached states differ in size, and a history of
+    many distinct events is searched event by event (a state of another form): one batch of them scores as each
+    user alone, with no error."""
+    async def scenario():
+        service = Service(twin / "art", tmp_path / "store.db", max_batch=64, max_delay_ms=200)
+        async with service as client:
+            events = [{"user_id": f"x{n}", "item_id": f"i{(3 * n + j) % 60}", "timestamp": 1600000000 + 100 * j}
+                      for n in range(12) for j in range(1 + n % 7)]
+            events += [{"user_id": "many", "item_id": f"i{j}", "timestamp": 1600000000 + 100 * j} for j in range(40)]
+            await client.post("/v1/events", json={"events": events})
+            bodies = [{"user_id": user, "candidates": [f"i{(7 * n + j) % 60}" for j in range(5)],
+                       "context": {"timestamp": 1600050000}} for n, user in enumerate([f"x{n}" for n in range(12)] +
+                                                                                      ["many"])]
+            alone = [(await client.post("/v1/rank", json=body)).json()["scores"] for body in bodies]  # cached alone
+            answers = await asyncio.gather(*(client.post("/v1/rank", json=body) for body in bodies))
+            return service, alone, answers
+
+    service, alone, answers = run(scenario())
+    assert [a.status_code for a in answers] == [200] * len(answers), [a.text for a in answers if a.status_code != 200]
+    assert max(service.app.state.batcher.batches) > 1, service.app.state.batcher.batches
+    assert service.app.state.cache.hits >= len(answers)
+    for answer, expected in zip(answers, alone):
+        assert answer.json()["scores"] == pytest.approx(expected, abs=1e-5)
 
 
 @pytest.mark.parametrize("body, status, field", [

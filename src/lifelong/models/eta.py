@@ -163,7 +163,8 @@ class ETA(LongSequenceModel):
         first = grouped.first
         bits = hash_bits(events, self.projections)  # (B, D, m)
         # the last row 0: the product is T <s_q, s_h> alone, ties go to the most recent (top_k_distinct)
-        return {"signatures": self.signature_matrix(bits, first >= 0, torch.zeros_like(first), t), "distinct": grouped}
+        return {"signatures": self.signature_matrix(bits, first >= 0, torch.zeros_like(first), t), "distinct": grouped,
+                "distinct_events": events}
 
     def search(self, state: ETAState, candidates: Candidates, target: torch.Tensor) -> torch.Tensor:
         """(B, K, min(top_k, T)) positions of the behaviors of smallest Hamming distance to each candidate

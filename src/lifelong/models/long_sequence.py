@@ -98,6 +98,8 @@ class LongSequenceState(UserState):
         short: (B, S) the last ``short_length`` events, embedded: (B, S, W).
         short_mask: (B, S) bool.
         user: (B, U) user features, or None.
+        distinct_events: (B, D, W) each distinct event embedded, without gradients, when the search runs over
+            distinct keys (the state's ``distinct``, whose ``slots`` map events to them), or None.
     """
 
     items: torch.Tensor | None = None
@@ -110,6 +112,7 @@ class LongSequenceState(UserState):
     short: torch.Tensor | None = None
     short_mask: torch.Tensor | None = None
     user: torch.Tensor | None = None
+    distinct_events: torch.Tensor | None = None
 
 
 class LongSequenceModel(RankingModel):
@@ -190,7 +193,7 @@ class LongSequenceModel(RankingModel):
     def encode_user(self, batch: Batch) -> LongSequenceState:
         base = self.history(batch)
         values = {f.name: getattr(base, f.name) for f in dataclasses.fields(LongSequenceState)}
-        return self.state_class(**values, **self.encode_long(batch, base))
+        return self.state_class(**{**values, **self.encode_long(batch, base)})
 
     def encode_long(self, batch: Batch, history: LongSequenceState) -> dict:
         """The model's own precomputation of the long history (its state's extra fields)."""
@@ -294,6 +297,15 @@ def exact_interest(model: LongSequenceModel, state: LongSequenceState, candidate
     mask = gather_events(state.mask, index)  # (B, K, n)
     if valid is not None:
         mask = mask & valid
-    events = model.events(state, index)  # (B, K, n, W); the exact stage gives masked ones no weight
+    distinct = getattr(state, "distinct", None)
+    if state.distinct_events is not None and distinct is not None and not torch.is_grad_enabled():
+        # read from the user's distinct events, embedded once in encode_user (equal keys embed equally)
+        table = state.distinct_events  # (B, D, W)
+        b, d, width = table.shape
+        rows = torch.arange(b, device=index.device).view(b, 1, 1) * d
+        events = table.view(b * d, width).index_select(0, (rows + gather_events(distinct.slots, index)).flatten())
+        events = events.view(*index.shape, width)  # (B, K, n, W)
+    else:
+        events = model.events(state, index)  # (B, K, n, W); the exact stage gives masked ones no weight
     gaps = scoring_gaps(state, candidates, index, model.config.gap_buckets) * mask if model.config.time_gap else None
     return model.esu(target, events, mask, gaps)

@@ -158,7 +158,8 @@ class SIM(LongSequenceModel):
             if found is not None:
                 grouped, events = found  # (B, D, W)
                 keys = self.search_history(events) * (grouped.first >= 0).unsqueeze(-1)  # (B, D, search_dim)
-                return {"search_keys": keys.transpose(1, 2).contiguous(), "distinct": grouped}
+                return {"search_keys": keys.transpose(1, 2).contiguous(), "distinct": grouped,
+                        "distinct_events": events}
 
         def keys(events: torch.Tensor) -> torch.Tensor:  # (B, n, W) -> (B, n, D + 1); padding fixed below
             return torch.cat([self.search_history(events), torch.zeros_like(events[..., :1])], dim=-1)

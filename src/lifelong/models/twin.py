@@ -155,7 +155,8 @@ class TWIN(LongSequenceModel):
             if found is not None:
                 grouped, events = found  # (B, D, W)
                 keys = self.esu.keys(events).flatten(-2) * (grouped.first >= 0).unsqueeze(-1)  # (B, D, H d)
-                return {"keys": keys.transpose(1, 2).contiguous(), "distinct": grouped}  # (B, H d, D)
+                return {"keys": keys.transpose(1, 2).contiguous(), "distinct": grouped,  # (B, H d, D)
+                        "distinct_events": events}
         return {"keys": self.history_keys(history, lambda events: self.esu.keys(events).flatten(-2),
                                           transposed=True)}  # (B, H d, T)
 
@@ -196,7 +197,8 @@ class TWIN(LongSequenceModel):
             code = code.int()  # a faster sort
         order = torch.sort(code, stable=True).indices  # stable: the listing's recency order within a level
         positions, offsets = grouped.positions[order], offsets[order]
-        first = torch.where(grouped.first >= 0, positions[grouped.start.clamp(max=max(p - 1, 0))], -1)
+        first = torch.where(grouped.first >= 0, positions[grouped.start.clamp(max=p - 1)], -1) if p else \
+            torch.full_like(grouped.first, -1)  # no event at all (a user with no history)
         # how many events of each behavior fall in each bias level (ascending)
         levels = level_table(values, torch.bincount(code, minlength=b * d * n).view(b, d, n).flip(-1))
         horizon = bucket_horizon(timestamps, state.timestamps, state.mask, gaps, self.config.gap_buckets)

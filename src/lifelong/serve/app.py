@@ -37,7 +37,7 @@ from lifelong.errors import UserError
 from lifelong.serve.batching import MicroBatcher
 from lifelong.serve.cache import UserStateCache
 from lifelong.serve.metrics import ServeMetrics
-from lifelong.serve.scorer import History, Scorer, concat_states, split_state
+from lifelong.serve.scorer import History, Scorer, concat_states, split_state, state_form
 from lifelong.serve.store import MAX_CONTEXT_KEYS, MAX_ID_LENGTH, TIMESTAMP_LIMIT, Event, StoreUnavailable
 
 
@@ -248,14 +248,21 @@ def create_app(scorer: Scorer, store, options: ServeOptions | None = None) -> Fa
                 states[i] = state
                 if jobs[i]["key"] is not None:
                     cache.put(*jobs[i]["key"], {"state": state, **jobs[i]["entry"]})
-        state = concat_states(states)
-        histories = [job["history"] for job in jobs]
-        if scorer.task == "ctr":
-            out = scorer.score_states(state, [job["candidates"] for job in jobs], histories)
-        else:
-            deepest = max(job["k"] for job in jobs)
-            found = scorer.search(state, deepest, [job["seen"] for job in jobs])
-            out = [(items[: job["k"]], scores[: job["k"]]) for job, (items, scores) in zip(jobs, found)]
+        forms: dict = {}  # one pass per form of state (users whose states hold different parts do not stack)
+        for i, state in enumerate(states):
+            forms.setdefault(state_form(state), []).append(i)
+        out: list = [None] * len(jobs)
+        for rows in forms.values():
+            part, state = [jobs[i] for i in rows], concat_states([states[i] for i in rows])
+            histories = [job["history"] for job in part]
+            if scorer.task == "ctr":
+                found = scorer.score_states(state, [job["candidates"] for job in part], histories)
+            else:
+                deepest = max(job["k"] for job in part)
+                found = [(items[: job["k"]], scores[: job["k"]]) for job, (items, scores)
+                         in zip(part, scorer.search(state, deepest, [job["seen"] for job in part]))]
+            for i, answer in zip(rows, found):
+                out[i] = answer
         metrics.forward.labels(kind).observe(time.perf_counter() - started)
         return out
 

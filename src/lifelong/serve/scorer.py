@@ -411,16 +411,48 @@ def _build(model_config: dict, where: Path) -> torch.nn.Module:
                         f"of lifelong") from None
 
 
+def state_form(state: Any) -> Any:
+    """What parts a user state holds (which are None), recursively: states of one form stack
+    (:func:`concat_states`)."""
+    if state is None or isinstance(state, torch.Tensor):
+        return state is None
+    if dataclasses.is_dataclass(state):
+        return tuple(state_form(getattr(state, f.name)) for f in dataclasses.fields(state))
+    if isinstance(state, (tuple, list)):
+        return tuple(state_form(part) for part in state)
+    if isinstance(state, dict):
+        return tuple((key, state_form(value)) for key, value in state.items())
+    return type(state).__name__
+
+
+class StatesDiffer(ValueError):
+    """Users' states that do not stack: one holds a part another lacks (a lifelong history searched by its
+    distinct events next to one searched event by event; :func:`state_form` tells them apart)."""
+
+
 def concat_states(states: Sequence[Any]):
     """Stack users' states (each from :meth:`Scorer.encode`, padded to the same ``L``) into one, in order:
-    tensors along dim 0, nested states recursively, ``None`` kept."""
+    tensors along dim 0, nested states recursively (a type with a ``concat`` of its own, such as
+    :class:`lifelong.nn.search.DistinctKeys`, stacks itself), ``None`` kept.
+
+    A tensor sized per user beyond dim 0 (a lifelong history's distinct events: their keys, signatures,
+    embeddings) is padded with zeros to the largest, slots that the state marks absent (``first`` -1).
+    Raises :class:`StatesDiffer` where a part is None for some users only."""
     first = states[0]
     if len(states) == 1:
         return first
+    if any((state is None) != (first is None) for state in states):
+        raise StatesDiffer(f"user states differ: {[type(state).__name__ for state in states]}")
     if isinstance(first, torch.Tensor):
-        return torch.cat(states, dim=0)
+        size = [max(state.shape[d] for state in states) for d in range(first.dim())]
+        padded = [state if list(state.shape[1:]) == size[1:] else torch.nn.functional.pad(
+            state, [p for d in reversed(range(1, first.dim())) for p in (0, size[d] - state.shape[d])])
+            for state in states]
+        return torch.cat(padded, dim=0)
     if first is None:
         return None
+    if hasattr(type(first), "concat"):
+        return type(first).concat(list(states))
     if dataclasses.is_dataclass(first):
         return dataclasses.replace(first, **{f.name: concat_states([getattr(s, f.name) for s in states])
                                              for f in dataclasses.fields(first)})
