@@ -313,8 +313,8 @@ def top_k_distinct(base: torch.Tensor, offsets: torch.Tensor | None, keys: Disti
 
     The selected events usually come from far fewer than ``k`` keys (a lifelong history repeats items), and
     ranking the best keys costs most where there are many. So the search first ranks only the
-    ``first_keys`` best keys: a candidate whose threshold from those keys lies strictly above the last
-    one's best event has its top ``k`` among them (every other key's events score below ``tau``); the
+    ``first_keys`` best keys: where ``k`` of their events score strictly above the last one's best event,
+    those are read and hold the top ``k`` (every other key's events score at most that best event); the
     other candidates are searched again over the ``k`` best keys. Same selection either way.
 
     Args:
@@ -371,10 +371,11 @@ def top_k_distinct(base: torch.Tensor, offsets: torch.Tensor | None, keys: Disti
 def first_key_count(k: int, one_level: bool) -> int:
     """Keys :func:`top_k_distinct` ranks in its first pass: about ``k / 3`` with one offset level (ETA, SIM
     soft: a key's events all score alike; on the lifelong synthetic log at 100,000 events and ``k = 100`` the
-    top ``k`` came from at most 37 keys in 1,000 candidates, and a request of 200 candidates took 14.7 and
-    13.8 ms against 16.1 ms with one pass, one thread, 2026-12-08); ``k`` with several (TWIN's time-gap bias
-    spreads a key's events over its levels: for half the users of that log no candidate settled among the
-    first ``2 k / 3`` keys, and the request took 24 ms against 18)."""
+    top ``k`` came from at most 37 keys in 1,000 candidates, and with the exact stage's change of the same
+    commit a request of 200 candidates took 17.9 ms against 21.6 (ETA) and 18.8 against 22.5 (SIM soft), one
+    thread, the two alternating, 2026-12-08); ``k`` with several (TWIN's time-gap bias spreads a key's events
+    over its levels: with random weights, for 3 of 4 users of that log no candidate settled among the first
+    ``2 k / 3`` keys, and a request took about 1.3x as long as with one pass)."""
     return max(1, (k + 2) // 3) if one_level else k
 
 
