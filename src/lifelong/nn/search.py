@@ -47,9 +47,22 @@ def gather_events(values: torch.Tensor | None, index: torch.Tensor) -> torch.Ten
     """
     if values is None:
         return None
-    b, k, n = index.shape
-    rows = torch.arange(b, device=index.device).view(b, 1, 1)
-    return values[rows, index]  # (B, K, n, ...)
+    b, t = values.shape[:2]
+    if not values.is_contiguous():
+        return values[torch.arange(b, device=index.device).view(b, *[1] * (index.dim() - 1)), index]
+    flat = index.reshape(b, -1) + torch.arange(b, device=index.device).view(b, 1) * t  # rows of (B T, ...)
+    return values.reshape(b * t, *values.shape[2:]).index_select(0, flat.view(-1)).view(*index.shape, *values.shape[2:])
+
+
+def take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``values[index]`` of a 1-D tensor, shaped like ``index`` (an ``index_select``: on the CPU several times
+    faster than indexing with a tensor, which the searches do on every read event)."""
+    return values.index_select(0, index.reshape(-1)).view(index.shape)
+
+
+def put(table: torch.Tensor, row: torch.Tensor, slot: torch.Tensor, values: torch.Tensor) -> None:
+    """``table[row, slot] = values`` of a contiguous 2-D ``table``, in place (an ``index_copy_``, see :func:`take`)."""
+    table.view(-1).index_copy_(0, row * table.shape[1] + slot, values)
 
 
 def last_events(mask: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,8 +176,8 @@ class DistinctKeys:
         """(E,) the indices into ``positions`` of keys with ``start``, ``count`` (any shape), in order."""
         count = count.flatten()
         segment = torch.repeat_interleave(torch.arange(count.numel(), device=count.device), count)
-        return start.flatten()[segment] + torch.arange(segment.numel(), device=count.device) \
-            - (torch.cumsum(count, 0) - count)[segment]
+        return take(start.flatten(), segment) + torch.arange(segment.numel(), device=count.device) \
+            - take(torch.cumsum(count, 0) - count, segment)
 
     def segments(self) -> torch.Tensor:
         """(P,) ``user * D + slot`` of every event of ``positions`` (they are listed in that order)."""
@@ -276,11 +289,12 @@ def best_keys(scores: torch.Tensor, positions: torch.Tensor, t: int, n: int, int
     flat = (scores >= bound).view(-1).nonzero().squeeze(1)  # (N,) the keys above the cut, row by row
     row, column = flat // d, flat % d
     per_row = torch.bincount(row, minlength=b * kk)
-    slot = torch.arange(flat.numel(), device=scores.device) - (torch.cumsum(per_row, 0) - per_row)[row]
+    slot = torch.arange(flat.numel(), device=scores.device) - take(torch.cumsum(per_row, 0) - per_row, row)
     table = torch.full((b * kk, int(per_row.max())), float("-inf"), dtype=torch.float64, device=scores.device)
-    table[row, slot] = ordered(scores.view(-1)[flat], positions[row // kk, column], t, integral)
+    put(table, row, slot, ordered(take(scores.reshape(-1), flat), take(positions.reshape(-1), row // kk * d + column),
+                                  t, integral))
     where = torch.zeros(table.shape, dtype=torch.long, device=scores.device)
-    where[row, slot] = column
+    put(where, row, slot, column)
     return where.gather(-1, torch.topk(table, n, dim=-1).indices).view(b, kk, n)
 
 
@@ -392,13 +406,13 @@ def _read_best_keys(base: torch.Tensor, best: torch.Tensor, offsets: torch.Tenso
     device = base.device
     rows = torch.arange(b, device=device).view(b, 1, 1)
     top = best_keys(best, keys.first.clamp(min=0), t, n_keys, integral)  # (B, K, n_keys) best first
-    counts = keys.count[rows, top]
+    counts = gather_events(keys.count, top)
     top_best, top_base = best.gather(-1, top), base.gather(-1, top)
     # at least k events score tau or more: the k best keys' best events, ...
     tau = top_best[..., -1] if n_keys == k else torch.full_like(top_best[..., 0], float("-inf"))
     at_best_reach = None
     if not one_level:  # ... the keys' best events, counted with the events that share their best offset, ...
-        reach = torch.cumsum(levels.at_best[rows, top], dim=-1) >= k  # these keys hold k events at their best
+        reach = torch.cumsum(gather_events(levels.at_best, top), dim=-1) >= k  # these keys hold k events at their best
         at_best_reach = reach.any(dim=-1)
         tau = torch.maximum(tau, torch.where(at_best_reach, top_best.gather(
             -1, reach.long().argmax(dim=-1, keepdim=True)).squeeze(-1), float("-inf")))
@@ -409,7 +423,7 @@ def _read_best_keys(base: torch.Tensor, best: torch.Tensor, offsets: torch.Tenso
         if one_level:
             worst, worst_counts = top_best, counts  # one level: a key's events all score the same
         else:
-            worst = (top_base + values[levels.lowest[rows, top]]).masked_fill(top_best == float("-inf"),
+            worst = (top_base + take(values, gather_events(levels.lowest, top))).masked_fill(top_best == float("-inf"),
                                                                               float("-inf"))
             worst, by_worst = torch.sort(worst, dim=-1, descending=True)
             worst_counts = counts.gather(-1, by_worst)
@@ -426,14 +440,14 @@ def _read_best_keys(base: torch.Tensor, best: torch.Tensor, offsets: torch.Tenso
     else:  # the lowest level whose events reach tau, and the events at or above it
         n_levels = values.numel()
         level = torch.searchsorted(values, (tau.unsqueeze(-1) - top_base).contiguous())  # (B, K, n_keys)
-        reaches = lambda at: top_base + values[at.clamp(max=n_levels - 1)] >= tau.unsqueeze(-1)  # noqa: E731
+        reaches = lambda at: top_base + take(values, at.clamp(0, n_levels - 1)) >= tau.unsqueeze(-1)  # noqa: E731
         while True:  # the events' own float32 sums decide (rounding): down while the level below reaches tau
             lower = (level > 0) & reaches(level - 1)
             if not bool(lower.any()):
                 break
             level = level - lower.long()
         level = level + ((level < n_levels) & ~reaches(level)).long()  # up one where this level falls short
-        above_tau = levels.at_or_above.reshape(-1)[((rows * d + top) * (n_levels + 1) + level).flatten()].view_as(level)
+        above_tau = take(levels.at_or_above.reshape(-1), (rows * d + top) * (n_levels + 1) + level)
     if rank_bound:
         beaten_by = torch.searchsorted(-worst.contiguous(), -top_best.contiguous())  # keys whose worst beats it
         better = torch.where(beaten_by > 0, held.gather(-1, (beaten_by - 1).clamp(min=0)), 0)
@@ -447,20 +461,20 @@ def _read_best_keys(base: torch.Tensor, best: torch.Tensor, offsets: torch.Tenso
     # no event from absent keys, nor for a candidate that is searched again (its threshold may read whole keys)
     lengths = lengths.masked_fill((top_best == float("-inf")) | ~settled.unsqueeze(-1), 0).flatten()  # (B K n_keys,)
     segment = torch.repeat_interleave(torch.arange(lengths.numel(), device=device), lengths)  # (E,)
-    listed = DistinctKeys.listed(keys.start[rows, top], lengths)  # (E,) indices into keys.positions
-    positions = keys.positions[listed]
-    scores = top_base.flatten()[segment]
+    listed = DistinctKeys.listed(gather_events(keys.start, top), lengths)  # (E,) indices into keys.positions
+    positions = take(keys.positions, listed)
+    scores = take(top_base.flatten(), segment)
     if offsets is not None and (not one_level or bool(values[0] != 0)):
-        scores = scores + offsets[listed]
+        scores = scores + take(offsets, listed)
     scores = ordered(scores, positions, t, integral)
     row = segment // n_keys  # the (user, candidate) of each read event
     per_row = lengths.view(b * kk, n_keys).sum(dim=1)
-    slot = torch.arange(segment.numel(), device=device) - (torch.cumsum(per_row, 0) - per_row)[row]
+    slot = torch.arange(segment.numel(), device=device) - take(torch.cumsum(per_row, 0) - per_row, row)
     width = max(int(per_row.max()) if per_row.numel() else 0, 1)
     table = torch.full((b * kk, width), float("-inf"), dtype=scores.dtype, device=device)
-    table[row, slot] = scores
+    put(table, row, slot, scores)
     where = torch.zeros((b * kk, width), dtype=torch.long, device=device)
-    where[row, slot] = positions
+    put(where, row, slot, positions)
     n = min(k, width)
     kept, picked = torch.topk(table, n, dim=-1, sorted=False)
     return where.gather(-1, picked).view(b, kk, n), (kept > float("-inf")).view(b, kk, n), settled.view(b, kk)
