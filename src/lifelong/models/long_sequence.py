@@ -299,12 +299,8 @@ def exact_interest(model: LongSequenceModel, state: LongSequenceState, candidate
         mask = mask & valid
     distinct = getattr(state, "distinct", None)
     if state.distinct_events is not None and distinct is not None and not torch.is_grad_enabled():
-        # read from the user's distinct events, embedded once in encode_user (equal keys embed equally)
-        table = state.distinct_events  # (B, D, W)
-        b, d, width = table.shape
-        rows = torch.arange(b, device=index.device).view(b, 1, 1) * d
-        events = table.view(b * d, width).index_select(0, (rows + gather_events(distinct.slots, index)).flatten())
-        events = events.view(*index.shape, width)  # (B, K, n, W)
+        # the user's distinct events, embedded once in encode_user (equal keys embed equally), by each one's key
+        events = gather_events(state.distinct_events, gather_events(distinct.slots, index))  # (B, K, n, W)
     else:
         events = model.events(state, index)  # (B, K, n, W); the exact stage gives masked ones no weight
     gaps = scoring_gaps(state, candidates, index, model.config.gap_buckets) * mask if model.config.time_gap else None

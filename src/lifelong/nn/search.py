@@ -20,6 +20,7 @@ full target attention (tested).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -163,7 +164,7 @@ class DistinctKeys:
         """The users of ``parts`` (same history length ``T``) in one, in order: each part's keys padded to
         the most keys of any (``first`` -1, no events), its ``start`` moved past the events before it."""
         d = max(part.first.shape[1] for part in parts)
-        shift = torch.cumsum(torch.tensor([0] + [part.positions.numel() for part in parts[:-1]]), 0).tolist()
+        shift = itertools.accumulate([part.positions.numel() for part in parts[:-1]], initial=0)
         pad = lambda x, value: torch.nn.functional.pad(x, (0, d - x.shape[1]), value=value)  # noqa: E731
         slots = None if any(part.slots is None for part in parts) else torch.cat([part.slots for part in parts])
         return DistinctKeys(torch.cat([pad(part.first, -1) for part in parts]),
@@ -300,7 +301,7 @@ def best_keys(scores: torch.Tensor, positions: torch.Tensor, t: int, n: int, int
 
 def top_k_distinct(base: torch.Tensor, offsets: torch.Tensor | None, keys: DistinctKeys, t: int,
                    k: int, integral: bool = False,
-                   levels: tuple[torch.Tensor, torch.Tensor] | Levels | None = None,
+                   levels: Levels | None = None,
                    first_keys: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The top ``k`` events of a search whose event score is its key's score plus a per-event term
     (``base(key) + offset(event)``, ties to the most recent event), from the distinct keys
@@ -340,9 +341,8 @@ def top_k_distinct(base: torch.Tensor, offsets: torch.Tensor | None, keys: Disti
         t: the history length ``T`` (ties resolve by position).
         k: events to keep.
         integral: the scores are integers (see :func:`ordered`).
-        levels: ``(values, counts)``: the distinct offsets (n,) ascending and (B, D, n) how many of each
-            key's events have each, or their :class:`Levels` (:func:`level_table`, for a listing used
-            again); None: computed from ``offsets``.
+        levels: the :class:`Levels` of ``offsets`` (:func:`level_table`: a caller that reuses a listing
+            passes them); None: computed from ``offsets``.
         first_keys: keys ranked by the first pass; None: :func:`first_key_count` (about ``k / 3`` with one
             offset level, ``k`` with several); ``k`` or more: one pass over the ``k`` best keys.
 
@@ -353,18 +353,13 @@ def top_k_distinct(base: torch.Tensor, offsets: torch.Tensor | None, keys: Disti
     b, kk, d = base.shape
     if keys.positions.numel() == 0:  # no event at all (users with no history): filler only
         return base.new_zeros((b, kk, 1), dtype=torch.long), base.new_zeros((b, kk, 1), dtype=torch.bool)
-    if offsets is None:  # one offset level, 0
-        values, level_counts = base.new_zeros(1), keys.count.unsqueeze(-1)
-    elif isinstance(levels, Levels):
-        values, level_counts = levels.values, levels.counts
-    else:
-        values, level_counts = offset_levels(offsets, keys) if levels is None else levels
+    if offsets is not None and levels is None:
+        levels = level_table(*offset_levels(offsets, keys))
+    values = base.new_zeros(1) if offsets is None else levels.values  # no per-event term: one offset level, 0
     one_level = values.numel() == 1
-    if not one_level and not isinstance(levels, Levels):
-        levels = level_table(values, level_counts)
     best = base  # each key's best event: its score plus its first event's offset
     if offsets is not None and (not one_level or bool(values[0] != 0)):
-        best = base + offsets[keys.start.clamp(max=max(offsets.numel() - 1, 0))].view(b, 1, d)
+        best = base + take(offsets, keys.start.clamp(max=offsets.numel() - 1)).view(b, 1, d)
     if bool((keys.first < 0).any()):
         best = best.masked_fill((keys.first < 0).unsqueeze(1), float("-inf"))
     n_all = min(k, d)

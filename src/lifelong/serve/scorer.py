@@ -425,11 +425,6 @@ def state_form(state: Any) -> Any:
     return type(state).__name__
 
 
-class StatesDiffer(ValueError):
-    """Users' states that do not stack: one holds a part another lacks (a lifelong history searched by its
-    distinct events next to one searched event by event; :func:`state_form` tells them apart)."""
-
-
 def concat_states(states: Sequence[Any]):
     """Stack users' states (each from :meth:`Scorer.encode`, padded to the same ``L``) into one, in order:
     tensors along dim 0, nested states recursively (a type with a ``concat`` of its own, such as
@@ -437,12 +432,13 @@ def concat_states(states: Sequence[Any]):
 
     A tensor sized per user beyond dim 0 (a lifelong history's distinct events: their keys, signatures,
     embeddings) is padded with zeros to the largest, slots that the state marks absent (``first`` -1).
-    Raises :class:`StatesDiffer` where a part is None for some users only."""
+    Raises ValueError where a part is None for some users only: group users by :func:`state_form` first."""
     first = states[0]
     if len(states) == 1:
         return first
     if any((state is None) != (first is None) for state in states):
-        raise StatesDiffer(f"user states differ: {[type(state).__name__ for state in states]}")
+        raise ValueError(f"user states of different forms (group them by state_form): "
+                         f"{[type(state).__name__ for state in states]}")
     if isinstance(first, torch.Tensor):
         size = [max(state.shape[d] for state in states) for d in range(first.dim())]
         padded = [state if list(state.shape[1:]) == size[1:] else torch.nn.functional.pad(
