@@ -17,7 +17,8 @@ Example:
     >>> scorer = Scorer.from_path("runs/din")                        # doctest: +SKIP
     >>> scorer.rank(["i3", "i7", "i9"], candidates=["i1", "i2"])     # doctest: +SKIP
     [-0.41, 1.73]
-    >>> scorer.retrieve(["i3", "i7"], k=10)                          # doctest: +SKIP (a retrieval run)
+    >>> retriever = Scorer.from_path("runs/sasrec")                  # doctest: +SKIP
+    >>> retriever.retrieve(["i3", "i7"], k=10)                       # doctest: +SKIP
     (['i12', ...], [4.1, ...])
 """
 
